@@ -1,0 +1,89 @@
+# The user's interface. `make` (or `make help`) lists every target and variable.
+# Every target depends on `setup`, so a fresh clone needs no other step.
+
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+## Variables (name=default: meaning)
+IN ?= in##             images: IN/<class>/**/<image> or IN/<split>/<class>/**/<image>
+FEATURES ?= features## cache root: FEATURES/<key>/embeddings.npy, manifest.csv, meta.json, rejected.csv
+OUT ?= out##           where stage 2 writes comparison.csv, predictions.csv, reports/, models/, figures/
+BACKBONE ?= vgg16##    backbone from keras.applications
+WEIGHTS ?= imagenet##  imagenet, none (random init, offline tests) or a path to a weights .h5 file
+SIZE ?= 224##          images are centre-cropped to a square and resized to SIZE x SIZE pixels
+POOLING ?= avg##       global pooling of the last feature map: avg or max
+BATCH ?= 32##          images per model call
+PRECISION ?= fp32##    fp32, bf16 or fp16 (Keras mixed precision; stored embeddings are float32)
+STRICT ?= 0##          1: `make features` exits non-zero when any file was rejected
+MAX_PIXELS ?= 89478485## larger images are rejected (decompression-bomb guard)
+HEADS ?= logreg,svm,mlp## heads to compare (comma-separated)
+SEED ?= 42##           random state of heads, folds and hold-out
+TEST_SIZE ?= 0.2##     hold-out fraction when IN has no split folders
+FOLDS ?= 5##           cross-validation folds on the training part
+JOBS ?= 0##            parallel workers for stage 2 (0: every core)
+GROUPS ?= none##       none, or dups: keep each near-duplicate cluster on one side of every split
+DUP_THRESHOLD ?= auto## cosine similarity above which two images are near-duplicates (auto: from the data)
+IMAGES ?=##            files or folders to classify with `make predict`
+HEAD ?=##              head used by `make predict` (empty: best cross-validated score)
+PYTHON ?= python3##    interpreter used to create the virtualenv
+VENV ?= .venv##        the virtualenv that setup creates
+
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EXTRACT_ARGS = --in "$(IN)" --features "$(FEATURES)" --backbone $(BACKBONE) --weights "$(WEIGHTS)" \
+	--size $(SIZE) --pooling $(POOLING) --precision $(PRECISION)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: help setup features compare audit report predict demo test bench clean clean-features
+
+help: ## list every target and variable
+	@echo "Targets:"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  make \1\t\2/' | expand -t 22
+	@echo
+	@echo "Variables (make TARGET NAME=value):"
+	@grep -E '^[A-Z_]+ \?= ' $(MAKEFILE_LIST) | sed -E 's/^([A-Z_]+) \?= ([^#]*)## *(.*)/  \1=\2\t\3/' | expand -t 24
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+setup: $(STAMP) ## create the virtualenv and install requirements.txt (every target does this first)
+
+features: setup ## stage 1: embed new or changed images of IN into FEATURES/<key>/
+	$(PY) -m extract $(EXTRACT_ARGS) --batch $(BATCH) --strict $(STRICT) --max-pixels $(MAX_PIXELS)
+
+compare: setup ## stage 2: train, cross-validate and compare HEADS on the cached embeddings
+	$(PY) -m classify compare $(EXTRACT_ARGS) --out "$(OUT)" --heads $(HEADS) --seed $(SEED) \
+		--test-size $(TEST_SIZE) --folds $(FOLDS) --jobs $(JOBS)
+
+audit: setup ## near-duplicates across splits, label suspects, leakage-aware scores -> OUT/audit/
+	$(PY) -m classify.audit $(EXTRACT_ARGS) --out "$(OUT)" --heads $(HEADS) --seed $(SEED) \
+		--test-size $(TEST_SIZE) --folds $(FOLDS) --jobs $(JOBS) --dup-threshold $(DUP_THRESHOLD)
+
+report: setup ## one self-contained HTML page of the whole experiment -> OUT/report.html
+	$(PY) -m classify.report --in "$(IN)" --features "$(FEATURES)" --out "$(OUT)"
+
+predict: setup ## classify IMAGES with a saved head (HEAD, default the best) -> OUT/predict.csv
+	$(PY) -m classify.predict --features "$(FEATURES)" --out "$(OUT)" --head "$(HEAD)" --batch $(BATCH) -- $(IMAGES)
+
+bench: setup ## measure extraction and comparison speed -> bench/results.json, BENCHMARKS.md
+	$(PY) -m bench
+
+DEMO := demo
+demo: setup ## the embedded default: scikit-learn's digits as PNGs -> features -> compare (offline-safe)
+	$(PY) -m classify.demo "$(DEMO)/in"
+	$(PY) -m extract --in "$(DEMO)/in" --features "$(DEMO)/features" --size 32 --weights imagenet \
+		--weights-fallback none --batch 64
+	$(PY) -m classify compare --in "$(DEMO)/in" --features "$(DEMO)/features" --out "$(DEMO)/out" \
+		--size 32 --weights imagenet --weights-fallback none --folds 5
+
+test: setup ## run the test suite (what CI runs)
+	$(PY) -m pytest -q tests
+
+clean: ## delete OUT (stage 2 outputs are re-created in seconds)
+	rm -rf "$(OUT)"/*
+
+clean-features: ## delete the whole cache under FEATURES (the CNN must run again)
+	rm -rf "$(FEATURES)"/* "$(FEATURES)"/.partial "$(FEATURES)"/.locks

@@ -1,0 +1,17 @@
+"""Stage 1: run the backbone once per image and cache pooled embeddings under FEATURES/<key>/.
+
+Public API::
+
+    from extract import Settings, extract_features
+    summary = extract_features("in", "features", Settings(weights="none", size=64))
+"""
+
+from .cache import CacheError, read_cache
+from .load import ImageError, load_image
+from .model import Settings, WeightsUnavailable
+from .run import Interrupted, Summary, extract_features
+
+__all__ = [
+    "CacheError", "ImageError", "Interrupted", "Settings", "Summary", "WeightsUnavailable",
+    "extract_features", "load_image", "read_cache",
+]

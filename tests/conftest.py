@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny synthetic image folders written to tmp_path, random-init weights."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+COLOURS = {"red": (210, 40, 40), "blue": (40, 40, 210), "green": (40, 190, 60)}
+
+
+def colour_image(colour, seed: int, size=(48, 40), noise: float = 25.0) -> Image.Image:
+    """A noisy image of one dominant colour with a random bright square on it."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    arr = np.array(colour, float) + rng.normal(0, noise, (h, w, 3))
+    y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+    arr[y:y + h // 3, x:x + w // 3] += 60
+    return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
+
+
+def write_class_folder(root: Path, per_class: int = 10, classes=("red", "blue"), split: str = "",
+                       start: int = 0, fmt: str = "png") -> list[Path]:
+    """Writes ``root/[split/]<class>/img_<i>.<fmt>`` images; returns their paths."""
+    paths = []
+    for c, name in enumerate(classes):
+        folder = root / split / name if split else root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(start, start + per_class):
+            path = folder / f"img_{i:03d}.{fmt}"
+            colour_image(COLOURS[name], seed=1000 * c + i + (7 if split == "test" else 0)).save(path)
+            paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def two_class(tmp_path) -> Path:
+    """A two-class folder (red vs blue, 10 each) without split folders."""
+    root = tmp_path / "in"
+    write_class_folder(root, 10)
+    return root
+
+
+def run_cli(*args, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """Runs ``python -m <args>`` with this interpreter; returns the completed process."""
+    full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+    return subprocess.run([sys.executable, "-m", *map(str, args)], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_make(*args, timeout=900) -> subprocess.CompletedProcess:
+    """Runs ``make <args>`` in the project root with the current virtualenv."""
+    venv = Path(sys.prefix)
+    return subprocess.run(["make", *map(str, args), f"VENV={venv}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
