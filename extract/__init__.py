@@ -7,11 +7,12 @@ Public API::
 """
 
 from .cache import CacheError, read_cache
+from .embed import embed_files
 from .load import ImageError, load_image
 from .model import Settings, WeightsUnavailable
 from .run import Interrupted, Summary, extract_features
 
 __all__ = [
     "CacheError", "ImageError", "Interrupted", "Settings", "Summary", "WeightsUnavailable",
-    "extract_features", "load_image", "read_cache",
+    "embed_files", "extract_features", "load_image", "read_cache",
 ]

@@ -24,6 +24,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--weights-fallback", choices=["none"], default=None,
                    help="(demo only) use random weights when ImageNet weights cannot be had")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--flush-seconds", type=float, default=2.0,
+                   help="write finished batches for resume at least this often (seconds)")
     return p.parse_args(argv)
 
 
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
                     extra = {"weights_fallback": "imagenet unavailable; random weights used"}
         summary = extract_features(args.in_dir, args.features, settings, batch=args.batch,
                                    max_pixels=args.max_pixels, progress=not args.quiet,
-                                   extra_meta=extra)
+                                   extra_meta=extra, flush_seconds=args.flush_seconds)
     except WeightsUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -130,6 +130,7 @@ def write_cache(features: Path, key: str, emb: np.ndarray, rows: list[dict], met
     The old folder (if any) is moved aside and removed only after the new one is in place.
     """
     features = Path(features)
+    features.mkdir(parents=True, exist_ok=True)
     final = features / key
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=features))
     try:
@@ -197,6 +198,8 @@ class Shards:
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.folder.parent.rmdir()  # only when no other key has partial work
 
 
 @contextlib.contextmanager

@@ -10,15 +10,17 @@ the borders of the longer side are cropped, as in ImageNet's centre-crop evaluat
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from .files import sniff
 
-# Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS), made explicit.
+# Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS), made explicit. load_image
+# checks it (or the caller's MAX_PIXELS) itself, right after reading the header and before any
+# pixel is decoded, so Pillow's global check is turned off to let MAX_PIXELS raise the limit.
 DEFAULT_MAX_PIXELS = 89_478_485
+Image.MAX_IMAGE_PIXELS = None
 
 
 class ImageError(ValueError):
@@ -71,24 +73,20 @@ def load_image(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np
             f"(starts with {data[:8]!r})"
         )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageError(
-                    f"image too large: {width}x{height} = {width * height:,} pixels, over the "
-                    f"limit of {max_pixels:,} (decompression-bomb guard); shrink the file or "
-                    "raise MAX_PIXELS"
-                )
-            if fmt == "JPEG":
-                # Let libjpeg decode at a reduced scale that still covers the output size.
-                img.draft("RGB", (size, size))
-            img.load()
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageError(
+                f"image too large: {width}x{height} = {width * height:,} pixels, over the "
+                f"limit of {max_pixels:,} (decompression-bomb guard); shrink the file or "
+                "raise MAX_PIXELS"
+            )
+        if fmt == "JPEG":
+            # Let libjpeg decode at a reduced scale that still covers the output size.
+            img.draft("RGB", (size, size))
+        img.load()
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(f"image too large: {err}; shrink the file or raise MAX_PIXELS") from None
     except OSError as err:
         text = str(err)
         if "truncated" in text or "broken data stream" in text or "premature end" in text.lower():

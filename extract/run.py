@@ -51,6 +51,30 @@ def _versions() -> dict:
     return out
 
 
+_EMBEDDERS: dict = {}  # settings.key -> traced model call, so later runs in one process skip build
+
+
+def embedder(settings: Settings):
+    """Returns the traced model call ``f(images float32 (b, s, s, 3)) -> float32 (b, D)``.
+
+    Built once per setting and process (the last two are kept): repeated runs in one process
+    (incremental extraction, predict, the benchmark) do not pay the model build and tracing again.
+    Not XLA-compiled: ``jit_compile=True`` measured 3-4x slower on CPU (see BENCHMARKS.md).
+    """
+    from ._tf import tensorflow
+    from .model import build
+
+    key = settings.key
+    if key not in _EMBEDDERS:
+        tf = tensorflow()
+        model = build(settings)
+        _EMBEDDERS[key] = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32),
+                                      reduce_retracing=True)
+        while len(_EMBEDDERS) > 2:
+            _EMBEDDERS.pop(next(iter(_EMBEDDERS)))
+    return _EMBEDDERS[key]
+
+
 def compute(settings: Settings, paths: list[str], batch: int, max_pixels: int,
             on_batch, progress: bool = True, log=print) -> str:
     """Runs the backbone over ``paths`` in order and hands each finished batch to ``on_batch``.
@@ -69,13 +93,11 @@ def compute(settings: Settings, paths: list[str], batch: int, max_pixels: int,
 
     from ._tf import tensorflow
     from .load import make_dataset
-    from .model import build, device_name, preprocess_fn
+    from .model import device_name, preprocess_fn
 
-    tf = tensorflow()
+    tensorflow()
     device = device_name()
-    model = build(settings)
-    run = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32),
-                      reduce_retracing=True)
+    run = embedder(settings)
     ds = make_dataset(paths, settings.size, batch, preprocess_fn(settings.backbone), max_pixels)
     log(f"embedding {len(paths)} images with {settings.key} on {device}")
     bar = tqdm(total=len(paths), unit="img", disable=not progress, file=sys.stderr,
@@ -96,7 +118,8 @@ def compute(settings: Settings, paths: list[str], batch: int, max_pixels: int,
 
 def extract_features(in_dir, features_dir, settings: Settings, batch: int = 32,
                      strict: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                     progress: bool = True, log=print, extra_meta: dict | None = None) -> Summary:
+                     progress: bool = True, log=print, extra_meta: dict | None = None,
+                     flush_seconds: float = 2.0) -> Summary:
     """Embeds the images under ``in_dir`` into ``features_dir/<key>/``, reusing what is cached.
 
     Args:
@@ -109,6 +132,7 @@ def extract_features(in_dir, features_dir, settings: Settings, batch: int = 32,
         progress: show a progress bar on stderr.
         log: where messages go.
         extra_meta: merged into ``meta.json`` (the demo records its weights fallback here).
+        flush_seconds: finished batches are written to ``.partial/`` at least this often.
 
     Returns:
         A :class:`Summary` of the run.
@@ -174,7 +198,7 @@ def extract_features(in_dir, features_dir, settings: Settings, batch: int = 32,
                         fresh[sha] = row
                         pending_sha.append(sha)
                         pending_emb.append(row)
-                if time.perf_counter() - last_flush > 2.0:
+                if time.perf_counter() - last_flush >= flush_seconds:
                     flush()
 
             def flush():

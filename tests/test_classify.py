@@ -1,0 +1,239 @@
+"""Stage 2: heads, pairing of predictions with files, determinism, clear errors, no TensorFlow."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT, write_class_folder
+from extract import Settings, extract_features
+from extract.cache import MANIFEST_COLUMNS, read_cache, write_cache
+
+S64 = Settings(weights="none", size=64)
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory):
+    """Features of a red/blue folder (16 per class) and of a 3-class train/test folder."""
+    base = tmp_path_factory.mktemp("classify")
+    flat = base / "flat"
+    write_class_folder(flat, 16)
+    extract_features(flat, base / "features", S64, progress=False, log=lambda *_: None)
+    split = base / "split"
+    write_class_folder(split, 8, classes=("red", "blue", "green"), split="train")
+    write_class_folder(split, 4, classes=("red", "blue", "green"), split="test", start=50)
+    extract_features(split, base / "features-split", S64, progress=False, log=lambda *_: None)
+    return base
+
+
+def _compare(features, out, **kw):
+    from classify import compare
+
+    kw.setdefault("folds", 3)
+    return compare(features, S64, out, log=lambda *_: None, **kw)
+
+
+def test_compare_writes_every_output_and_heads_score_well(cached, tmp_path):
+    out = tmp_path / "out"
+    table = _compare(cached / "features", out)
+    assert list(table["head"]) == ["logreg", "svm", "mlp"]
+    comp = pd.read_csv(out / "comparison.csv")
+    for col in ("head", "accuracy", "balanced_accuracy", "macro_f1", "cv_mean", "cv_std", "fit_seconds"):
+        assert col in comp.columns
+    assert (comp["accuracy"] >= 0.9).all(), comp
+    for head in ("logreg", "svm", "mlp"):
+        assert "precision" in (out / "reports" / f"{head}.txt").read_text()
+        report = json.loads((out / "reports" / f"{head}.json").read_text())
+        assert set(report) >= {"red", "blue", "accuracy", "macro avg"}
+        assert (out / "models" / f"{head}.joblib").stat().st_size > 0
+    for fig in ("confusion_matrices.png", "roc.png", "mlp_history.png"):
+        assert (out / "figures" / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run = json.loads((out / "run.json").read_text())
+    assert run["features_key"] == S64.key and run["seed"] == 42 and run["folds"] == 3
+    assert "scikit-learn" in run["versions"]
+    pred = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    assert list(pred.columns) == ["path", "label", "logreg", "logreg_score", "svm", "svm_score",
+                                  "mlp", "mlp_score"]
+    labels = {r["path"]: r["label"] for r in read_cache(cached / "features" / S64.key)[1]}
+    assert all(labels[p] == l for p, l in zip(pred["path"], pred["label"]))
+    assert pred["path"].is_unique and len(pred) == int(comp["n_eval"].iloc[0])
+    assert ((pred["logreg_score"] > 0.5) & (pred["logreg_score"] <= 1)).all()
+
+
+def test_predictions_stay_paired_when_rows_are_shuffled(cached, tmp_path):
+    """Shuffle the cache's rows (embedding and manifest together): every file keeps its prediction."""
+    emb, rows, meta = read_cache(cached / "features" / S64.key)
+    perm = np.random.default_rng(3).permutation(len(rows))
+    shuffled = tmp_path / "shuffled"
+    shuffled.mkdir()
+    write_cache(shuffled, S64.key, emb[perm], [rows[i] for i in perm], meta, [])
+    _compare(cached / "features", tmp_path / "a")
+    _compare(shuffled, tmp_path / "b")
+    a = pd.read_csv(tmp_path / "a" / "predictions.csv").set_index("path")
+    b = pd.read_csv(tmp_path / "b" / "predictions.csv").set_index("path")
+    assert sorted(a.index) == sorted(b.index)
+    b = b.loc[a.index]
+    manifest = {r["path"]: r["label"] for r in rows}
+    assert all(manifest[p] == l for p, l in b["label"].items())
+    for head in ("logreg", "svm", "mlp"):
+        assert (a[head] == b[head]).all()
+        # The labels the heads predict agree with the true labels as often as the table says.
+        acc = (b[head] == b["label"]).mean()
+        comp = pd.read_csv(tmp_path / "b" / "comparison.csv").set_index("head")
+        assert acc == pytest.approx(comp.loc[head, "accuracy"])
+
+
+def test_same_seed_same_numbers(cached, tmp_path):
+    _compare(cached / "features", tmp_path / "a")
+    _compare(cached / "features", tmp_path / "b")
+    drop = ["fit_seconds", "cv_seconds"]
+    a = pd.read_csv(tmp_path / "a" / "comparison.csv").drop(columns=drop)
+    b = pd.read_csv(tmp_path / "b" / "comparison.csv").drop(columns=drop)
+    pd.testing.assert_frame_equal(a, b)
+    assert (tmp_path / "a" / "predictions.csv").read_bytes() == (tmp_path / "b" / "predictions.csv").read_bytes()
+    assert (tmp_path / "a" / "split.csv").read_bytes() == (tmp_path / "b" / "split.csv").read_bytes()
+
+
+def test_split_folders_train_on_train_and_evaluate_on_test(cached, tmp_path):
+    out = tmp_path / "out"
+    table = _compare(cached / "features-split", out, heads="logreg")
+    assert list(table["head"]) == ["logreg"]
+    pred = pd.read_csv(out / "predictions.csv")
+    assert len(pred) == 12 and all(p.startswith("test/") for p in pred["path"])
+    roles = pd.read_csv(out / "split.csv")
+    assert set(roles.loc[roles["role"] == "train", "path"].str.split("/").str[0]) == {"train"}
+    assert not (out / "figures" / "roc.png").exists()  # three classes: no ROC figure
+    assert (out / "figures" / "confusion_matrices.png").exists()
+
+
+def test_holdout_is_stratified_seeded_and_stable_when_images_are_added():
+    from classify.data import assign_split
+
+    man = pd.DataFrame({"path": [f"{c}/{i}" for c in "ab" for i in range(20)],
+                        "label": [c for c in "ab" for _ in range(20)], "split": "",
+                        "sha256": [f"{c}{i:04d}" for c in "ab" for i in range(20)]})
+    role, _ = assign_split(man, 0.25, seed=42)
+    assert (role[man["label"] == "a"] == "eval").sum() == 5 == (role[man["label"] == "b"] == "eval").sum()
+    assert not role.equals(assign_split(man, 0.25, seed=7)[0])
+    bigger = pd.concat([man, pd.DataFrame({"path": ["a/new"], "label": ["a"], "split": [""],
+                                           "sha256": ["zzz"]})], ignore_index=True)
+    role2, _ = assign_split(bigger, 0.25, seed=42)
+    moved = (role2.iloc[:40] != role).sum()
+    assert moved <= 1
+
+
+def test_unknown_head_lists_known_ones(cached, tmp_path):
+    with pytest.raises(ValueError, match="known heads: logreg, svm, mlp"):
+        _compare(cached / "features", tmp_path / "o", heads="logreg,forest")
+
+
+def test_missing_features_name_the_make_command(tmp_path):
+    from classify import DataError
+
+    with pytest.raises(DataError, match="make features .*WEIGHTS=none SIZE=64"):
+        _compare(tmp_path / "nothing", tmp_path / "o")
+
+
+def _fake_cache(folder: Path, labels: list[str], dim: int = 8, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(size=(len(labels), dim)).astype(np.float32)
+    rows = [{"path": f"{l}/{i}.png", "label": l, "split": "", "sha256": f"{i:064x}", "size": 1,
+             "mtime_ns": 1} for i, l in enumerate(labels)]
+    write_cache(folder, S64.key, emb, rows, {"dim": dim}, [])
+    return emb, rows
+
+
+def test_one_class_is_refused(tmp_path):
+    from classify import DataError
+
+    _fake_cache(tmp_path / "f", ["cat"] * 10)
+    with pytest.raises(DataError, match="one class only"):
+        _compare(tmp_path / "f", tmp_path / "o")
+
+
+def test_small_class_lowers_folds_with_a_warning(tmp_path):
+    from classify import compare
+
+    _fake_cache(tmp_path / "f", ["a"] * 20 + ["b"] * 4)
+    logs = []
+    compare(tmp_path / "f", S64, tmp_path / "o", heads="logreg", folds=5, log=logs.append)
+    assert any("fewer than FOLDS=5; using 3-fold" in m for m in logs)
+    assert json.loads((tmp_path / "o" / "run.json").read_text())["folds"] == 3
+
+
+def test_damaged_caches_are_refused(tmp_path):
+    from classify import DataError
+
+    emb, rows = _fake_cache(tmp_path / "f", ["a"] * 6 + ["b"] * 6)
+    folder = tmp_path / "f" / S64.key
+    manifest = (folder / "manifest.csv").read_text().splitlines()
+    (folder / "manifest.csv").write_text("\n".join(manifest[:-2]) + "\n")
+    with pytest.raises(DataError, match="12 rows but manifest.csv has 10"):
+        _compare(tmp_path / "f", tmp_path / "o")
+
+    emb[3, 2] = np.nan
+    write_cache(tmp_path / "f", S64.key, emb, rows, {"dim": 8}, [])
+    with pytest.raises(DataError, match="NaN"):
+        _compare(tmp_path / "f", tmp_path / "o")
+
+    npy = folder / "embeddings.npy"
+    write_cache(tmp_path / "f", S64.key, np.nan_to_num(emb), rows, {"dim": 8}, [])
+    npy.write_bytes(npy.read_bytes()[:200])
+    with pytest.raises(DataError, match="cannot be read"):
+        _compare(tmp_path / "f", tmp_path / "o")
+
+    np.save(npy, np.zeros((12, 8), np.float64))
+    with pytest.raises(DataError, match="float32"):
+        _compare(tmp_path / "f", tmp_path / "o")
+
+
+def test_models_load_only_when_written_by_this_tool(cached, tmp_path):
+    from classify import DataError, load_model
+
+    out = tmp_path / "out"
+    _compare(cached / "features", out, heads="logreg")
+    bundle = load_model(out / "models" / "logreg.joblib")
+    assert bundle["class_names"] == ["blue", "red"] and bundle["features_key"] == S64.key
+    emb, _, _ = read_cache(cached / "features" / S64.key)
+    assert set(bundle["model"].predict(emb)) <= {"blue", "red"}
+    with open(out / "models" / "logreg.joblib", "ab") as fh:
+        fh.write(b"tampered")
+    with pytest.raises(DataError, match="refusing to load"):
+        load_model(out / "models" / "logreg.joblib")
+
+
+def test_gram_svc_matches_sklearn_svc():
+    from sklearn.datasets import make_classification
+    from sklearn.svm import SVC
+
+    from classify.heads import GramRBFSVC
+
+    X, y = make_classification(300, 20, n_informative=6, random_state=0)
+    X = X.astype(np.float32)
+    ours = GramRBFSVC(C=1.0).fit(X[:200], y[:200])
+    ref = SVC(kernel="rbf", gamma="scale", C=1.0).fit(X[:200], y[:200])
+    assert (ours.predict(X[200:]) == ref.predict(X[200:])).mean() >= 0.99
+    np.testing.assert_allclose(ours.decision_function(X[200:]), ref.decision_function(X[200:]),
+                               atol=1e-3)
+
+
+def test_compare_never_imports_tensorflow(cached, tmp_path):
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from classify.__main__ import main\n"
+        "rc = main(['compare', '--features', %r, '--out', %r, '--weights', 'none', '--size', '64',"
+        " '--folds', '3', '--heads', 'logreg'])\n"
+        "assert rc == 0, rc\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    ) % (str(ROOT), str(cached / "features"), str(tmp_path / "o"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "False False"
+    assert "accuracy" in r.stdout  # the printed table
