@@ -29,6 +29,10 @@ def parse(argv=None) -> argparse.Namespace:
     c.add_argument("--test-size", type=float, default=0.2, help="TEST_SIZE")
     c.add_argument("--folds", type=int, default=5, help="FOLDS")
     c.add_argument("--jobs", type=int, default=0, help="parallel workers, 0 = every core (JOBS)")
+    c.add_argument("--groups", choices=["none", "dups"], default="none",
+                   help="dups: keep each duplicate cluster on one side of every split (GROUPS)")
+    c.add_argument("--dup-threshold", default="auto",
+                   help="cosine similarity for near-duplicates, or auto (DUP_THRESHOLD)")
     return p.parse_args(argv)
 
 
@@ -49,7 +53,8 @@ def main(argv=None) -> int:
             table = compare(args.features, _settings(args), args.out, heads=args.heads,
                             seed=args.seed, test_size=args.test_size, folds=args.folds,
                             jobs=args.jobs or None, in_dir=args.in_dir,
-                            fallback_none=args.weights_fallback == "none")
+                            fallback_none=args.weights_fallback == "none",
+                            groups=args.groups, dup_threshold=args.dup_threshold)
             print()
             print(format_table(table))
             print(f"\noutputs in {args.out}/: comparison.csv, predictions.csv, reports/, models/, "

@@ -18,12 +18,13 @@ import sklearn
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, classification_report, f1_score
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from extract.cache import write_csv, write_json
 from extract.model import Settings
 
 from .data import DataError, Features, assign_split, load_features
+from .dups import cached_duplicates, group_roles
 from .heads import scores, select_heads
 
 TIMING_COLUMNS = ["fit_seconds", "cv_seconds"]
@@ -130,7 +131,8 @@ def format_table(df: pd.DataFrame) -> str:
 
 def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,mlp",
             seed: int = 42, test_size: float = 0.2, folds: int = 5, jobs: int | None = None,
-            in_dir: str = "in", fallback_none: bool = False, log=print) -> pd.DataFrame:
+            in_dir: str = "in", fallback_none: bool = False, log=print, groups: str = "none",
+            dup_threshold="auto") -> pd.DataFrame:
     """Trains, cross-validates and evaluates the heads; writes everything under ``out_dir``.
 
     Args:
@@ -145,6 +147,10 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         in_dir: only for hints in messages.
         fallback_none: (demo) use the random-weights cache when the ImageNet one is missing.
         log: where messages go.
+        groups: ``none``, or ``dups`` (GROUPS): keep each duplicate cluster (exact or near,
+            see :mod:`classify.dups`) on one side of the hold-out and of every CV fold.
+        dup_threshold: ``auto`` or a cosine similarity (DUP_THRESHOLD); decides which evaluated
+            images have a near-duplicate in the training part (``accuracy_no_dups``).
 
     Returns:
         The comparison table (also written to ``out_dir/comparison.csv``).
@@ -155,6 +161,8 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     """
     t_start = time.perf_counter()
     models = select_heads(heads, seed)
+    if groups not in ("none", "dups"):
+        raise ValueError(f"GROUPS must be 'none' or 'dups'; received {groups!r}")
     feats: Features = load_features(features_dir, settings, in_dir=in_dir, fallback_none=fallback_none)
     man = feats.manifest
     if man["label"].nunique() < 2:
@@ -163,13 +171,25 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             "at least two class folders under IN"
         )
     role, split_rule = assign_split(man, test_size, seed)
+    dups = cached_duplicates(feats.X, man["sha256"], dup_threshold, Path(out_dir) / ".dups")
+    cluster = dups.groups()
+    if groups == "dups":
+        role, moved = group_roles(role, cluster, man, seed)
+        split_rule += (f"; duplicate clusters kept on one side ({moved} images moved)" if moved
+                       else "; duplicate clusters kept on one side of every CV fold")
     train_idx = np.flatnonzero(role.to_numpy() == "train")
     eval_idx = np.flatnonzero(role.to_numpy() == "eval")
     if not len(eval_idx):
         raise DataError("no images to evaluate on: add images, or a test/ folder beside train/")
     y = man["label"].to_numpy()
     folds = _check_classes(y[train_idx], folds, log)
+    if groups == "dups":
+        n_groups = len(np.unique(cluster[train_idx]))
+        if n_groups < folds:
+            raise DataError(f"GROUPS=dups leaves {n_groups} duplicate clusters in the training part, "
+                            f"fewer than FOLDS={folds}; use fewer FOLDS or GROUPS=none")
     X = feats.X
+    leaked = dups.partners_in(role.to_numpy() == "train")[eval_idx]  # eval image with a train duplicate
 
     out = Path(out_dir)
     for sub in ("reports", "models", "figures"):
@@ -179,10 +199,17 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
 
     log(f"features {feats.key}: {len(man)} images, {X.shape[1]} dims; {split_rule}; "
         f"{len(train_idx)} train, {len(eval_idx)} evaluated; {folds}-fold CV; heads {', '.join(models)}")
-    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    if groups == "dups":
+        cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        fold_list = list(cv.split(train_idx, y[train_idx], cluster[train_idx]))
+    else:
+        cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+        fold_list = list(cv.split(train_idx, y[train_idx]))
+    log(f"duplicates: {dups.rule}; {int(leaked.sum())} of {len(eval_idx)} evaluated images have "
+        "a duplicate in the training part")
     tasks = []
     for name, model in models.items():
-        for k, (tr, te) in enumerate(cv.split(train_idx, y[train_idx])):
+        for k, (tr, te) in enumerate(fold_list):
             tasks.append((name, k, clone(model), train_idx[tr], train_idx[te]))
         tasks.append((name, -1, clone(model), train_idx, None))
     # The SVM's tasks are the longest: start them first so the workers finish together.
@@ -212,12 +239,15 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         rows.append({
             "head": name,
             "accuracy": accuracy_score(y_eval, labels),
+            "accuracy_no_dups": (accuracy_score(y_eval[~leaked], labels[~leaked]) if (~leaked).any()
+                                 else float("nan")),
             "balanced_accuracy": balanced_accuracy_score(y_eval, labels),
             "macro_f1": f1_score(y_eval, labels, average="macro"),
             "cv_mean": float(folds_acc.mean()),
             "cv_std": float(folds_acc.std()),
             "n_train": len(train_idx),
             "n_eval": len(eval_idx),
+            "n_eval_no_dups": int((~leaked).sum()),
             "fit_seconds": round(fit_seconds[name], 3),
             "cv_seconds": round(cv_seconds[name], 3),
         })
@@ -249,6 +279,10 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         "heads": list(models),
         "seed": seed, "test_size": test_size, "folds": folds, "jobs": n_jobs,
         "split_rule": split_rule,
+        "groups": groups,
+        "duplicates": {"threshold": dups.threshold if np.isfinite(dups.threshold) else None,
+                       "rule": dups.rule,
+                       "pairs": len(dups.pairs), "eval_with_train_duplicate": int(leaked.sum())},
         "n_images": len(man), "n_train": len(train_idx), "n_eval": len(eval_idx),
         "class_names": class_names,
         "figures": figures,

@@ -37,7 +37,7 @@ def write_class_folder(root: Path, per_class: int = 10, classes=("red", "blue"),
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(start, start + per_class):
             path = folder / f"img_{i:03d}.{fmt}"
-            colour_image(COLOURS[name], seed=1000 * c + i + (7 if split == "test" else 0)).save(path)
+            colour_image(COLOURS[name], seed=1000 * c + i + (500 if split == "test" else 0)).save(path)
             paths.append(path)
     return paths
 

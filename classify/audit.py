@@ -1,0 +1,390 @@
+"""``make audit``: duplicates across splits, suspicious labels and leakage-aware scores.
+
+``python -m classify.audit [options]`` reads the cached embeddings (no TensorFlow) and writes
+under ``OUT/audit/``:
+
+- ``duplicates.csv``: every exact or near-duplicate pair, both paths, labels, splits and roles,
+  the cosine similarity, and whether the pair crosses train/eval or its labels disagree;
+- ``label_suspects.csv``: images whose label the cross-validated (out-of-fold) probabilities of
+  a head contradict, ranked by cleanlab's label-quality score (worst first);
+- ``summary.json``: the counts, the threshold and how it was chosen, and per head the plain and
+  the leakage-aware scores;
+- ``duplicates.png``, ``label_suspects.png``: contact sheets of the top pairs and suspects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+TOP = 12  # pairs and suspects shown on the contact sheets
+PROBA_HEADS = ("logreg", "mlp")  # heads with predict_proba, usable for label suspects
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m classify.audit", description=(
+        "Near-duplicates across splits, suspicious labels and leakage-aware scores -> OUT/audit/."))
+    p.add_argument("--in", dest="in_dir", default="in", help="input folder (IN), for the contact sheets")
+    p.add_argument("--features", default="features", help="cache root (FEATURES)")
+    p.add_argument("--out", default="out", help="output folder (OUT); the audit goes to OUT/audit/")
+    p.add_argument("--backbone", default="vgg16", help="BACKBONE")
+    p.add_argument("--weights", default="imagenet", help="WEIGHTS")
+    p.add_argument("--size", type=int, default=224, help="SIZE")
+    p.add_argument("--pooling", default="avg", help="POOLING")
+    p.add_argument("--precision", default="fp32", help="PRECISION")
+    p.add_argument("--heads", default="logreg,svm,mlp", help="HEADS scored plain and leakage-aware")
+    p.add_argument("--seed", type=int, default=42, help="SEED")
+    p.add_argument("--test-size", type=float, default=0.2, help="TEST_SIZE")
+    p.add_argument("--folds", type=int, default=5, help="FOLDS")
+    p.add_argument("--jobs", type=int, default=0, help="parallel workers, 0 = every core (JOBS)")
+    p.add_argument("--dup-threshold", default="auto",
+                   help="cosine similarity for near-duplicates, or auto (DUP_THRESHOLD)")
+    p.add_argument("--top", type=int, default=TOP, help="pairs and suspects on the contact sheets")
+    return p.parse_args(argv)
+
+
+def _folds_for(y: np.ndarray, groups: np.ndarray, folds: int) -> int:
+    """FOLDS, lowered to what the smallest class (counted in duplicate clusters) allows."""
+    smallest = min(len(np.unique(groups[y == c])) for c in np.unique(y))
+    return max(2, min(folds, smallest))
+
+
+def out_of_fold_probabilities(model, X, y, groups, folds: int, seed: int, jobs: int):
+    """Cross-validated class probabilities: each row predicted by a model that never saw it.
+
+    The folds are stratified and group-aware (a duplicate cluster is never split), so a
+    mislabelled image cannot be vouched for by its own copy in the training folds.
+
+    Returns:
+        (pred_probs (N, K), the classes in column order, the folds used).
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+
+    folds = _folds_for(y, groups, folds)
+    cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    classes = np.unique(y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.simplefilter("ignore", UserWarning)  # "The least populated class ..." on tiny data
+        probs = cross_val_predict(model, X, y, groups=groups, cv=cv, method="predict_proba", n_jobs=jobs)
+    return probs, classes, folds
+
+
+def label_suspects(man: pd.DataFrame, rows: np.ndarray, role: np.ndarray, probs: np.ndarray,
+                   classes: np.ndarray) -> pd.DataFrame:
+    """Ranks likely label errors with cleanlab on out-of-fold probabilities.
+
+    Listed: every image that ``cleanlab.filter.find_label_issues`` (confident learning,
+    ``prune_by_noise_rate``) flags (``cleanlab_issue=1``), and every image whose out-of-fold
+    prediction is another class (confident learning is conservative: an image predicted as the
+    other class with a probability below that class's average confidence is not flagged). They
+    are ranked by ``cleanlab.rank.get_label_quality_scores`` (``self_confidence``: the
+    out-of-fold probability of the image's own label; low is suspicious), then by path.
+    """
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    labels = np.searchsorted(classes, man["label"].to_numpy()[rows])
+    issues = np.asarray(find_label_issues(labels, probs, filter_by="prune_by_noise_rate", n_jobs=1), bool)
+    quality = get_label_quality_scores(labels, probs, method="self_confidence")
+    suggested = probs.argmax(1)
+    sel = np.flatnonzero(issues | (suggested != labels))
+    # a stable order: cleanlab's score, then the path
+    sel = np.asarray(sorted(sel, key=lambda k: (round(float(quality[k]), 9), man["path"].iat[rows[k]])), int)
+    g = rows[sel]
+    return pd.DataFrame({
+        "rank": np.arange(1, len(sel) + 1),
+        "path": man["path"].to_numpy()[g],
+        "label": man["label"].to_numpy()[g],
+        "suggested_label": classes[suggested[sel]],
+        "label_quality": np.round(quality[sel].astype(float), 6),
+        "p_label": np.round(probs[sel, labels[sel]].astype(float), 6),
+        "p_suggested": np.round(probs[sel, suggested[sel]].astype(float), 6),
+        "cleanlab_issue": issues[sel].astype(int),
+        "split": man["split"].to_numpy()[g],
+        "role": role[g],
+    })
+
+
+def leakage_scores(models: dict, X, y, role: np.ndarray, leaked: np.ndarray, cluster: np.ndarray,
+                   folds: int, seed: int, jobs: int) -> dict:
+    """Per head: accuracy on the evaluated images, all and without a train duplicate; CV accuracy
+    on the training part with plain stratified folds and with duplicate-cluster-aware folds."""
+    import joblib
+    from sklearn.base import clone
+    from sklearn.metrics import accuracy_score
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    from .compare import _fit
+
+    train_idx = np.flatnonzero(role == "train")
+    eval_idx = np.flatnonzero(role == "eval")
+    yt = y[train_idx]
+    k_plain = max(2, min(folds, int(np.unique(yt, return_counts=True)[1].min())))
+    k_groups = _folds_for(yt, cluster[train_idx], folds)
+    plain = list(StratifiedKFold(k_plain, shuffle=True, random_state=seed).split(train_idx, yt))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        grouped = list(StratifiedGroupKFold(k_groups, shuffle=True, random_state=seed)
+                       .split(train_idx, yt, cluster[train_idx]))
+    tasks = []
+    for name, model in models.items():
+        tasks.append((name, ("fit", -1), clone(model), train_idx, None))
+        for kind, splits in (("plain", plain), ("groups", grouped)):
+            for k, (tr, te) in enumerate(splits):
+                tasks.append((name, (kind, k), clone(model), train_idx[tr], train_idx[te]))
+    results = joblib.Parallel(n_jobs=min(jobs, len(tasks)))(
+        joblib.delayed(_fit)(name, key, model, X, y, tr, te) for name, key, model, tr, te in tasks)
+    out = {name: {} for name in models}
+    cv = {(name, kind): [] for name in models for kind in ("plain", "groups")}
+    for name, (kind, k), value, _ in results:
+        if kind == "fit":
+            pred = value.predict(X[eval_idx])
+            keep = ~leaked[eval_idx]
+            out[name].update({
+                "accuracy": float(accuracy_score(y[eval_idx], pred)),
+                "accuracy_no_dups": float(accuracy_score(y[eval_idx][keep], pred[keep])) if keep.any() else None,
+                "n_eval": int(len(eval_idx)),
+                "n_eval_no_dups": int(keep.sum()),
+            })
+        else:
+            cv[(name, kind)].append((k, value))
+    for (name, kind), vals in cv.items():
+        acc = np.array([v for _, v in sorted(vals)])
+        suffix = "" if kind == "plain" else "_groups"
+        out[name][f"cv_mean{suffix}"] = float(acc.mean())
+        out[name][f"cv_std{suffix}"] = float(acc.std())
+        out[name][f"folds{suffix}"] = k_plain if kind == "plain" else k_groups
+    return out
+
+
+def _thumb(ax, in_dir: Path, rel: str, available: bool, size: int = 160) -> None:
+    from PIL import Image
+
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if available:
+        try:
+            with Image.open(in_dir / rel) as im:
+                im = im.convert("RGB")
+                im.thumbnail((size, size))
+                ax.imshow(np.asarray(im))
+                return
+        except (OSError, ValueError):
+            pass
+    ax.text(0.5, 0.5, f"image not available:\n{in_dir / rel}", ha="center", va="center",
+            fontsize=7, wrap=True, transform=ax.transAxes)
+
+
+def _short(path: str, n: int = 38) -> str:
+    return path if len(path) <= n else "..." + path[-(n - 3):]
+
+
+def contact_sheets(in_dir, out: Path, dup_table: pd.DataFrame, suspects: pd.DataFrame, top: int,
+                   log=print) -> list[str]:
+    """Writes ``duplicates.png`` (pairs side by side) and ``label_suspects.png``; returns the names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    in_dir = Path(in_dir)
+    available = in_dir.is_dir()
+    if not available:
+        log(f"note: IN={in_dir} is not available; the contact sheets show paths instead of images")
+    written = []
+
+    pairs = dup_table.head(top)
+    n = max(len(pairs), 1)
+    fig, axes = plt.subplots(n, 2, figsize=(6.4, 3.0 * n), squeeze=False)
+    if pairs.empty:
+        for ax in axes[0]:
+            ax.axis("off")
+        axes[0, 0].text(0.5, 0.5, "no duplicate pairs found", ha="center", va="center")
+    for r, row in enumerate(pairs.itertuples(index=False)):
+        for c, side in enumerate("ab"):
+            path, label, role = getattr(row, f"path_{side}"), getattr(row, f"label_{side}"), getattr(row, f"role_{side}")
+            _thumb(axes[r, c], in_dir, path, available)
+            axes[r, c].set_title(f"{label} ({role})\n{_short(path)}", fontsize=8)
+        flags = [row.kind] + (["crosses splits"] if row.cross_split else []) + \
+                (["labels disagree"] if row.label_disagree else [])
+        axes[r, 0].set_ylabel(f"#{r + 1} cos {row.similarity:.5f}\n{', '.join(flags)}", fontsize=8)
+    fig.suptitle(f"top {len(pairs)} duplicate pairs (of {len(dup_table)})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "duplicates.png", dpi=80)
+    plt.close(fig)
+    written.append("duplicates.png")
+
+    sus = suspects.head(top)
+    cols = 4
+    nrows = max(1, -(-len(sus) // cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(2.8 * cols, 3.5 * nrows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    if sus.empty:
+        axes[0, 0].text(0.5, 0.5, "no label suspects found", ha="left", va="center")
+    for k, row in enumerate(sus.itertuples(index=False)):
+        ax = axes.ravel()[k]
+        ax.axis("on")
+        _thumb(ax, in_dir, row.path, available)
+        ax.set_title(f"#{row.rank} labelled {row.label}\nlooks like {row.suggested_label} "
+                     f"(p={row.p_suggested:.2f})\n{_short(row.path, 30)}", fontsize=7)
+    fig.suptitle(f"top {len(sus)} label suspects (of {len(suspects)})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "label_suspects.png", dpi=80)
+    plt.close(fig)
+    written.append("label_suspects.png")
+    return written
+
+
+def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm,mlp", seed: int = 42,
+          test_size: float = 0.2, folds: int = 5, jobs: int | None = None, dup_threshold="auto",
+          top: int = TOP, log=print) -> dict:
+    """Finds duplicates and label suspects, scores the heads plainly and leakage-aware.
+
+    Args:
+        features_dir: the cache root (FEATURES).
+        settings: the extraction setting (``extract.Settings``).
+        out_dir: OUT; the audit is written to ``OUT/audit/``.
+        in_dir: IN, where the contact sheets read the images (by the manifest's ``path``).
+        heads, seed, test_size, folds, jobs: as in ``make compare``.
+        dup_threshold: ``auto`` or a cosine similarity (DUP_THRESHOLD).
+        top: pairs and suspects on the contact sheets.
+        log: where messages go.
+
+    Returns:
+        The summary (also written to ``OUT/audit/summary.json``).
+
+    Raises:
+        DataError: missing features, fewer than two classes, no training or evaluated images.
+        ValueError: an unknown head or a bad threshold.
+    """
+    from extract.cache import write_csv, write_json
+
+    from .data import DataError, assign_split, load_features
+    from .dups import cached_duplicates
+    from .heads import make_heads, select_heads
+
+    t0 = time.perf_counter()
+    models = select_heads(heads, seed)
+    feats = load_features(features_dir, settings, in_dir=str(in_dir))
+    man = feats.manifest
+    if man["label"].nunique() < 2:
+        raise DataError(f"{feats.folder} holds one class only; the audit needs at least two class folders")
+    role_s, split_rule = assign_split(man, test_size, seed)
+    role = role_s.replace("", "unused").to_numpy()
+    X, y = feats.X, man["label"].to_numpy()
+    jobs = jobs or os.cpu_count() or 1
+
+    dups = cached_duplicates(X, man["sha256"], dup_threshold, Path(out_dir) / ".dups")
+    cluster = dups.groups()
+    p = dups.pairs
+    i, j = p["i"].to_numpy(int), p["j"].to_numpy(int)
+    col = {c: man[c].astype(str).to_numpy() for c in ("path", "label", "split")}
+    cross = np.array([{role[a], role[b]} == {"train", "eval"} for a, b in zip(i, j)], bool)
+    disagree = col["label"][i] != col["label"][j]
+    table = pd.DataFrame({
+        "path_a": col["path"][i], "label_a": col["label"][i], "split_a": col["split"][i], "role_a": role[i],
+        "path_b": col["path"][j], "label_b": col["label"][j], "split_b": col["split"][j], "role_b": role[j],
+        "similarity": np.round(p["similarity"].to_numpy(float), 6), "kind": p["kind"].to_numpy(),
+        "cross_split": cross.astype(int), "label_disagree": disagree.astype(int),
+    })
+    leaked = dups.partners_in(role == "train") & (role == "eval")
+    log(f"features {feats.key}: {len(man)} images; {split_rule}")
+    log(f"duplicates: {len(p)} pairs ({int((p['kind'] == 'exact').sum())} exact, "
+        f"{int((p['kind'] == 'near').sum())} near), {int(cross.sum())} across train/eval, "
+        f"{int(disagree.sum())} with different labels; {dups.rule}")
+
+    # label suspects from out-of-fold probabilities of the first head that has them
+    proba_name = next((n for n in models if n in PROBA_HEADS), "logreg")
+    proba_model = models.get(proba_name) or make_heads(seed)[proba_name]
+    rows = np.flatnonzero(role != "unused")
+    from .compare import _fit_small_validation
+
+    _fit_small_validation(proba_model, y[rows])
+    probs, classes, oof_folds = out_of_fold_probabilities(proba_model, X[rows], y[rows], cluster[rows],
+                                                          folds, seed, jobs)
+    suspects = label_suspects(man, rows, role, probs, classes)
+    log(f"label suspects: {len(suspects)} of {len(rows)} images (cleanlab on {oof_folds}-fold "
+        f"out-of-fold probabilities of {proba_name})")
+
+    if not (role == "train").any() or not (role == "eval").any():
+        raise DataError("the audit needs both training and evaluated images; see make compare")
+    scores = leakage_scores(models, X, y, role, leaked, cluster, folds, seed, jobs)
+
+    out = Path(out_dir) / "audit"
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(out / "duplicates.csv", list(table.columns), table.itertuples(index=False))
+    write_csv(out / "label_suspects.csv", list(suspects.columns), suspects.itertuples(index=False))
+    sheets = contact_sheets(in_dir, out, table, suspects, top, log)
+    nn = dups.nn_similarity[np.isfinite(dups.nn_similarity)]
+    sizes = np.bincount(cluster)
+    summary = {
+        "features_key": feats.key,
+        "n_images": int(len(man)), "n_train": int((role == "train").sum()),
+        "n_eval": int((role == "eval").sum()), "split_rule": split_rule,
+        "dup_threshold": dups.threshold if np.isfinite(dups.threshold) else None,
+        "dup_threshold_setting": str(dup_threshold),
+        "dup_threshold_rule": dups.rule,
+        "nn_similarity": ({"min": float(nn.min()), "median": float(np.median(nn)), "max": float(nn.max())}
+                          if len(nn) else None),
+        "duplicates": {
+            "pairs": int(len(p)), "exact": int((p["kind"] == "exact").sum()),
+            "near": int((p["kind"] == "near").sum()), "cross_split": int(cross.sum()),
+            "label_disagree": int(disagree.sum()),
+            "cross_split_label_disagree": int((cross & disagree).sum()),
+            "clusters": int((sizes > 1).sum()), "images_in_clusters": int(sizes[sizes > 1].sum()),
+            "eval_with_train_duplicate": int(leaked.sum()),
+        },
+        "label_suspects": {"count": int(len(suspects)),
+                           "cleanlab_issues": int(suspects["cleanlab_issue"].sum()),
+                           "head": proba_name, "folds": oof_folds,
+                           "method": "cleanlab.filter.find_label_issues (prune_by_noise_rate) or "
+                                     "out-of-fold prediction != label, ranked by "
+                                     "cleanlab.rank.get_label_quality_scores (self_confidence)"},
+        "scores": scores,
+        "seed": seed, "test_size": test_size,
+        "files": ["duplicates.csv", "label_suspects.csv", "summary.json", *sheets],
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    from extract.model import Settings
+
+    from .data import DataError
+
+    try:
+        summary = audit(args.features, Settings(args.backbone, args.weights, args.size, args.pooling,
+                                                args.precision),
+                        args.out, in_dir=args.in_dir, heads=args.heads, seed=args.seed,
+                        test_size=args.test_size, folds=args.folds, jobs=args.jobs or None,
+                        dup_threshold=args.dup_threshold, top=args.top)
+    except (DataError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print()
+    rows = [{"head": h, **{k: v for k, v in s.items() if not k.startswith(("folds", "n_"))}}
+            for h, s in summary["scores"].items()]
+    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    d = summary["duplicates"]
+    print(f"\n{d['pairs']} duplicate pairs ({d['cross_split']} across train/eval, {d['label_disagree']} "
+          f"with different labels), {summary['label_suspects']['count']} label suspects; "
+          f"threshold {summary['dup_threshold']}")
+    print(f"outputs in {Path(args.out) / 'audit'}/: {', '.join(summary['files'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,527 @@
+"""Classify new images with a saved head: ``make predict IMAGES="a.jpg folder/" [HEAD=logreg]``.
+
+The images are embedded with exactly the extraction settings the head was trained on (read from
+the model's saved metadata, not from the current Make variables). An image whose content is
+already in the cache of those settings (``FEATURES/<key>/``, looked up by SHA-256) is not
+embedded again; only the others run through the backbone, and TensorFlow is imported only
+when there are such images. Nothing is written to the cache: it holds the labelled images of
+``IN`` only.
+
+Writes ``OUT/predict.csv``: ``path,head,label,score,error``, one row per input file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from extract.files import IMAGE_SUFFIXES, sha256_file, sniff
+from extract.load import DEFAULT_MAX_PIXELS
+from extract.model import BACKBONES, Settings, WeightsUnavailable
+
+from .data import DataError
+
+COLUMNS = ["path", "head", "label", "score", "error"]
+
+
+class SettingsMismatch(DataError):
+    """A saved head needs extraction settings that cannot be reproduced here."""
+
+
+# --------------------------------------------------------------------------- inputs
+
+def _is_image_file(path: Path) -> bool:
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return sniff(fh.read(16)) is not None
+    except OSError:
+        return False
+
+
+def expand_inputs(images, log=print) -> list[tuple[str, str]]:
+    """Turns files and folders into ``(path as shown, error)`` pairs, one per file.
+
+    A file named explicitly always gets a row (an error when it is missing). A folder is
+    expanded recursively, sorted by path; hidden files and folders (leading ``.``) are skipped,
+    and so are files that are neither named nor shaped like an image (``notes.txt``), as
+    ``make features`` does; their number is logged.
+    """
+    rows: list[tuple[str, str]] = []
+    skipped = 0
+    for item in images:
+        item = str(item)
+        p = Path(item)
+        if p.is_dir():
+            found, seen = [], set()
+            for dirpath, dirnames, filenames in os.walk(p, followlinks=True):
+                real = os.path.realpath(dirpath)
+                if real in seen:  # a folder link back up the tree: visit each folder once
+                    dirnames[:] = []
+                    continue
+                seen.add(real)
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for name in filenames:
+                    if name.startswith("."):
+                        continue
+                    full = Path(dirpath) / name
+                    if _is_image_file(full):
+                        found.append(full.as_posix())
+                    else:
+                        skipped += 1
+            rows.extend((f, "") for f in sorted(found))
+        elif p.exists():
+            rows.append((item, ""))
+        else:
+            rows.append((item, "no such file or folder"))
+    if skipped:
+        log(f"skipped {skipped} files in the given folders that are not images (by name and content)")
+    return rows
+
+
+# --------------------------------------------------------------------------- models
+
+def models_dir(out_dir) -> Path:
+    return Path(out_dir) / "models"
+
+
+def available_heads(out_dir) -> list[str]:
+    """The heads with a saved model (and its sidecar) under ``OUT/models/``."""
+    folder = models_dir(out_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.glob("*.joblib")
+                  if not p.name.startswith(".") and p.with_suffix(".json").is_file())
+
+
+def _no_models(out_dir) -> DataError:
+    return DataError(
+        f"no saved models in {models_dir(out_dir)} yet; make them first with: "
+        f"make features && make compare OUT={out_dir} (with the IN, FEATURES and extraction "
+        "settings you want), then run make predict again"
+    )
+
+
+def best_head(out_dir) -> str:
+    """The saved head with the best cross-validated score (``cv_mean`` of ``comparison.csv``).
+
+    Ties go to the first row of ``comparison.csv``. Without ``comparison.csv`` the ``cv_mean``
+    recorded in each model's sidecar JSON is used.
+
+    Raises:
+        DataError: no saved models.
+    """
+    heads = available_heads(out_dir)
+    if not heads:
+        raise _no_models(out_dir)
+    table = Path(out_dir) / "comparison.csv"
+    if table.is_file():
+        df = pd.read_csv(table)
+        if {"head", "cv_mean"} <= set(df.columns):
+            df = df[df["head"].astype(str).isin(heads)].dropna(subset=["cv_mean"])
+            if len(df):
+                return str(df.loc[df["cv_mean"].astype(float).idxmax(), "head"])
+    import json
+
+    best, best_cv = heads[0], -math.inf
+    for name in heads:
+        try:
+            cv = float(json.loads((models_dir(out_dir) / f"{name}.json").read_text("utf-8"))["cv_mean"])
+        except Exception:
+            continue
+        if cv > best_cv:
+            best, best_cv = name, cv
+    return best
+
+
+def load_head(out_dir, head: str | None = None) -> dict:
+    """Loads ``OUT/models/<head>.joblib`` (default: :func:`best_head`) through ``load_model``.
+
+    Raises:
+        DataError: no models, an unknown head, or a file this tool did not write.
+    """
+    from .compare import load_model
+
+    heads = available_heads(out_dir)
+    if not heads:
+        raise _no_models(out_dir)
+    name = head or best_head(out_dir)
+    if name not in heads:
+        raise DataError(f"HEAD={name!r} has no saved model in {models_dir(out_dir)}; "
+                        f"saved heads: {', '.join(heads)} (or leave HEAD empty for the best)")
+    bundle = load_model(models_dir(out_dir) / f"{name}.joblib")
+    missing = {"model", "head", "class_names", "features_key", "settings"} - set(bundle)
+    if missing:
+        raise DataError(f"{models_dir(out_dir) / (name + '.joblib')} lacks {sorted(missing)}; "
+                        "run make compare again to re-create it")
+    return bundle
+
+
+def _needs(bundle: dict) -> str:
+    rec = bundle.get("settings") or {}
+    return (f"BACKBONE={rec.get('backbone')} WEIGHTS={rec.get('weights')} SIZE={rec.get('image_size')} "
+            f"POOLING={rec.get('pooling')} PRECISION={rec.get('precision')}")
+
+
+def settings_of(bundle: dict) -> Settings:
+    """Rebuilds the extraction settings a head was trained on, checking they still hold.
+
+    The recorded features key must be reproduced exactly: same backbone (known to
+    ``extract.model.BACKBONES``), pooling, size, precision, and the same weights (for a weights
+    file: the file must exist and have the recorded hash).
+
+    Raises:
+        SettingsMismatch: naming the settings the head needs.
+    """
+    rec = bundle.get("settings") or {}
+    key = bundle.get("features_key") or rec.get("key")
+    weights = rec.get("weights")
+    need = _needs(bundle)
+
+    def refuse(reason: str) -> SettingsMismatch:
+        return SettingsMismatch(
+            f"head {bundle.get('head')!r} was trained on features {key} and needs the extraction "
+            f"settings {need}, but {reason}. Restore them, or re-train the head on settings "
+            "available here with make features && make compare (with your WEIGHTS=... SIZE=... "
+            "POOLING=... PRECISION=...)"
+        )
+
+    if rec.get("backbone") not in BACKBONES:
+        raise refuse(f"the backbone {rec.get('backbone')!r} is unknown here "
+                     f"(known: {', '.join(sorted(BACKBONES))})")
+    if not weights:
+        raise refuse("the model records no weights")
+    if weights not in ("imagenet", "none"):
+        if not Path(weights).is_file():
+            raise refuse(f"the weights file {weights} no longer exists")
+    try:
+        settings = Settings(str(rec["backbone"]), str(weights), int(rec["image_size"]),
+                            str(rec["pooling"]), str(rec.get("precision") or "fp32")).check()
+    except (KeyError, TypeError, ValueError, WeightsUnavailable) as err:
+        raise refuse(f"they are not valid settings ({err})") from None
+    if rec.get("weights_tag") and settings.weights_tag != rec["weights_tag"]:
+        raise refuse(f"the weights file {weights} has changed (tag {settings.weights_tag}, "
+                     f"recorded {rec['weights_tag']}: a different SHA-256)")
+    if key and settings.key != key:
+        raise refuse(f"these settings give the features key {settings.key} here")
+    return settings
+
+
+# --------------------------------------------------------------------------- prediction
+
+def _cached_vectors(features_dir, key: str, log):
+    """{sha256: row} and the embeddings of ``FEATURES/<key>``, or empty when there is no cache."""
+    from extract.cache import CacheError, read_cache
+
+    folder = Path(features_dir) / key
+    if not folder.is_dir():
+        log(f"note: no cache {folder}; every image is embedded")
+        return {}, None
+    try:
+        emb, rows, _ = read_cache(folder, mmap=True)
+    except (FileNotFoundError, CacheError) as err:
+        log(f"warning: ignoring the cache {folder} ({err}); every image is embedded")
+        return {}, None
+    return {r["sha256"]: i for i, r in enumerate(rows)}, emb
+
+
+def _not_an_image(path: str, max_pixels: int) -> str | None:
+    """The loader's own refusal for a file that is empty or not an image by content, else None.
+
+    Cheap (the first bytes only), so such files do not start TensorFlow.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError as err:
+        return f"cannot read: {err.strerror or err}"
+    if head and sniff(head) is not None:
+        return None
+    from extract.load import ImageError, load_image
+
+    try:
+        load_image(path, 32, max_pixels)
+    except ImageError as err:
+        return str(err)
+    return None
+
+
+def predict_images(images, features_dir="features", out_dir="out", head: str | None = None,
+                   batch: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS, write: bool = True,
+                   progress: bool = False, log=print) -> pd.DataFrame:
+    """Classifies image files (or folders of them) with a head saved by ``make compare``.
+
+    Args:
+        images: files and/or folders (expanded recursively, sorted, hidden files skipped).
+        features_dir: the cache root (FEATURES), searched by content hash before embedding.
+        out_dir: where ``make compare`` wrote ``models/`` (OUT); ``predict.csv`` goes there.
+        head: the head's name; None or "" for the best cross-validated one.
+        batch: images per model call for images not in the cache.
+        max_pixels: larger images are refused (decompression-bomb guard).
+        write: also write ``out_dir/predict.csv``.
+        progress: show a progress bar while embedding.
+        log: where messages go.
+
+    Returns:
+        A DataFrame ``path, head, label, score, error`` with one row per file: ``label`` and
+        ``score`` (as in ``predictions.csv``: the predicted class's probability, or the SVM's
+        decision value) are empty and ``error`` says why when the file could not be classified.
+        ``df.attrs`` holds ``head``, ``features_key``, ``cached``, ``embedded`` and, when the
+        backbone could not be built, ``weights_error``.
+
+    Raises:
+        DataError: no images given, no saved models (naming the command that makes them), an
+            unknown head, or a model file this tool did not write.
+        SettingsMismatch: the head's extraction settings cannot be reproduced here.
+    """
+    images = [str(i) for i in images if str(i).strip()]
+    if not images:
+        raise DataError('no images given; pass IMAGES="<file or folder> ..." '
+                        '(e.g. make predict IMAGES="new/cat.jpg new/more/")')
+    bundle = load_head(out_dir, head)
+    name, key, model = bundle["head"], bundle["features_key"], bundle["model"]
+    settings = settings_of(bundle)
+    dim = (bundle.get("settings") or {}).get("dim")
+
+    entries = expand_inputs(images, log=log)
+    errors = [err for _, err in entries]
+    shas: list[str | None] = [None] * len(entries)
+    for i, (path, err) in enumerate(entries):
+        if err:
+            continue
+        try:
+            shas[i] = sha256_file(path)
+        except OSError as exc:
+            errors[i] = f"cannot read: {exc.strerror or exc}"
+
+    index, cached = _cached_vectors(features_dir, key, log)
+    vectors: dict[int, np.ndarray] = {}
+    misses: dict[str, list[int]] = {}
+    for i, sha in enumerate(shas):
+        if sha is None:
+            continue
+        if sha in index:
+            vectors[i] = np.asarray(cached[index[sha]], np.float32)
+        elif (reason := _not_an_image(entries[i][0], max_pixels)) is not None:
+            errors[i] = reason  # refused without starting the backbone
+        else:
+            misses.setdefault(sha, []).append(i)
+    n_cached = len(vectors)
+    weights_error = None
+    if misses:
+        from extract.embed import embed_files
+
+        firsts = [rows[0] for rows in misses.values()]
+        log(f"{len(firsts)} images are not in the cache {key}; embedding them with "
+            f"{settings.key}")
+        try:
+            emb, errs = embed_files([entries[i][0] for i in firsts], settings, batch=batch,
+                                    max_pixels=max_pixels, progress=progress, log=log)
+        except WeightsUnavailable as err:
+            # Not raised: the cached images can still be classified. The CLI prints it.
+            weights_error = (
+                f"{len(firsts)} images are not in the cache, and head {name!r} needs the backbone "
+                f"it was trained on to embed them ({_needs(bundle)}), which cannot be built "
+                f"here: {err}")
+            emb, errs = None, [f"not in the cache, and the backbone cannot be built: {err}"] * len(firsts)
+        for j, rows in enumerate(misses.values()):
+            for i in rows:
+                if errs[j]:
+                    errors[i] = errs[j]
+                else:
+                    vectors[i] = emb[j]
+    n_embedded = len(vectors) - n_cached
+
+    labels = [""] * len(entries)
+    score: list[float] = [math.nan] * len(entries)
+    ok = sorted(vectors)
+    if ok:
+        X = np.stack([vectors[i] for i in ok]).astype(np.float32)
+        if dim and X.shape[1] != int(dim):
+            raise SettingsMismatch(f"head {name!r} expects {dim}-dimensional embeddings but "
+                                   f"{settings.key} gave {X.shape[1]}; run make compare again")
+        from .heads import scores
+
+        got_labels, got_scores = scores(model, X)
+        for i, lab, sc in zip(ok, got_labels, got_scores):
+            labels[i], score[i] = str(lab), round(float(sc), 6)
+    df = pd.DataFrame({"path": [p for p, _ in entries], "head": name, "label": labels,
+                       "score": score, "error": errors}, columns=COLUMNS)
+    df.attrs.update(head=name, features_key=key, cached=n_cached, embedded=n_embedded,
+                    weights_error=weights_error)
+    if write:
+        from extract.cache import write_csv
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(out / "predict.csv", COLUMNS,
+                  ([r.path, r.head, r.label, "" if math.isnan(r.score) else r.score, r.error]
+                   for r in df.itertuples(index=False)))
+    return df
+
+
+# --------------------------------------------------------------------------- export
+
+def fold_logreg(pipe) -> tuple[np.ndarray, np.ndarray]:
+    """Folds ``StandardScaler`` + ``LogisticRegression`` into ``softmax(x @ W.T + b)``.
+
+    Returns:
+        ``(W (k, D), b (k,))`` in float64, k the number of classes, such that
+        ``softmax(x @ W.T + b)`` equals ``pipe.predict_proba(x)``. Two classes: sklearn's
+        ``sigmoid(z)`` is ``softmax([0, z])[1]``, so the first row is zeros.
+    """
+    scaler, lr = pipe[0], pipe[-1]
+    d = np.asarray(lr.coef_).shape[1]
+    mean = np.asarray(scaler.mean_, np.float64) if scaler.with_mean else np.zeros(d)
+    scale = np.asarray(scaler.scale_, np.float64) if scaler.with_std else np.ones(d)
+    coef = np.asarray(lr.coef_, np.float64) / scale
+    icpt = np.asarray(lr.intercept_, np.float64) - coef @ mean
+    if coef.shape[0] == 1:
+        coef = np.vstack([np.zeros_like(coef), coef])
+        icpt = np.concatenate([[0.0], icpt])
+    return coef, icpt
+
+
+def export_keras(out_dir, path, head: str | None = None, check: int = 8, log=print) -> dict:
+    """Writes the head and its backbone as one Keras model: images -> class probabilities.
+
+    The model takes ``(b, SIZE, SIZE, 3)`` float RGB values 0..255, already resized by the
+    resize rule (centre square, bilinear); it applies the backbone's preprocessing itself (as
+    fixed layers, so the file loads without this tool or custom code), then the backbone, then
+    the head folded into one Dense softmax layer. Only ``logreg`` is exported: its
+    StandardScaler and LogisticRegression fold exactly into ``softmax(W x + b)``.
+
+    Args:
+        out_dir: OUT, holding ``models/<head>.joblib``.
+        path: the ``.keras`` file to write.
+        head: the head (default: the best cross-validated one).
+        check: random images (one colour each, plus noise) on which the reloaded file is
+            compared with the backbone and the scikit-learn head.
+
+    Returns:
+        ``{"path", "head", "classes", "max_abs_diff"}``: the largest difference in probability
+        between the reloaded Keras file and backbone + scikit-learn on ``check`` random images.
+
+    Raises:
+        DataError: a head other than logreg, or no models.
+        SettingsMismatch, WeightsUnavailable: as for prediction.
+        RuntimeError: the file does not reproduce the head (it is removed).
+    """
+    bundle = load_head(out_dir, head)
+    if bundle["head"] != "logreg":
+        raise DataError(f"only the logreg head folds into a Keras layer; received HEAD={bundle['head']} "
+                        "(pass HEAD=logreg)")
+    settings = settings_of(bundle)
+    pipe = bundle["model"]
+    coef, icpt = fold_logreg(pipe)
+
+    from extract._tf import tensorflow
+
+    tensorflow()
+    import keras
+
+    from extract.model import build
+
+    backbone = build(settings)
+    keras.mixed_precision.set_global_policy("float32")
+    size = settings.size
+    inp = keras.Input((size, size, 3), name="rgb_0_255")
+    # keras.applications.vgg16.preprocess_input ("caffe"): RGB -> BGR, minus the ImageNet mean.
+    if BACKBONES[settings.backbone][1] != "vgg16":
+        raise DataError(f"export knows the preprocessing of vgg16 only; received {settings.backbone}")
+    perm = np.zeros((1, 1, 3, 3), np.float32)
+    for o in range(3):
+        perm[0, 0, 2 - o, o] = 1.0
+    pre = keras.layers.Conv2D(3, 1, name="vgg16_preprocess", trainable=False)
+    x = pre(inp)
+    pre.set_weights([perm, -np.array([103.939, 116.779, 123.68], np.float32)])
+    x = backbone(x)
+    x = keras.layers.Activation("linear", dtype="float32", name="embedding")(x)
+    dense = keras.layers.Dense(coef.shape[0], activation="softmax", dtype="float32", name=f"head_{bundle['head']}")
+    probs = dense(x)
+    dense.set_weights([coef.T.astype(np.float32), icpt.astype(np.float32)])
+    full = keras.Model(inp, probs, name=f"{settings.key}-{bundle['head']}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    full.save(path)
+
+    rng = np.random.default_rng(0)
+    # One random colour per image plus noise: pure noise saturates the probabilities at 0 and 1.
+    imgs = np.clip(rng.uniform(0, 255, (check, 1, 1, 3)) + rng.normal(0, 30, (check, size, size, 3)),
+                   0, 255).astype(np.float32)
+    from extract.model import preprocess_fn
+
+    emb = np.asarray(backbone(preprocess_fn(settings.backbone)(imgs.copy()), training=False), np.float32)
+    want = pipe.predict_proba(emb)
+    got = np.asarray(keras.models.load_model(path).predict(imgs, verbose=0))
+    diff = float(np.abs(got - want).max())
+    if not diff < 1e-3:
+        path.unlink(missing_ok=True)
+        raise RuntimeError(f"the exported model differs from the scikit-learn head by {diff:.3g} "
+                           f"in probability on random images; {path} was removed")
+    log(f"exported {bundle['head']} on {settings.key} to {path}: input (b, {size}, {size}, 3) RGB "
+        f"0..255, output probabilities of {list(bundle['class_names'])}; max |keras - sklearn| "
+        f"= {diff:.2e} on {check} random images")
+    return {"path": str(path), "head": bundle["head"], "classes": list(bundle["class_names"]),
+            "max_abs_diff": diff}
+
+
+# --------------------------------------------------------------------------- command line
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m classify.predict",
+                                description="Classify image files or folders with a saved head.")
+    p.add_argument("images", nargs="*", help="files or folders (IMAGES)")
+    p.add_argument("--features", default="features", help="cache root (FEATURES)")
+    p.add_argument("--out", default="out", help="where make compare wrote models/ (OUT)")
+    p.add_argument("--head", default="", help="head to use (HEAD); empty: best cv_mean")
+    p.add_argument("--batch", type=int, default=32, help="images per model call (BATCH)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="MAX_PIXELS")
+    p.add_argument("--export", metavar="FILE.keras", default=None,
+                   help="write the head (logreg) and its backbone as one Keras model file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    try:
+        if args.export:
+            export_keras(args.out, args.export, args.head or None)
+            if not args.images:
+                return 0
+        df = predict_images(args.images, args.features, args.out, args.head or None,
+                            batch=args.batch, max_pixels=args.max_pixels,
+                            progress=not args.quiet)
+    except (DataError, ValueError, FileNotFoundError, WeightsUnavailable) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; nothing written", file=sys.stderr)
+        return 130
+    shown = df.assign(
+        score=df["score"].map(lambda v: "" if math.isnan(v) else f"{v:.4f}"),
+        error=df["error"].map(lambda e: e if len(e) <= 70 else e[:67] + "..."))
+    print(shown.to_string(index=False))
+    n_ok = int((df["error"] == "").sum())
+    a = df.attrs
+    print(f"\npredicted {n_ok} of {len(df)} files with head {a['head']} on {a['features_key']} "
+          f"({a['cached']} from the cache, {a['embedded']} embedded, {len(df) - n_ok} errors) "
+          f"-> {Path(args.out) / 'predict.csv'} (full error messages there)")
+    if a.get("weights_error"):
+        print(f"{'error' if n_ok == 0 else 'warning'}: {a['weights_error']}", file=sys.stderr)
+    if n_ok == 0:
+        print("error: no file could be classified; the error column says why", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
