@@ -34,7 +34,7 @@ EXTRACT_ARGS = --in "$(IN)" --features "$(FEATURES)" --backbone $(BACKBONE) --we
 	--size $(SIZE) --pooling $(POOLING) --precision $(PRECISION)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help setup features compare audit report predict demo test bench clean clean-features
+.PHONY: help setup features compare audit report predict demo test test-deps bench clean clean-features
 
 help: ## list every target and variable
 	@echo "Targets:"
@@ -56,7 +56,8 @@ features: setup ## stage 1: embed new or changed images of IN into FEATURES/<key
 
 compare: setup ## stage 2: train, cross-validate and compare HEADS on the cached embeddings
 	$(PY) -m classify compare $(EXTRACT_ARGS) --out "$(OUT)" --heads $(HEADS) --seed $(SEED) \
-		--test-size $(TEST_SIZE) --folds $(FOLDS) --jobs $(JOBS)
+		--test-size $(TEST_SIZE) --folds $(FOLDS) --jobs $(JOBS) --groups $(GROUPS) \
+		--dup-threshold $(DUP_THRESHOLD)
 
 audit: setup ## near-duplicates across splits, label suspects, leakage-aware scores -> OUT/audit/
 	$(PY) -m classify.audit $(EXTRACT_ARGS) --out "$(OUT)" --heads $(HEADS) --seed $(SEED) \
@@ -71,19 +72,32 @@ predict: setup ## classify IMAGES with a saved head (HEAD, default the best) -> 
 bench: setup ## measure extraction and comparison speed -> bench/results.json, BENCHMARKS.md
 	$(PY) -m bench
 
-DEMO := demo
+DEMO ?= demo##          where `make demo` writes its input, features and outputs
 demo: setup ## the embedded default: scikit-learn's digits as PNGs -> features -> compare (offline-safe)
 	$(PY) -m classify.demo "$(DEMO)/in"
 	$(PY) -m extract --in "$(DEMO)/in" --features "$(DEMO)/features" --size 32 --weights imagenet \
 		--weights-fallback none --batch 64
 	$(PY) -m classify compare --in "$(DEMO)/in" --features "$(DEMO)/features" --out "$(DEMO)/out" \
 		--size 32 --weights imagenet --weights-fallback none --folds 5
+	$(PY) -m classify.report --in "$(DEMO)/in" --features "$(DEMO)/features" --out "$(DEMO)/out"
 
-test: setup ## run the test suite (what CI runs)
+test: setup test-deps ## run the test suite (what CI runs)
 	$(PY) -m pytest -q tests
 
+test-deps: ## install what the browser test needs: Debian's chromium (apt-get, as root) when missing
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium for the report's browser test (apt-get)"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		{ apt-get update -q && apt-get install -y -q chromium; } >/dev/null \
+			|| echo "warning: apt-get could not install chromium; the browser test will be skipped"; \
+	else \
+		echo "note: /usr/bin/chromium is missing and apt-get cannot run here (not Debian, or not root):" \
+			"the browser test will be skipped; install chromium to run it"; \
+	fi
+
 clean: ## delete OUT (stage 2 outputs are re-created in seconds)
-	rm -rf "$(OUT)"/*
+	rm -rf "$(OUT)"/* "$(OUT)"/.dups
 
 clean-features: ## delete the whole cache under FEATURES (the CNN must run again)
 	rm -rf "$(FEATURES)"/* "$(FEATURES)"/.partial "$(FEATURES)"/.locks

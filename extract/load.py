@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .files import sniff
 
@@ -87,6 +87,9 @@ def load_image(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np
         img.load()
     except ImageError:
         raise
+    except UnidentifiedImageError:
+        raise ImageError(f"damaged {fmt} file: it starts like {fmt} but Pillow cannot read the "
+                         "rest; copy or download it again") from None
     except OSError as err:
         text = str(err)
         if "truncated" in text or "broken data stream" in text or "premature end" in text.lower():

@@ -1,0 +1,107 @@
+"""End to end through the Makefile, as a user runs it: help, features -> compare, the demo."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+
+from conftest import colour_image, run_make, write_class_folder
+from extract import read_cache
+
+KEY = "vgg16-avg-64-none"
+
+
+def test_help_lists_every_target_and_variable():
+    r = run_make("help")
+    assert r.returncode == 0
+    makefile = (run_make.__globals__["ROOT"] / "Makefile").read_text()
+    targets = re.findall(r"^([a-z-]+):.*## ", makefile, re.M)
+    variables = re.findall(r"^([A-Z_]+) \?= ", makefile, re.M)
+    assert {"features", "compare", "demo", "test", "setup"} <= set(targets)
+    for name in targets:
+        assert f"make {name}" in r.stdout, name
+    for name in variables:
+        assert f"  {name}=" in r.stdout, name
+    for name in "IN FEATURES OUT BACKBONE WEIGHTS SIZE POOLING BATCH PRECISION STRICT HEADS SEED TEST_SIZE FOLDS".split():
+        assert name in variables
+
+
+def test_features_then_compare(tmp_path):
+    src, features, out = tmp_path / "in", tmp_path / "features", tmp_path / "out"
+    write_class_folder(src, 10)
+    args = [f"IN={src}", f"FEATURES={features}", f"OUT={out}", "WEIGHTS=none", "SIZE=64"]
+
+    r = run_make("features", *args)
+    assert r.returncode == 0, r.stderr
+    emb, rows, meta = read_cache(features / KEY)
+    assert emb.shape == (20, 512) and emb.dtype == np.float32
+    assert {row["path"].split("/")[0] for row in rows} == {"red", "blue"}
+    assert all(row["path"].startswith(row["label"] + "/") for row in rows)
+    assert meta["computed"] == 20
+
+    r = run_make("features", *args)
+    assert r.returncode == 0 and "computed 0, reused 20" in r.stdout
+    assert json.loads((features / KEY / "meta.json").read_text())["reused"] == 20
+
+    write_class_folder(src, 2, classes=("red",), start=40)
+    colour_image((40, 40, 210), 77).save(src / "blue" / "extra.jpg")
+    r = run_make("features", *args)
+    meta = json.loads((features / KEY / "meta.json").read_text())
+    assert (meta["computed"], meta["n"]) == (3, 23)
+
+    r = run_make("compare", *args, "FOLDS=3")
+    assert r.returncode == 0, r.stderr
+    comp = pd.read_csv(out / "comparison.csv")
+    assert list(comp["head"]) == ["logreg", "svm", "mlp"]
+    assert (comp["accuracy"] >= 0.9).all(), comp
+    assert "balanced_accuracy" in r.stdout  # the table is printed
+    pred = pd.read_csv(out / "predictions.csv")
+    labels = {row["path"]: row["label"] for row in read_cache(features / KEY)[1]}
+    assert all(labels[p] == label for p, label in zip(pred["path"], pred["label"]))
+    for name in ("logreg", "svm", "mlp"):
+        assert (out / "models" / f"{name}.joblib").exists()
+        assert (out / "reports" / f"{name}.txt").exists()
+
+    r = run_make("compare", *args, "HEADS=logreg,tree")
+    assert r.returncode != 0 and "known heads: logreg, svm, mlp" in r.stderr
+
+
+def test_compare_without_features_says_how_to_make_them(tmp_path):
+    r = run_make("compare", f"FEATURES={tmp_path / 'none'}", f"OUT={tmp_path / 'out'}", "SIZE=64")
+    assert r.returncode != 0
+    assert "make features" in r.stderr and "SIZE=64" in r.stderr
+
+
+def test_split_layout_end_to_end(tmp_path):
+    src = tmp_path / "in"
+    write_class_folder(src, 6, split="train")
+    write_class_folder(src, 3, split="test", start=30)
+    args = [f"IN={src}", f"FEATURES={tmp_path / 'f'}", f"OUT={tmp_path / 'o'}", "WEIGHTS=none", "SIZE=64"]
+    assert run_make("features", *args).returncode == 0
+    _, rows, _ = read_cache(tmp_path / "f" / KEY)
+    assert {r["split"] for r in rows} == {"train", "test"}
+    r = run_make("compare", *args, "FOLDS=3", "HEADS=logreg")
+    assert r.returncode == 0, r.stderr
+    assert "evaluated on 'test'" in r.stdout
+
+
+def test_demo_runs_offline_to_the_end(tmp_path):
+    demo = tmp_path / "demo"
+    r = run_make("demo", f"DEMO={demo}", timeout=1500)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert len(list((demo / "in").rglob("*.png"))) == 1797
+    comp = pd.read_csv(demo / "out" / "comparison.csv")
+    assert set(comp["head"]) == {"logreg", "svm", "mlp"}
+    assert comp["accuracy"].max() > 0.8
+    run = json.loads((demo / "out" / "run.json").read_text())
+    meta = json.loads((demo / "features" / run["features_key"] / "meta.json").read_text())
+    assert meta["n"] == 1797
+    if meta["weights"] == "none":  # offline: the banner and the record say so
+        assert "RANDOM" in r.stderr and meta.get("weights_fallback")
+    assert "head" in r.stdout and "accuracy" in r.stdout
+    report = demo / "out" / "report.html"
+    assert report.is_file() and str(report) in r.stdout  # the demo ends by printing its path
+    assert "http://" not in report.read_text() and "https://" not in report.read_text()
