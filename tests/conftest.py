@@ -60,5 +60,5 @@ def run_cli(*args, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProce
 def run_make(*args, timeout=900) -> subprocess.CompletedProcess:
     """Runs ``make <args>`` in the project root with the current virtualenv."""
     venv = Path(sys.prefix)
-    return subprocess.run(["make", *map(str, args), f"VENV={venv}"],
+    return subprocess.run(["make", "--no-print-directory", *map(str, args), f"VENV={venv}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
