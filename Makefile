@@ -41,7 +41,7 @@ help: ## list every target and variable
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  make \1\t\2/' | expand -t 22
 	@echo
 	@echo "Variables (make TARGET NAME=value):"
-	@grep -E '^[A-Z_]+ \?= ' $(MAKEFILE_LIST) | sed -E 's/^([A-Z_]+) \?= ([^#]*)## *(.*)/  \1=\2\t\3/' | expand -t 24
+	@grep -E '^[A-Z_]+ \?=' $(MAKEFILE_LIST) | sed -E 's/^([A-Z_]+) \?= ?([^#]*)## *(.*)/  \1=\2\t\3/' | expand -t 24
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -67,7 +67,8 @@ report: setup ## one self-contained HTML page of the whole experiment -> OUT/rep
 	$(PY) -m classify.report --in "$(IN)" --features "$(FEATURES)" --out "$(OUT)"
 
 predict: setup ## classify IMAGES with a saved head (HEAD, default the best) -> OUT/predict.csv
-	$(PY) -m classify.predict --features "$(FEATURES)" --out "$(OUT)" --head "$(HEAD)" --batch $(BATCH) -- $(IMAGES)
+	$(PY) -m classify.predict --features "$(FEATURES)" --out "$(OUT)" --head "$(HEAD)" --batch $(BATCH) \
+		--max-pixels $(MAX_PIXELS) -- $(IMAGES)
 
 bench: setup ## measure extraction and comparison speed -> bench/results.json, BENCHMARKS.md
 	$(PY) -m bench
@@ -97,7 +98,7 @@ test-deps: ## install what the browser test needs: Debian's chromium (apt-get, a
 	fi
 
 clean: ## delete OUT (stage 2 outputs are re-created in seconds)
-	rm -rf "$(OUT)"/* "$(OUT)"/.dups
+	@o="$(strip $(OUT))"; rm -rf -- "$${o:?OUT is empty}"/* "$$o"/.dups
 
 clean-features: ## delete the whole cache under FEATURES (the CNN must run again)
-	rm -rf "$(FEATURES)"/* "$(FEATURES)"/.partial "$(FEATURES)"/.locks
+	@f="$(strip $(FEATURES))"; rm -rf -- "$${f:?FEATURES is empty}"/* "$$f"/.partial "$$f"/.locks "$$f"/.tmp-* "$$f"/.old-*

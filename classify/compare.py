@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import os
 import platform
@@ -51,7 +52,11 @@ def _fit_small_validation(model, y_train) -> None:
     """
     est = model[-1] if hasattr(model, "steps") else model
     if getattr(est, "early_stopping", False):
-        n_classes = len(np.unique(y_train))
+        n_classes, counts = np.unique(y_train, return_counts=True)
+        n_classes = len(n_classes)
+        if counts.min() < 2:  # no stratified validation split is possible: train without one
+            est.set_params(early_stopping=False)
+            return
         need = (n_classes + 1) / max(len(y_train), 1)
         if est.validation_fraction < need:
             est.set_params(validation_fraction=min(0.5, need))
@@ -110,13 +115,14 @@ def load_model(path) -> dict:
     if not path.is_file() or not side.is_file():
         raise DataError(f"model {path} (with its sidecar {side.name}) not found; run make compare first")
     expected = json.loads(side.read_text(encoding="utf-8")).get("sha256")
-    actual = hashlib.sha256(path.read_bytes()).hexdigest()
-    if expected != actual:
+    data = path.read_bytes()  # hashed and loaded from the same bytes
+    if expected != hashlib.sha256(data).hexdigest():
         raise DataError(
-            f"refusing to load {path}: its SHA-256 does not match {side.name}, so this tool did "
-            "not write it (joblib files run code when loaded); run make compare to re-create it"
+            f"refusing to load {path}: its SHA-256 does not match {side.name}, so it changed "
+            "after this tool wrote it (joblib files run code when loaded); run make compare to "
+            "re-create it"
         )
-    return joblib.load(path)
+    return joblib.load(io.BytesIO(data))
 
 
 def format_table(df: pd.DataFrame) -> str:
@@ -194,6 +200,11 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     out = Path(out_dir)
     for sub in ("reports", "models", "figures"):
         (out / sub).mkdir(parents=True, exist_ok=True)
+    # Outputs of an earlier run with other heads or classes must not pass for this run's.
+    for stale in [*(out / "figures").glob("*.png"), *(out / "models").glob("*"),
+                  *(out / "reports").glob("*")]:
+        if stale.is_file() and (stale.parent.name == "figures" or stale.stem not in models):
+            stale.unlink()
     write_csv(out / "split.csv", ["path", "label", "role"],
               zip(man["path"], man["label"], role.replace("", "unused")))
 

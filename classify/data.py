@@ -92,7 +92,7 @@ def assign_split(manifest: pd.DataFrame, test_size: float, seed: int) -> tuple[p
     With split folders: ``train`` trains, ``test`` is evaluated (else ``val``/``valid``/
     ``validation``). Without: a stratified hold-out of ``test_size`` per class, chosen by a
     seeded hash of each file's content, so the choice is reproducible, stays put when images are
-    added, and puts exact duplicates on the same side.
+    added, and keeps copies of one file (same label, same content) on the same side.
 
     Returns:
         (a Series of "train"/"eval"/"" per row, a sentence describing the rule used).
@@ -113,8 +113,15 @@ def assign_split(manifest: pd.DataFrame, test_size: float, seed: int) -> tuple[p
         raise DataError(f"TEST_SIZE must be between 0 and 1 (a fraction); received {test_size!r}")
     role = pd.Series("train", index=manifest.index)
     for label, group in manifest.groupby("label", sort=True):
-        order = sorted(group.index, key=lambda i: _rank(seed, manifest.at[i, "sha256"], manifest.at[i, "path"]))
-        n_eval = int(round(test_size * len(order)))
-        n_eval = min(max(n_eval, 1), len(order) - 1) if len(order) >= 2 else 0
-        role.loc[order[:n_eval]] = "eval"
+        # Whole contents are drawn, not rows, so copies of one file stay on one side.
+        by_sha = group.groupby("sha256", sort=False).groups
+        order = sorted(by_sha, key=lambda sha: _rank(seed, sha, ""))
+        n_eval = int(round(test_size * len(group)))
+        n_eval = min(max(n_eval, 1), len(group) - 1) if len(group) >= 2 else 0
+        taken = 0
+        for sha in order:
+            if taken >= n_eval or taken + len(by_sha[sha]) > len(group) - 1:
+                break
+            role.loc[by_sha[sha]] = "eval"
+            taken += len(by_sha[sha])
     return role, f"stratified hold-out of {test_size:g} per class, seeded by SEED={seed}"

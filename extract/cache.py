@@ -88,16 +88,26 @@ def read_cache(folder: Path, mmap: bool = False):
     for name in ("embeddings.npy", "manifest.csv", "meta.json"):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} is missing")
-    try:
-        emb = np.load(folder / "embeddings.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
-    except Exception as err:
-        raise CacheError(
-            f"{folder / 'embeddings.npy'} cannot be read ({type(err).__name__}: {err}); "
-            "it is damaged: run `make features` again to rebuild it"
-        ) from None
-    rows = read_csv_rows(folder / "manifest.csv")
-    with open(folder / "meta.json", encoding="utf-8") as fh:
-        meta = json.load(fh)
+    # Open all three before reading any: if a writer swaps the folder meanwhile, the open files
+    # still belong to one version, so rows and vectors cannot come from two different runs.
+    with open(folder / "embeddings.npy", "rb") as f_emb, \
+            open(folder / "manifest.csv", newline="", encoding="utf-8") as f_man, \
+            open(folder / "meta.json", encoding="utf-8") as f_meta:
+        try:
+            if mmap:
+                emb = np.load(folder / "embeddings.npy", mmap_mode="r", allow_pickle=False)
+            else:
+                emb = np.load(f_emb, allow_pickle=False)
+        except Exception as err:
+            raise CacheError(
+                f"{folder / 'embeddings.npy'} cannot be read ({type(err).__name__}: {err}); "
+                "it is damaged: run `make features` again to rebuild it"
+            ) from None
+        rows = list(csv.DictReader(f_man))
+        try:
+            meta = json.load(f_meta)
+        except ValueError as err:
+            raise CacheError(f"{folder / 'meta.json'} is not valid JSON ({err}); run `make features` again") from None
     if emb.dtype != np.float32 or emb.ndim != 2:
         raise CacheError(
             f"{folder / 'embeddings.npy'} must be a 2-D float32 array; "
@@ -132,6 +142,7 @@ def write_cache(features: Path, key: str, emb: np.ndarray, rows: list[dict], met
     features = Path(features)
     features.mkdir(parents=True, exist_ok=True)
     final = features / key
+    old = None
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=features))
     try:
         emb = np.ascontiguousarray(emb, dtype=np.float32)
@@ -141,7 +152,6 @@ def write_cache(features: Path, key: str, emb: np.ndarray, rows: list[dict], met
         write_csv(tmp / "rejected.csv", ["path", "reason"], rejected)
         write_json(tmp / "meta.json", meta)
         os.chmod(tmp, 0o755)
-        old = None
         if final.exists():
             old = features / f".old-{key}-{uuid.uuid4().hex[:8]}"
             os.replace(final, old)
@@ -149,9 +159,31 @@ def write_cache(features: Path, key: str, emb: np.ndarray, rows: list[dict], met
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:
+        if old is not None and old.exists() and not final.exists():
+            os.replace(old, final)  # interrupted between the two renames: put the old one back
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def recover(features: Path, key: str) -> list[str]:
+    """Tidies what a process killed inside :func:`write_cache` can leave; call under the lock.
+
+    A killed run may leave ``.tmp-<key>-*`` (an unfinished new folder: deleted) and, between its
+    two renames, ``.old-<key>-*`` without ``<key>`` (the previous complete cache: put back).
+
+    Returns:
+        What was done, for the log.
+    """
+    features = Path(features)
+    notes = []
+    olds = sorted(features.glob(f".old-{key}-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not (features / key).exists():
+        os.replace(olds.pop(), features / key)
+        notes.append(f"restored the previous cache {features / key} left aside by a killed run")
+    for stale in [*olds, *features.glob(f".tmp-{key}-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return notes
 
 
 class Shards:

@@ -184,10 +184,14 @@ def list_images(root: str | os.PathLike) -> Listing:
             )
         if not found:
             empty.append(f"{split}/{label}" if split else label)
-    # Files that do not sit in a class folder.
-    for child in sorted(root.iterdir()):
-        if child.is_file() and not _hidden(child.name):
-            skipped.append(_rel(child, root))
+    # Files that do not sit in a class folder (directly in IN, or directly in a split folder).
+    loose = [root]
+    if layout == "split/class":
+        loose += [p for p in root.iterdir() if p.is_dir() and not _hidden(p.name)]
+    for folder in loose:
+        for child in sorted(folder.iterdir()):
+            if child.is_file() and not _hidden(child.name):
+                skipped.append(_rel(child, root))
     candidates.sort(key=lambda c: c.path)
     rejected.sort()
     return Listing(candidates, rejected, sorted(skipped), layout, empty)

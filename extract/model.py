@@ -116,9 +116,12 @@ def build(settings: Settings):
     """
     from ._tf import tensorflow
 
-    tensorflow()
+    tf = tensorflow()
     import keras
 
+    # fp32 means fp32 on every device: GPUs would otherwise run convolutions in TF32, and one
+    # cache could hold rows of two precisions (the device is not part of the key).
+    tf.config.experimental.enable_tensor_float_32_execution(settings.precision != "fp32")
     keras.mixed_precision.set_global_policy(PRECISIONS[settings.precision])
     factory = getattr(keras.applications, BACKBONES[settings.backbone][0])
     shape = (settings.size, settings.size, 3)

@@ -59,7 +59,8 @@ def embedder(settings: Settings):
 
     Built once per setting and process (the last two are kept): repeated runs in one process
     (incremental extraction, predict, the benchmark) do not pay the model build and tracing again.
-    Not XLA-compiled: ``jit_compile=True`` measured 3-4x slower on CPU (see BENCHMARKS.md).
+    Not XLA-compiled: ``jit_compile=True`` measured slower than TensorFlow's oneDNN kernels on
+    a 2-core Zen 4 CPU (fp32 0.25-0.8x, bf16 0.25-0.4x; see BENCHMARKS.md).
     """
     from ._tf import tensorflow
     from .model import build
@@ -151,132 +152,144 @@ def extract_features(in_dir, features_dir, settings: Settings, batch: int = 32,
     features.mkdir(parents=True, exist_ok=True)
     key = settings.key
     folder = features / key
-    with cache.locked(features, key, log=log):
-        listing = files.list_images(in_dir)
-        previous_emb, previous_rows = None, []
-        if folder.exists():
-            try:
-                previous_emb, previous_rows, _ = cache.read_cache(folder)
-            except (FileNotFoundError, cache.CacheError) as err:
-                log(f"warning: ignoring the damaged cache {folder} ({err}); its images are computed again")
-        known_sha = {(r["path"], int(r.get("size") or -1), int(r.get("mtime_ns") or -1)): r["sha256"]
-                     for r in previous_rows}
-        unreadable = files.fill_hashes(listing.candidates, known_sha)
-        store = {r["sha256"]: i for i, r in enumerate(previous_rows)}
-        shards = cache.Shards(features, key, dim=None if previous_emb is None else previous_emb.shape[1])
-        resumed, notes = shards.load()
-        for note in notes:
-            log(f"warning: {note}")
-        if resumed:
-            log(f"resuming: {len(resumed)} images were embedded by an earlier, unfinished run")
+    try:
+        with cache.locked(features, key, log=log):
+            for note in cache.recover(features, key):
+                log(f"warning: {note}")
+            listing = files.list_images(in_dir)
+            previous_emb, previous_rows, previous_meta = None, [], {}
+            if folder.exists():
+                try:
+                    previous_emb, previous_rows, previous_meta = cache.read_cache(folder)
+                except (FileNotFoundError, cache.CacheError) as err:
+                    log(f"warning: ignoring the damaged cache {folder} ({err}); its images are computed again")
+            known_sha = {(r["path"], int(r.get("size") or -1), int(r.get("mtime_ns") or -1)): r["sha256"]
+                         for r in previous_rows}
+            unreadable = files.fill_hashes(listing.candidates, known_sha)
+            store = {r["sha256"]: i for i, r in enumerate(previous_rows)}
+            shards = cache.Shards(features, key, dim=None if previous_emb is None else previous_emb.shape[1])
+            resumed, notes = shards.load()
+            for note in notes:
+                log(f"warning: {note}")
+            if resumed:
+                log(f"resuming: {len(resumed)} images were embedded by an earlier, unfinished run")
 
-        def lookup(sha):
-            if sha in store:
-                return previous_emb[store[sha]]
-            return resumed.get(sha)
+            def lookup(sha):
+                if sha in store:
+                    return previous_emb[store[sha]]
+                return resumed.get(sha)
 
-        todo: dict[str, files.Candidate] = {}
-        for cand in listing.candidates:
-            if lookup(cand.sha256) is None and cand.sha256 not in todo:
-                todo[cand.sha256] = cand
-        fresh: dict[str, np.ndarray] = {}
-        failed: dict[str, str] = {}
-        device = "none needed (everything cached)"
-        if todo:
-            order = list(todo.values())
-            pending_sha, pending_emb, last_flush = [], [], time.perf_counter()
+            # Contents that failed to load before fail again: do not start the model for them.
+            # A too-large image is retried, since MAX_PIXELS may have been raised.
+            failed: dict[str, str] = {
+                sha: reason for sha, reason in previous_meta.get("rejected_sha256", {}).items()
+                if not reason.startswith("image too large")}
+            todo: dict[str, files.Candidate] = {}
+            for cand in listing.candidates:
+                if lookup(cand.sha256) is None and cand.sha256 not in todo and cand.sha256 not in failed:
+                    todo[cand.sha256] = cand
+            fresh: dict[str, np.ndarray] = {}
+            device = "none needed (everything cached)"
+            if todo:
+                order = list(todo.values())
+                pending_sha, pending_emb, last_flush = [], [], time.perf_counter()
 
-            def on_batch(indices, emb, errs):
-                nonlocal last_flush
-                for i, row, err in zip(indices, emb, errs):
-                    sha = order[i].sha256
-                    if err:
-                        failed[sha] = err
-                    elif not np.isfinite(row).all():
-                        failed[sha] = "the model produced NaN or infinite values for this image"
-                    else:
-                        fresh[sha] = row
-                        pending_sha.append(sha)
-                        pending_emb.append(row)
-                if time.perf_counter() - last_flush >= flush_seconds:
+                def on_batch(indices, emb, errs):
+                    nonlocal last_flush
+                    for i, row, err in zip(indices, emb, errs):
+                        sha = order[i].sha256
+                        if err:
+                            failed[sha] = err
+                        elif not np.isfinite(row).all():
+                            failed[sha] = "the model produced NaN or infinite values for this image"
+                        else:
+                            fresh[sha] = row
+                            pending_sha.append(sha)
+                            pending_emb.append(row)
+                    if time.perf_counter() - last_flush >= flush_seconds:
+                        flush()
+
+                def flush():
+                    nonlocal last_flush
+                    if pending_sha:
+                        shards.save(pending_sha, np.stack(pending_emb))
+                        pending_sha.clear()
+                        pending_emb.clear()
+                    last_flush = time.perf_counter()
+
+                try:
+                    device = compute(settings, [c.abspath for c in order], batch, max_pixels,
+                                     on_batch, progress=progress, log=log)
+                except KeyboardInterrupt:
                     flush()
-
-            def flush():
-                nonlocal last_flush
-                if pending_sha:
-                    shards.save(pending_sha, np.stack(pending_emb))
-                    pending_sha.clear()
-                    pending_emb.clear()
-                last_flush = time.perf_counter()
-
-            try:
-                device = compute(settings, [c.abspath for c in order], batch, max_pixels,
-                                 on_batch, progress=progress, log=log)
-            except KeyboardInterrupt:
+                    raise Interrupted(
+                        f"interrupted: {len(fresh)} newly embedded images are kept in "
+                        f"{shards.folder}; run the same command again to resume"
+                    ) from None
                 flush()
-                raise Interrupted(
-                    f"interrupted: {len(fresh)} newly embedded images are kept in "
-                    f"{shards.folder}; run the same command again to resume"
-                ) from None
-            flush()
 
-        rows, vectors, rejected = [], [], list(listing.rejected) + unreadable
-        computed = reused = 0
-        for cand in listing.candidates:
-            vec = fresh.get(cand.sha256)
-            if vec is not None:
-                computed += 1
-            else:
-                vec = lookup(cand.sha256)
-                if vec is None:
-                    rejected.append((cand.path, failed.get(cand.sha256, "not embedded")))
-                    continue
-                reused += 1
-            vectors.append(vec)
-            rows.append({"path": cand.path, "label": cand.label, "split": cand.split,
-                         "sha256": cand.sha256, "size": cand.size, "mtime_ns": cand.mtime_ns})
-        rejected.sort()
-        if not rows:
-            raise ValueError(
-                f"no image could be embedded from {in_dir!s} ({len(rejected)} rejected, "
-                f"{len(listing.skipped)} skipped); put images in IN/<class>/<image> "
-                "(or IN/<split>/<class>/<image>)"
-                + (f"; first rejection: {rejected[0][0]}: {rejected[0][1]}" if rejected else "")
-            )
-        emb = np.stack(vectors).astype(np.float32)
-        seconds = time.perf_counter() - t0
-        meta = {
-            "key": key,
-            "backbone": settings.backbone,
-            "weights": settings.weights if settings.weights in ("imagenet", "none")
-            else os.path.abspath(settings.weights),
-            "weights_tag": settings.weights_tag,
-            "init_seed": INIT_SEED if settings.weights == "none" else None,
-            "image_size": settings.size,
-            "pooling": settings.pooling,
-            "precision": settings.precision,
-            "resize": "exif-upright, first frame, RGB on white, centre square crop, bilinear",
-            "dim": int(emb.shape[1]),
-            "n": len(rows),
-            "class_names": sorted({r["label"] for r in rows}),
-            "splits": sorted({r["split"] for r in rows if r["split"]}),
-            "layout": listing.layout,
-            "empty_classes": listing.empty_classes,
-            "computed": computed,
-            "reused": reused,
-            "rejected": len(rejected),
-            "skipped": len(listing.skipped),
-            "seconds": round(seconds, 3),
-            "images_per_second": round(computed / seconds, 3) if seconds > 0 else None,
-            "device": device,
-            "batch": batch,
-            "input": os.path.abspath(in_dir),
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "versions": _versions(),
-        }
-        meta.update(extra_meta or {})
-        cache.write_cache(features, key, emb, rows, meta, rejected)
-        shards.clear()
+            rows, vectors, rejected = [], [], list(listing.rejected) + unreadable
+            computed = reused = 0
+            for cand in listing.candidates:
+                vec = fresh.get(cand.sha256)
+                if vec is not None:
+                    computed += 1
+                else:
+                    vec = lookup(cand.sha256)
+                    if vec is None:
+                        rejected.append((cand.path, failed.get(cand.sha256, "not embedded")))
+                        continue
+                    reused += 1
+                vectors.append(vec)
+                rows.append({"path": cand.path, "label": cand.label, "split": cand.split,
+                             "sha256": cand.sha256, "size": cand.size, "mtime_ns": cand.mtime_ns})
+            rejected.sort()
+            if not rows:
+                raise ValueError(
+                    f"no image could be embedded from {in_dir!s} ({len(rejected)} rejected, "
+                    f"{len(listing.skipped)} skipped); put images in IN/<class>/<image> "
+                    "(or IN/<split>/<class>/<image>)"
+                    + (f"; first rejection: {rejected[0][0]}: {rejected[0][1]}" if rejected else "")
+                )
+            emb = np.stack(vectors).astype(np.float32)
+            seconds = time.perf_counter() - t0
+            meta = {
+                "key": key,
+                "backbone": settings.backbone,
+                "weights": settings.weights if settings.weights in ("imagenet", "none")
+                else os.path.abspath(settings.weights),
+                "weights_tag": settings.weights_tag,
+                "init_seed": INIT_SEED if settings.weights == "none" else None,
+                "image_size": settings.size,
+                "pooling": settings.pooling,
+                "precision": settings.precision,
+                "resize": "exif-upright, first frame, RGB on white, centre square crop, bilinear",
+                "dim": int(emb.shape[1]),
+                "n": len(rows),
+                "class_names": sorted({r["label"] for r in rows}),
+                "splits": sorted({r["split"] for r in rows if r["split"]}),
+                "layout": listing.layout,
+                "empty_classes": listing.empty_classes,
+                "computed": computed,
+                "reused": reused,
+                "rejected": len(rejected),
+                "skipped": len(listing.skipped),
+                "rejected_sha256": {c.sha256: failed[c.sha256] for c in listing.candidates
+                                    if c.sha256 in failed},
+                "seconds": round(seconds, 3),
+                "images_per_second": round(computed / seconds, 3) if seconds > 0 else None,
+                "device": device,
+                "batch": batch,
+                "input": os.path.abspath(in_dir),
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "versions": _versions(),
+            }
+            meta.update(extra_meta or {})
+            cache.write_cache(features, key, emb, rows, meta, rejected)
+            shards.clear()
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted: finished batches are kept and {folder} is complete or "
+                          "absent, never half-written; run the same command again to resume") from None
     if listing.empty_classes:
         log(f"warning: class folders without images: {', '.join(listing.empty_classes)}")
     if listing.skipped:

@@ -57,8 +57,15 @@ def run_cli(*args, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProce
                           capture_output=True, text=True, timeout=timeout)
 
 
-def run_make(*args, timeout=900) -> subprocess.CompletedProcess:
-    """Runs ``make <args>`` in the project root with the current virtualenv."""
+def run_make(*args, timeout=900, env=None) -> subprocess.CompletedProcess:
+    """Runs ``make <args>`` in the project root with the current virtualenv.
+
+    Skips when pytest does not run inside a virtualenv made by ``make setup``: make would
+    otherwise try to create one over this interpreter's prefix.
+    """
     venv = Path(sys.prefix)
+    if not (venv / ".installed").is_file():
+        pytest.skip(f"{venv} is not a virtualenv made by `make setup`; run the tests with `make test`")
     return subprocess.run(["make", "--no-print-directory", *map(str, args), f"VENV={venv}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **(env or {})))

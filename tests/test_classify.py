@@ -237,3 +237,37 @@ def test_compare_never_imports_tensorflow(cached, tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "False False"
     assert "accuracy" in r.stdout  # the printed table
+
+
+def test_two_training_images_in_a_class_still_compare_every_head(tmp_path):
+    """The MLP's early-stopping split needs two images per class; it trains without one instead."""
+    from classify import compare
+
+    _fake_cache(tmp_path / "f", ["a"] * 12 + ["b"] * 3)
+    logs = []
+    table = compare(tmp_path / "f", S64, tmp_path / "o", folds=5, log=logs.append)
+    assert list(table["head"]) == ["logreg", "svm", "mlp"]
+    assert any("using 2-fold" in m for m in logs)
+
+
+def test_copies_of_a_file_land_on_one_side_of_the_holdout():
+    from classify.data import assign_split
+
+    for seed in range(40):
+        shas = [f"{i:04d}" for i in range(10)] + ["0003", "0007"]
+        man = pd.DataFrame({"path": [f"a/{i}" for i in range(12)], "label": "a", "split": "",
+                            "sha256": shas})
+        role, _ = assign_split(man, 0.3, seed=seed)
+        for sha in ("0003", "0007"):
+            assert role[man["sha256"] == sha].nunique() == 1, seed
+        assert 2 <= (role == "eval").sum() <= 5
+
+
+def test_stale_outputs_of_other_heads_are_removed(cached, tmp_path):
+    out = tmp_path / "out"
+    _compare(cached / "features", out)
+    assert (out / "models" / "mlp.joblib").exists() and (out / "figures" / "mlp_history.png").exists()
+    _compare(cached / "features", out, heads="logreg")
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["logreg.joblib", "logreg.json"]
+    assert not (out / "figures" / "mlp_history.png").exists()
+    assert sorted(p.name for p in (out / "reports").iterdir()) == ["logreg.json", "logreg.txt"]

@@ -91,7 +91,10 @@ def test_changed_deleted_and_renamed_images(two_class, tmp_path):
 def test_same_input_gives_same_files(two_class, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     _extract(two_class, a)
-    _extract(two_class, b)
+    # The second run in a new process: a new model built from the same seed.
+    r = run_cli("extract", "--in", two_class, "--features", b, "--weights", "none", "--size", "64",
+                "--quiet")
+    assert r.returncode == 0, r.stderr
     ea, ra, _ = _manifest(a / S64.key)
     eb, rb, _ = _manifest(b / S64.key)
     np.testing.assert_allclose(ea, eb, rtol=1e-5, atol=1e-6)
@@ -251,3 +254,41 @@ def test_precision_bf16_stores_float32_close_to_fp32(two_class, tmp_path):
     cos = (ea * eb).sum(1) / np.linalg.norm(ea, axis=1) / np.linalg.norm(eb, axis=1)
     assert cos.min() > 0.98
     shutil.rmtree(tmp_path / "f")
+
+
+def test_rejected_content_does_not_restart_the_model(two_class, tmp_path):
+    """A bad file stays rejected by its hash: a re-run with nothing new computes nothing."""
+    (two_class / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    features = tmp_path / "features"
+    first = _extract(two_class, features)
+    assert (first.computed, first.rejected) == (20, 1)
+    again = _extract(two_class, features)
+    assert (again.computed, again.reused, again.rejected) == (0, 20, 1)
+    assert again.device.startswith("none needed")
+    _, _, meta = _manifest(features / S64.key)
+    assert list(meta["rejected_sha256"].values())[0].startswith("cannot decode PNG")
+
+
+def test_stray_files_in_split_folders_are_counted_not_lost(tmp_path):
+    root = tmp_path / "in"
+    write_class_folder(root, 2, split="train")
+    write_class_folder(root, 1, split="test")
+    colour_image((200, 40, 40), 3).save(root / "train" / "stray.png")
+    listing = list_images(root)
+    assert "train/stray.png" in listing.skipped
+    assert "train/stray.png" not in [c.path for c in listing.candidates]
+
+
+def test_a_cache_left_aside_by_a_killed_write_is_restored(two_class, tmp_path):
+    features = tmp_path / "features"
+    _extract(two_class, features)
+    emb, _, _ = _manifest(features / S64.key)
+    # A run killed between its two renames leaves the old cache aside and a half-made new one.
+    os.replace(features / S64.key, features / f".old-{S64.key}-deadbeef")
+    (features / f".tmp-{S64.key}-abc").mkdir()
+    logs = []
+    s = extract_features(two_class, features, S64, progress=False, log=logs.append)
+    assert (s.computed, s.reused) == (0, 20)
+    assert any("restored the previous cache" in m for m in logs)
+    assert sorted(p.name for p in features.iterdir()) == [".locks", S64.key]
+    np.testing.assert_array_equal(_manifest(features / S64.key)[0], emb)
