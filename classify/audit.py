@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .cli import add_features_args, add_heads_args, settings_from
+
 TOP = 12  # pairs and suspects shown on the contact sheets
 PROBA_HEADS = ("logreg", "mlp")  # heads with predict_proba, usable for label suspects
 
@@ -31,21 +33,8 @@ PROBA_HEADS = ("logreg", "mlp")  # heads with predict_proba, usable for label su
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m classify.audit", description=(
         "Near-duplicates across splits, suspicious labels and leakage-aware scores -> OUT/audit/."))
-    p.add_argument("--in", dest="in_dir", default="in", help="input folder (IN), for the contact sheets")
-    p.add_argument("--features", default="features", help="cache root (FEATURES)")
-    p.add_argument("--out", default="out", help="output folder (OUT); the audit goes to OUT/audit/")
-    p.add_argument("--backbone", default="vgg16", help="BACKBONE")
-    p.add_argument("--weights", default="imagenet", help="WEIGHTS")
-    p.add_argument("--size", type=int, default=224, help="SIZE")
-    p.add_argument("--pooling", default="avg", help="POOLING")
-    p.add_argument("--precision", default="fp32", help="PRECISION")
-    p.add_argument("--heads", default="logreg,svm,mlp", help="HEADS scored plain and leakage-aware")
-    p.add_argument("--seed", type=int, default=42, help="SEED")
-    p.add_argument("--test-size", type=float, default=0.2, help="TEST_SIZE")
-    p.add_argument("--folds", type=int, default=5, help="FOLDS")
-    p.add_argument("--jobs", type=int, default=0, help="parallel workers, 0 = every core (JOBS)")
-    p.add_argument("--dup-threshold", default="auto",
-                   help="cosine similarity for near-duplicates, or auto (DUP_THRESHOLD)")
+    add_features_args(p)
+    add_heads_args(p)
     p.add_argument("--top", type=int, default=TOP, help="pairs and suspects on the contact sheets")
     return p.parse_args(argv)
 
@@ -247,7 +236,7 @@ def contact_sheets(in_dir, out: Path, dup_table: pd.DataFrame, suspects: pd.Data
 
 def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm,mlp", seed: int = 42,
           test_size: float = 0.2, folds: int = 5, jobs: int | None = None, dup_threshold="auto",
-          top: int = TOP, log=print) -> dict:
+          top: int = TOP, log=print, fallback_none: bool = False) -> dict:
     """Finds duplicates and label suspects, scores the heads plainly and leakage-aware.
 
     Args:
@@ -275,7 +264,7 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
 
     t0 = time.perf_counter()
     models = select_heads(heads, seed)
-    feats = load_features(features_dir, settings, in_dir=str(in_dir))
+    feats = load_features(features_dir, settings, in_dir=str(in_dir), fallback_none=fallback_none)
     man = feats.manifest
     if man["label"].nunique() < 2:
         raise DataError(f"{feats.folder} holds one class only; the audit needs at least two class folders")
@@ -361,14 +350,11 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
 
 def main(argv=None) -> int:
     args = parse(argv)
-    from extract.model import Settings
-
     from .data import DataError
 
     try:
-        summary = audit(args.features, Settings(args.backbone, args.weights, args.size, args.pooling,
-                                                args.precision),
-                        args.out, in_dir=args.in_dir, heads=args.heads, seed=args.seed,
+        summary = audit(args.features, settings_from(args), args.out,
+                        fallback_none=args.weights_fallback == "none", in_dir=args.in_dir, heads=args.heads, seed=args.seed,
                         test_size=args.test_size, folds=args.folds, jobs=args.jobs or None,
                         dup_threshold=args.dup_threshold, top=args.top)
     except (DataError, ValueError, FileNotFoundError) as err:

@@ -1,0 +1,37 @@
+"""Command-line pieces shared by the stage-2 commands (compare, audit)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_features_args(p: argparse.ArgumentParser) -> None:
+    """Adds the flags that locate a cache and the outputs: IN, FEATURES, OUT and the settings."""
+    p.add_argument("--in", dest="in_dir", default="in", help="input folder (IN), for hints and images")
+    p.add_argument("--features", default="features", help="cache root (FEATURES)")
+    p.add_argument("--out", default="out", help="output folder (OUT)")
+    p.add_argument("--backbone", default="vgg16", help="BACKBONE")
+    p.add_argument("--weights", default="imagenet", help="WEIGHTS")
+    p.add_argument("--size", type=int, default=224, help="SIZE")
+    p.add_argument("--pooling", default="avg", help="POOLING")
+    p.add_argument("--precision", default="fp32", help="PRECISION")
+    p.add_argument("--weights-fallback", choices=["none"], default=None,
+                   help="(demo only) use the random-weights cache when the ImageNet one is missing")
+
+
+def settings_from(args):
+    """The extraction :class:`~extract.model.Settings` named by the flags."""
+    from extract.model import Settings
+
+    return Settings(args.backbone, args.weights, args.size, args.pooling, args.precision)
+
+
+def add_heads_args(p: argparse.ArgumentParser) -> None:
+    """Adds the flags that choose and evaluate heads: HEADS, SEED, TEST_SIZE, FOLDS, JOBS, DUP_THRESHOLD."""
+    p.add_argument("--heads", default="logreg,svm,mlp", help="HEADS")
+    p.add_argument("--seed", type=int, default=42, help="SEED")
+    p.add_argument("--test-size", type=float, default=0.2, help="TEST_SIZE")
+    p.add_argument("--folds", type=int, default=5, help="FOLDS")
+    p.add_argument("--jobs", type=int, default=0, help="parallel workers, 0 = every core (JOBS)")
+    p.add_argument("--dup-threshold", default="auto",
+                   help="cosine similarity for near-duplicates, or auto (DUP_THRESHOLD)")
