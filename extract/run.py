@@ -195,7 +195,6 @@ def extract_features(in_dir, features_dir, settings: Settings, batch: int = 32,
                 pending_sha, pending_emb, last_flush = [], [], time.perf_counter()
 
                 def on_batch(indices, emb, errs):
-                    nonlocal last_flush
                     for i, row, err in zip(indices, emb, errs):
                         sha = order[i].sha256
                         if err:

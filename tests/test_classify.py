@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import pytest
 
 from conftest import ROOT, write_class_folder
 from extract import Settings, extract_features
-from extract.cache import MANIFEST_COLUMNS, read_cache, write_cache
+from extract.cache import read_cache, write_cache
 
 S64 = Settings(weights="none", size=64)
 
