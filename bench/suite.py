@@ -1,0 +1,414 @@
+"""The pieces of ``make bench``: generated inputs, timed measurements and the results table.
+
+Everything here runs with random-init weights (``WEIGHTS=none``) on files generated under
+``bench/work/`` (git-ignored), so it needs no download and no real data. Each headline number is
+a ratio of two measurements taken in the same run, because the machine may be shared: absolute
+images/s move with the load of other processes, ratios of interleaved measurements much less.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ("disc", "square")
+
+# Every key results.json must hold (tests check them).
+REQUIRED_KEYS = (
+    "extract_model_only_ips", "extract_end_to_end_ips", "extract_efficiency",
+    "bf16_speedup", "bf16_min_cosine", "bf16_logreg_accuracy_change",
+    "incremental_cost_ratio", "compare_seconds_12k", "seed_style_seconds_12k",
+    "seed_style_over_compare", "rss_growth",
+)
+
+# The targets of issue #8 on the reference machine (2-core Zen 4): (key, rule, bound).
+TARGETS = (
+    ("extract_efficiency", ">=", 0.9),
+    ("bf16_speedup", ">=", 1.6),
+    ("bf16_min_cosine", ">=", 0.99),
+    ("incremental_cost_ratio", "<=", 0.05),
+    ("rss_growth", "<=", 1.2),
+    ("compare_seconds_12k", "<=", 90.0),
+    ("seed_style_over_compare", ">=", 100.0),
+)
+
+
+# ---------------------------------------------------------------- the machine and the versions
+
+def machine() -> dict:
+    """CPU model, cores, RAM, load and OS of this machine."""
+    cpu = platform.processor() or "unknown"
+    flags = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu in ("unknown", "", "x86_64"):
+                cpu = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1]
+    except OSError:
+        pass
+    ram_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram_gib = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in f" {flags} "]
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "ram_gib": ram_gib, "simd": simd,
+        "os": f"{platform.system()} {platform.release()}",
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def versions() -> dict:
+    import PIL
+    import sklearn
+
+    out = {"python": platform.python_version(), "numpy": np.__version__,
+           "pillow": PIL.__version__, "scikit-learn": sklearn.__version__}
+    for name in ("tensorflow", "keras"):
+        mod = sys.modules.get(name)
+        if mod is not None:
+            out[name] = getattr(mod, "__version__", "?")
+    return out
+
+
+# ---------------------------------------------------------------- generated inputs
+
+def make_image(label: int, seed: int, shape=(240, 320)) -> np.ndarray:
+    """A labelled synthetic photo: a smooth random background, a bright disc (0) or square (1)
+    of random size, colour and place (discs a little redder, squares a little bluer, with
+    overlap), and pixel noise. uint8 (h, w, 3)."""
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    low = rng.uniform(40, 200, (4, 5, 3))
+    yy = np.linspace(0, 3, h)[:, None]
+    xx = np.linspace(0, 4, w)[None, :]
+    y0, x0 = np.floor(yy).astype(int).clip(0, 2), np.floor(xx).astype(int).clip(0, 3)
+    fy, fx = (yy - y0)[..., None], (xx - x0)[..., None]
+    bg = (low[y0, x0] * (1 - fy) * (1 - fx) + low[y0 + 1, x0] * fy * (1 - fx)
+          + low[y0, x0 + 1] * (1 - fy) * fx + low[y0 + 1, x0 + 1] * fy * fx)
+    r = rng.uniform(0.08, 0.22) * h
+    cy, cx = rng.uniform(r, h - r), rng.uniform(r, w - r)
+    Y, X = np.mgrid[0:h, 0:w]
+    if label == 0:
+        mask = (Y - cy) ** 2 + (X - cx) ** 2 <= r * r
+    else:
+        mask = (np.abs(Y - cy) <= r * 0.89) & (np.abs(X - cx) <= r * 0.89)  # same area as the disc
+    tint = np.array([60.0, 0.0, -60.0]) * (1 if label == 0 else -1)  # discs redder, squares bluer
+    img = bg + mask[..., None] * (rng.uniform(30, 90, 3) + tint)
+    img += rng.normal(0, 18, img.shape)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def write_images(root: Path, n: int, start: int = 0, shape=(240, 320), seed: int = 0) -> list[Path]:
+    """Writes ``n`` JPEG files (alternating classes) as ``root/<class>/img_<i>.jpg``; returns them."""
+    from PIL import Image
+
+    paths = []
+    for i in range(start, start + n):
+        label = i % 2
+        folder = Path(root) / CLASSES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"img_{i:05d}.jpg"
+        Image.fromarray(make_image(label, seed * 1_000_003 + i, shape)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def link_tree(src: Path, dst: Path, n: int) -> Path:
+    """A folder with the first ``n`` images of ``src`` (hard links, else copies), classes kept."""
+    shutil.rmtree(dst, ignore_errors=True)
+    files = sorted(p for p in Path(src).rglob("*.jpg"))[:n]
+    for p in files:
+        q = Path(dst) / p.relative_to(src)
+        q.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(p, q)
+        except OSError:
+            shutil.copy2(p, q)
+    return Path(dst)
+
+
+def fake_embeddings(n: int = 12420, dim: int = 512, sep: float = 2.6, seed: int = 0):
+    """Two-class, non-negative (ReLU-like) embeddings with a controlled overlap.
+
+    A 24-dimensional latent Gaussian is mixed into ``dim`` correlated features, plus
+    independent noise; the classes differ along one latent direction by ``sep`` standard
+    deviations, so the best linear rule scores about Phi(sep / 2) (0.90 for sep=2.6), before the
+    ReLU bends it a little. Half the images of each class, alternating.
+
+    Returns:
+        ``(X float32 (n, dim), y int (n,))``.
+    """
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    k = 24
+    z = rng.normal(size=(n, k))
+    z[:, 0] += (y - 0.5) * sep
+    mix = rng.normal(size=(k, dim)) / np.sqrt(k)
+    x = 0.4 + 0.5 * (z @ mix) + 0.5 * rng.normal(size=(n, dim))
+    return np.maximum(x, 0).astype(np.float32), y
+
+
+def logreg_cv_accuracy(X, y, folds: int = 5, seed: int = 0) -> float:
+    """Mean stratified-CV accuracy of StandardScaler + LogisticRegression (the `logreg` head)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return float(cross_val_score(model, X, y, cv=cv).mean())
+
+
+def write_fake_cache(features: Path, X: np.ndarray, y: np.ndarray):
+    """Writes ``X`` as the cache of ``Settings(weights="none", size=224)`` under ``features``."""
+    from extract.cache import write_cache
+    from extract.model import Settings
+
+    settings = Settings(weights="none", size=224)
+    rows = []
+    for i, label in enumerate(y):
+        path = f"{CLASSES[label]}/img_{i:05d}.jpg"
+        rows.append({"path": path, "label": CLASSES[label], "split": "",
+                     "sha256": hashlib.sha256(path.encode()).hexdigest(),
+                     "size": 1000 + i, "mtime_ns": 1_700_000_000_000_000_000 + i})
+    rows.sort(key=lambda r: r["path"])
+    order = [int(r["path"].rsplit("_", 1)[1][:5]) for r in rows]
+    meta = {"key": settings.key, "backbone": "vgg16", "weights": "none", "weights_tag": "none",
+            "image_size": 224, "pooling": "avg", "precision": "fp32", "dim": int(X.shape[1]),
+            "n": len(rows), "class_names": sorted(set(CLASSES[v] for v in y)),
+            "computed": len(rows), "reused": 0, "rejected": 0, "seconds": 0.0,
+            "note": "synthetic embeddings written by make bench"}
+    write_cache(Path(features), settings.key, X[order], rows, meta, [])
+    return settings
+
+
+# ---------------------------------------------------------------- extraction measurements
+
+def preprocessed_batch(paths: list[str], size: int, batch: int):
+    """One batch of real files, loaded and preprocessed exactly as extraction does, in memory."""
+    from extract.load import make_dataset
+    from extract.model import preprocess_fn
+
+    ds = make_dataset(paths[:batch], size, batch, preprocess_fn("vgg16"), max_pixels=10**9)
+    images, _ = next(iter(ds))
+    return images
+
+
+def model_only_ips(settings, images, n_batches: int) -> float:
+    """Images/s of the extraction's own traced model call on an in-memory batch (median of
+    ``n_batches`` timed calls, after one untimed call)."""
+    from extract.run import embedder
+
+    run = embedder(settings)
+    run(images).numpy()
+    times = []
+    for _ in range(n_batches):
+        t0 = time.perf_counter()
+        run(images).numpy()
+        times.append(time.perf_counter() - t0)
+    return int(images.shape[0]) / float(np.median(times))
+
+
+def end_to_end(in_dir: Path, features: Path, settings, batch: int):
+    """Runs ``extract.extract_features`` on a cold cache in this process.
+
+    Returns:
+        ``(images/s, Summary)``; images/s is computed images over the run's own seconds (listing,
+        hashing, decoding, model, writing the cache).
+    """
+    from extract import extract_features
+
+    shutil.rmtree(features, ignore_errors=True)
+    summary = extract_features(str(in_dir), str(features), settings, batch=batch,
+                               progress=False, log=lambda *a, **k: None)
+    return summary.computed / summary.seconds, summary
+
+
+def aligned_embeddings(features: Path, settings) -> tuple[np.ndarray, list[str], list[str]]:
+    """(embeddings, paths, labels) of one cache folder."""
+    from extract.cache import read_cache
+
+    emb, rows, _ = read_cache(Path(features) / settings.key)
+    return emb, [r["path"] for r in rows], [r["label"] for r in rows]
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def child_peak_rss(cmd: list[str], env=None) -> tuple[float, float, int]:
+    """Runs ``cmd`` and returns (peak resident memory in MiB, seconds, exit code) of that child,
+    read from its own rusage (os.wait4), so earlier children do not mix in."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        sys.stderr.write(proc.stderr.read().decode(errors="replace")[-2000:])
+    proc.stderr.close()
+    return usage.ru_maxrss / 1024.0, seconds, proc.returncode
+
+
+def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """float32 matrix-product speed of numpy's BLAS on this machine (best of ``repeats``)."""
+    rng = np.random.default_rng(0)
+    a = rng.random((n, n), dtype=np.float32)
+    b = rng.random((n, n), dtype=np.float32)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def vgg16_gflop_per_image(size: int) -> float:
+    """GFLOP (2 per multiply-add) of VGG16's 13 convolutions on one size x size image."""
+    cfg = [(3, 64), (64, 64), "M", (64, 128), (128, 128), "M", (128, 256), (256, 256), (256, 256),
+           "M", (256, 512), (512, 512), (512, 512), "M", (512, 512), (512, 512), (512, 512)]
+    side, total = size, 0
+    for layer in cfg:
+        if layer == "M":
+            side //= 2
+            continue
+        cin, cout = layer
+        total += side * side * 9 * cin * cout
+    return 2 * total / 1e9
+
+
+def self_peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ---------------------------------------------------------------- the table
+
+def fmt(v, digits=3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if 0.99 <= abs(v) < 1:
+            return f"{v:.5f}"
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.{digits}g}" if abs(v) < 1 else f"{v:.{digits}f}".rstrip("0").rstrip(".")
+    return str(v)
+
+
+def verdict(results: dict, key: str, rule: str, bound: float) -> str:
+    v = results.get(key)
+    if v is None:
+        return "not measured"
+    ok = v >= bound if rule == ">=" else v <= bound
+    return "met" if ok else "MISSED"
+
+
+def markdown(results: dict) -> str:
+    """BENCHMARKS.md: the results table, the settings, the machine and the versions."""
+    r = results
+    s = r["settings"]
+    m = r["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Written by `{r['command']}` on {r['created']} ({r['mode']} mode, {r['total_seconds']:.0f} s). "
+        "Regenerated on every run; the raw numbers are in `bench/results.json`.",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores ({', '.join(m['simd']) or 'no AVX'}), "
+        f"{m['ram_gib']} GiB RAM, {m['os']}; load average {m['load_average_at_start']} at the "
+        f"start and {m.get('load_average_at_end')} at the end (other processes share the CPU: "
+        "compare ratios, not absolute speeds).",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()) + ".",
+        "",
+        f"Settings: VGG16, WEIGHTS=none (random init), SIZE={s['size']}, BATCH={s['batch']}, "
+        f"POOLING=avg; generated {s['image_shape'][1]}x{s['image_shape'][0]} JPEG files under "
+        f"`bench/work/`. Each speed is the median of {s['rounds']} interleaved rounds; each ratio is "
+        "the median of the per-round ratios.",
+        "",
+        "| number | value | target | | what it is |",
+        "|---|---|---|---|---|",
+    ]
+    target = {k: (rule, bound) for k, rule, bound in TARGETS}
+
+    def row(key, what, unit=""):
+        v = r.get(key)
+        t = target.get(key)
+        tt = f"{t[0]} {t[1]:g}" if t else ""
+        ver = verdict(r, key, *t) if t else ""
+        lines.append(f"| `{key}` | {fmt(v)}{unit} | {tt} | {ver} | {what} |")
+
+    row("extract_model_only_ips", f"images/s of the model alone on preprocessed in-memory batches ({s['precision']})")
+    row("extract_end_to_end_ips", f"images/s of `extract_features` from JPEG files to the written cache ({s['precision']}, "
+        f"{s['e2e_images']} images per round, in-process after a warm-up)")
+    row("extract_efficiency", "end-to-end / model-only: the share of the model's speed that extraction keeps")
+    row("fp32_model_only_ips", "the same model-only speed in fp32")
+    row("bf16_model_only_ips", "the same model-only speed in bf16 (Keras mixed_bfloat16)")
+    row("fp32_end_to_end_ips", "end-to-end images/s, fp32")
+    row("bf16_end_to_end_ips", "end-to-end images/s, bf16")
+    row("fp32_efficiency", "end-to-end / model-only, fp32")
+    row("bf16_efficiency", "end-to-end / model-only, bf16")
+    row("bf16_speedup", "end-to-end bf16 / fp32")
+    row("bf16_model_only_speedup", "model-only bf16 / fp32")
+    row("fp32_model_gflops", "fp32 model-only speed in GFLOP/s (VGG16 without top: 2 x 15.35 G multiply-adds per 224 px image)")
+    row("bf16_model_gflops", "the same in bf16")
+    row("sgemm_gflops", "this machine's float32 matrix-product speed (numpy BLAS, 2048 x 2048), for scale")
+    row("bf16_min_cosine", f"lowest cosine similarity between an image's bf16 and fp32 embedding ({r.get('bf16_images')} images)")
+    row("bf16_min_cosine_centered", "the same after subtracting the fp32 mean embedding (random-init features are all alike, so this is the stricter test)")
+    row("bf16_nonfinite", "images whose bf16 embedding had NaN or inf")
+    row("fp32_logreg_accuracy", "5-fold CV accuracy of the logreg head on the fp32 embeddings of the labelled generated images")
+    row("bf16_logreg_accuracy_change", "the same on bf16 embeddings, minus fp32")
+    row("incremental_cost_ratio", f"seconds of a run after adding 1% new images / seconds of the full run of "
+        f"{r.get('incremental_images')} images ({r.get('incremental_precision')}, in-process)")
+    row("incremental_full_seconds", "that full run, seconds")
+    row("incremental_seconds", "that +1% run, seconds")
+    row("incremental_seconds_model_rebuilt", "the same +1% run after emptying the per-process model cache (model build and tracing paid again)")
+    row("incremental_cli_seconds", "the +1% run as a fresh `python -m extract` process (TensorFlow import and model build included)")
+    row("compare_seconds_12k", "`classify.compare`, heads logreg,svm,mlp, 5-fold CV, on synthetic 12,420 x 512 embeddings, every output written")
+    row("compare_logreg_cv", "its logreg CV accuracy (the synthetic set is made to score 0.85-0.95)")
+    row("seed_style_seconds_12k", f"the original design's cost: {r.get('seed_style_formula')}")
+    row("seed_style_over_compare", "seed style / compare")
+    row("svm_gram_fold_seconds", "one CV fold of the svm head (Gram matrix computed once with BLAS), fit + predict")
+    row("svm_plain_fold_seconds", "the same fold with plain `SVC(kernel='rbf', gamma='scale')`")
+    row("svm_gram_speedup", "plain / Gram")
+    row("svm_gram_accuracy_change", "fold accuracy, Gram minus plain")
+    row("rss_1x_mib", f"peak resident memory of `python -m extract` on {r.get('rss_images_1x')} images (SIZE={r.get('rss_size')}, fp32)", " MiB")
+    row("rss_4x_mib", f"the same on {r.get('rss_images_4x')} images", " MiB")
+    row("rss_growth", "4x / 1x")
+    lines.append("")
+    if r.get("notes"):
+        lines.append("Notes:")
+        lines.append("")
+        lines.extend(f"- {n}" for n in r["notes"])
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_results(results: dict, json_path: Path, md_path: Path) -> None:
+    json_path = Path(json_path)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    Path(md_path).write_text(markdown(results) + "\n", encoding="utf-8")

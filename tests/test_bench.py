@@ -1,0 +1,96 @@
+"""make bench: its pure pieces (no TensorFlow, no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench import suite
+from bench.__main__ import derive
+
+
+def test_fake_embeddings_are_non_negative_and_as_hard_as_promised():
+    X, y = suite.fake_embeddings(3000, seed=1)
+    assert X.shape == (3000, 512) and X.dtype == np.float32
+    assert (X >= 0).all() and 0.3 < (X > 0).mean() < 0.95  # ReLU-like: many zeros, not all
+    assert np.bincount(y).tolist() == [1500, 1500]
+    acc = suite.logreg_cv_accuracy(X, y, folds=3)
+    # 12,420 rows score about 0.90; 3,000 rows a little less (more overfitting)
+    assert 0.83 <= acc <= 0.95
+
+
+def test_fake_cache_is_a_valid_cache_for_stage_2(tmp_path):
+    from classify import load_features
+
+    X, y = suite.fake_embeddings(60, dim=16)
+    settings = suite.write_fake_cache(tmp_path, X, y)
+    feats = load_features(tmp_path, settings)
+    assert feats.X.shape == (60, 16)
+    assert feats.class_names == list(suite.CLASSES)
+    # rows are sorted by path and each keeps its own vector and label
+    i = feats.manifest["path"].tolist().index("square/img_00007.jpg")
+    assert np.array_equal(feats.X[i], X[7]) and feats.manifest["label"][i] == "square"
+
+
+def test_generated_images_are_jpeg_files_of_both_classes(tmp_path):
+    from PIL import Image
+
+    paths = suite.write_images(tmp_path, 4, shape=(48, 64))
+    assert [p.parent.name for p in paths] == ["disc", "square", "disc", "square"]
+    with Image.open(paths[0]) as img:
+        assert img.format == "JPEG" and img.size == (64, 48)
+    assert not np.array_equal(suite.make_image(0, 1, (48, 64)), suite.make_image(0, 2, (48, 64)))
+
+
+def test_vgg16_flop_count_matches_the_published_figure():
+    assert suite.vgg16_gflop_per_image(224) == pytest.approx(30.7, abs=0.1)  # 15.35 G multiply-adds
+
+
+def fake_raw(**over):
+    raw = {
+        "rounds": [{"fp32": {"model_only": 7.0, "e2e": 6.6}, "bf16": {"model_only": 14.0, "e2e": 13.0}},
+                   {"fp32": {"model_only": 7.2, "e2e": 7.0}, "bf16": {"model_only": 13.0, "e2e": 12.5}},
+                   {"fp32": {"model_only": 6.0, "e2e": 5.9}, "bf16": {"model_only": 12.0, "e2e": 11.0}}],
+        "incremental_full_seconds": 80.0, "incremental_seconds": 1.6,
+        "compare_seconds": 25.0, "compare_n": 12420, "compare_n_train": 9936,
+        "rss_1x_mib": 900.0, "rss_4x_mib": 945.0, "gflop_per_image": 30.7,
+        "bf16_min_cosine": 0.9999, "bf16_logreg_accuracy_change": 0.0,
+    }
+    raw.update(over)
+    return raw
+
+
+def test_derive_gives_every_required_key_as_medians_of_per_round_ratios():
+    out = derive(fake_raw())
+    assert set(suite.REQUIRED_KEYS) <= set(out)
+    assert out["extract_model_only_ips"] == 7.0
+    assert out["extract_efficiency"] == pytest.approx(7.0 / 7.2)  # median of 0.943, 0.972, 0.983
+    assert out["bf16_speedup"] == pytest.approx(11.0 / 5.9)  # median of 1.97, 1.79, 1.86
+    assert out["incremental_cost_ratio"] == pytest.approx(0.02)
+    assert out["seed_style_seconds_12k"] == pytest.approx(10 * 9936 / 7.0)
+    assert out["seed_style_over_compare"] == pytest.approx(10 * 9936 / 7.0 / 25.0)
+    assert out["rss_growth"] == pytest.approx(1.05)
+    assert derive(fake_raw(), headline="bf16")["extract_model_only_ips"] == 13.0
+
+
+def test_results_and_table_are_written(tmp_path):
+    results = derive(fake_raw())
+    results.update({
+        "created": "2026-01-01T00:00:00+00:00", "mode": "quick", "command": "python -m bench --quick",
+        "total_seconds": 1.0, "notes": ["a note"],
+        "machine": {"cpu": "CPU", "cores": 2, "simd": ["avx2"], "ram_gib": 1.0, "os": "Linux",
+                    "load_average_at_start": [0, 0, 0], "load_average_at_end": [0, 0, 0]},
+        "versions": {"python": "3"},
+        "settings": {"size": 224, "batch": 32, "rounds": 3, "precision": "fp32",
+                     "image_shape": [240, 320], "e2e_images": 128},
+    })
+    suite.write_results(results, tmp_path / "r.json", tmp_path / "B.md")
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert set(suite.REQUIRED_KEYS) <= set(data)
+    md = (tmp_path / "B.md").read_text()
+    for key in suite.REQUIRED_KEYS:
+        assert f"`{key}`" in md
+    assert "| `rss_growth` | 1.05 | <= 1.2 | met |" in md
+    assert "a note" in md
