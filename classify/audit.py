@@ -117,7 +117,7 @@ def leakage_scores(models: dict, X, y, role: np.ndarray, leaked: np.ndarray, clu
     train_idx = np.flatnonzero(role == "train")
     eval_idx = np.flatnonzero(role == "eval")
     yt = y[train_idx]
-    k_plain = max(2, min(folds, int(np.unique(yt, return_counts=True)[1].min())))
+    k_plain = _folds_for(yt, np.arange(len(yt)), folds)  # every image its own group
     k_groups = _folds_for(yt, cluster[train_idx], folds)
     plain = list(StratifiedKFold(k_plain, shuffle=True, random_state=seed).split(train_idx, yt))
     with warnings.catch_warnings():
@@ -156,18 +156,15 @@ def leakage_scores(models: dict, X, y, role: np.ndarray, leaked: np.ndarray, clu
 
 
 def _thumb(ax, in_dir: Path, rel: str, available: bool, size: int = 160) -> None:
-    from PIL import Image
+    from extract.load import ImageError, load_image
 
     ax.set_xticks([])
     ax.set_yticks([])
     if available:
-        try:
-            with Image.open(in_dir / rel) as im:
-                im = im.convert("RGB")
-                im.thumbnail((size, size))
-                ax.imshow(np.asarray(im))
-                return
-        except (OSError, ValueError):
+        try:  # upright, RGB, centre-cropped: the image as the CNN saw it
+            ax.imshow(load_image(str(in_dir / rel), size))
+            return
+        except ImageError:
             pass
     ax.text(0.5, 0.5, f"image not available:\n{in_dir / rel}", ha="center", va="center",
             fontsize=7, wrap=True, transform=ax.transAxes)

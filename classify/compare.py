@@ -21,7 +21,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, classification_report, f1_score
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from extract.cache import write_csv, write_json
+from extract.cache import atomic_write, write_csv, write_json
 from extract.model import Settings
 
 from .data import DataError, Features, assign_split, load_features
@@ -94,11 +94,11 @@ def save_model(path: Path, bundle: dict) -> None:
     :func:`load_model` refuses a joblib file whose hash does not match its sidecar: joblib
     (pickle) files run code when loaded, so only files this tool wrote are opened.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    joblib.dump(bundle, tmp)
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    joblib.dump(bundle, buf)
+    data = buf.getvalue()
+    atomic_write(path, lambda fh: fh.write(data))
+    digest = hashlib.sha256(data).hexdigest()
     info = {k: v for k, v in bundle.items() if k != "model"}
     info["sha256"] = digest
     write_json(model_sidecar(path), info)

@@ -304,9 +304,9 @@ def cached_duplicates(X, sha, threshold="auto", cache_dir=None, block: int = BLO
     if cache_dir is None:
         return find_duplicates(X, sha, threshold, block)
     import hashlib
-    import os
-    import uuid
     from pathlib import Path
+
+    from extract.cache import atomic_write
 
     X = np.ascontiguousarray(X, dtype=np.float32)
     sha = [str(s) for s in sha]
@@ -326,12 +326,11 @@ def cached_duplicates(X, sha, threshold="auto", cache_dir=None, block: int = BLO
             pass  # unreadable: compute again and overwrite
     dups = find_duplicates(X, sha, threshold, block)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp.npz")
     p = dups.pairs
-    np.savez(tmp, i=p["i"].to_numpy(np.int64), j=p["j"].to_numpy(np.int64),
-             similarity=p["similarity"].to_numpy(np.float64), exact=(p["kind"] == "exact").to_numpy(),
-             threshold=np.float64(dups.threshold), rule=np.str_(dups.rule), nn=dups.nn_similarity)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: np.savez(
+        fh, i=p["i"].to_numpy(np.int64), j=p["j"].to_numpy(np.int64),
+        similarity=p["similarity"].to_numpy(np.float64), exact=(p["kind"] == "exact").to_numpy(),
+        threshold=np.float64(dups.threshold), rule=np.str_(dups.rule), nn=dups.nn_similarity))
     for old in path.parent.glob("*.npz"):  # keep the latest search only
         if old != path and not old.name.startswith("."):
             old.unlink(missing_ok=True)

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from extract.files import IMAGE_SUFFIXES, sha256_file, sniff
+from extract.files import is_image_candidate, sha256_file, sniff, walk_files
 from extract.load import DEFAULT_MAX_PIXELS
 from extract.model import BACKBONES, Settings, WeightsUnavailable
 
@@ -35,16 +34,6 @@ class SettingsMismatch(DataError):
 
 
 # --------------------------------------------------------------------------- inputs
-
-def _is_image_file(path: Path) -> bool:
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return True
-    try:
-        with open(path, "rb") as fh:
-            return sniff(fh.read(16)) is not None
-    except OSError:
-        return False
-
 
 def expand_inputs(images, log=print) -> list[tuple[str, str]]:
     """Turns files and folders into ``(path as shown, error)`` pairs, one per file.
@@ -60,22 +49,12 @@ def expand_inputs(images, log=print) -> list[tuple[str, str]]:
         item = str(item)
         p = Path(item)
         if p.is_dir():
-            found, seen = [], set()
-            for dirpath, dirnames, filenames in os.walk(p, followlinks=True):
-                real = os.path.realpath(dirpath)
-                if real in seen:  # a folder link back up the tree: visit each folder once
-                    dirnames[:] = []
-                    continue
-                seen.add(real)
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for name in filenames:
-                    if name.startswith("."):
-                        continue
-                    full = Path(dirpath) / name
-                    if _is_image_file(full):
-                        found.append(full.as_posix())
-                    else:
-                        skipped += 1
+            found = []
+            for full in walk_files(p):  # hidden entries skipped, folder links visited once
+                if is_image_candidate(full):
+                    found.append(full.as_posix())
+                else:
+                    skipped += 1
             rows.extend((f, "") for f in sorted(found))
         elif p.exists():
             rows.append((item, ""))

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from extract.cache import read_cache
+from extract.cache import atomic_write, read_cache
 
 from .data import DataError
 
@@ -180,9 +180,7 @@ class Thumbs:
         data = buf.getvalue()
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_name(f".{cached.name}.tmp")
-            tmp.write_bytes(data)
-            tmp.replace(cached)
+            atomic_write(cached, lambda fh: fh.write(data))
         except OSError:
             pass
         self.made += 1
@@ -709,9 +707,7 @@ def build_report(in_dir, features_dir, out_dir, max_gallery: int = MAX_GALLERY, 
         f"<footer>made by <code>python -m classify.report</code> from OUT/run.json and the cache; "
         f"self-contained, works offline.</footer><script>{SCRIPT}</script></body></html>\n")
     path = out / "report.html"
-    tmp = path.with_name(".report.html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, lambda fh: fh.write(page.encode("utf-8")))
     log(f"thumbnails: {thumbs.made} made, {thumbs.reused} reused from {out / 'report_cache'}, "
         f"{thumbs.failed} unreadable")
     return path

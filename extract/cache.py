@@ -35,7 +35,16 @@ class CacheError(RuntimeError):
     """A cache folder that is missing pieces or disagrees with itself."""
 
 
-def _fsync_write(path: Path, write) -> None:
+def atomic_write(path, write) -> None:
+    """Writes a file under a temporary name in its folder, then renames it into place.
+
+    Readers see the old file or the new one, never a part; a crash leaves no partial file.
+
+    Args:
+        path: the file to (re)write.
+        write: called with the open binary temporary file; writes the content.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "wb") as fh:
@@ -50,7 +59,7 @@ def _fsync_write(path: Path, write) -> None:
 
 def write_json(path: Path, obj) -> None:
     """Writes ``obj`` as indented JSON, atomically."""
-    _fsync_write(Path(path), lambda fh: fh.write((json.dumps(obj, indent=2, default=str) + "\n").encode()))
+    atomic_write(Path(path), lambda fh: fh.write((json.dumps(obj, indent=2, default=str) + "\n").encode()))
 
 
 def write_csv(path: Path, header: list[str], rows) -> None:
@@ -61,7 +70,7 @@ def write_csv(path: Path, header: list[str], rows) -> None:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    _fsync_write(Path(path), lambda fh: fh.write(buf.getvalue().encode("utf-8")))
+    atomic_write(Path(path), lambda fh: fh.write(buf.getvalue().encode("utf-8")))
 
 
 def read_csv_rows(path: Path) -> list[dict]:
@@ -146,7 +155,7 @@ def write_cache(features: Path, key: str, emb: np.ndarray, rows: list[dict], met
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=features))
     try:
         emb = np.ascontiguousarray(emb, dtype=np.float32)
-        _fsync_write(tmp / "embeddings.npy", lambda fh: np.save(fh, emb, allow_pickle=False))
+        atomic_write(tmp / "embeddings.npy", lambda fh: np.save(fh, emb, allow_pickle=False))
         write_csv(tmp / "manifest.csv", MANIFEST_COLUMNS,
                   ([r[c] for c in MANIFEST_COLUMNS] for r in rows))
         write_csv(tmp / "rejected.csv", ["path", "reason"], rejected)
@@ -226,7 +235,7 @@ class Shards:
         self._count += 1
         path = self.folder / f"{self._run}-{self._count:05d}.npz"
         arr = np.asarray(shas)
-        _fsync_write(path, lambda fh: np.savez(fh, sha256=arr, emb=np.asarray(emb, np.float32)))
+        atomic_write(path, lambda fh: np.savez(fh, sha256=arr, emb=np.asarray(emb, np.float32)))
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -71,6 +71,17 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
+def is_image_candidate(path) -> bool:
+    """True when a file is named like a supported image or its content starts like one."""
+    if Path(path).suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return sniff(fh.read(16)) is not None
+    except OSError:
+        return False
+
+
 def _hidden(name: str) -> bool:
     return name.startswith(".")
 
@@ -96,7 +107,7 @@ def detect_layout(root: Path) -> str:
     return "class"
 
 
-def _walk_files(folder: Path):
+def walk_files(folder: Path):
     """Yields every visible file below ``folder``, following folder links once (no loops)."""
     seen = set()
     stack = [folder]
@@ -160,7 +171,7 @@ def list_images(root: str | os.PathLike) -> Listing:
     candidates, rejected, skipped, empty = [], [], [], []
     for split, label, folder in _class_folders(root, layout):
         found = 0
-        for path in _walk_files(folder):
+        for path in walk_files(folder):
             rel = _rel(path, root)
             try:
                 st = path.stat()
@@ -168,16 +179,9 @@ def list_images(root: str | os.PathLike) -> Listing:
                 reason = "broken or looping symbolic link" if path.is_symlink() else str(err)
                 rejected.append((rel, f"cannot open: {reason}"))
                 continue
-            has_suffix = path.suffix.lower() in IMAGE_SUFFIXES
-            if not has_suffix:
-                try:
-                    with open(path, "rb") as fh:
-                        is_image = sniff(fh.read(16)) is not None
-                except OSError:
-                    is_image = False
-                if not is_image:
-                    skipped.append(rel)
-                    continue
+            if not is_image_candidate(path):
+                skipped.append(rel)
+                continue
             found += 1
             candidates.append(
                 Candidate(rel, label, split, str(path), st.st_size, st.st_mtime_ns)
