@@ -6,7 +6,8 @@ SHELL := /bin/bash
 
 ## Variables (name=default: meaning)
 IN ?= in##             images: IN/<class>/**/<image> or IN/<split>/<class>/**/<image>
-FEATURES ?= features## cache root: FEATURES/<key>/embeddings.npy, manifest.csv, meta.json, rejected.csv
+FEATURES ?= features## cache root: FEATURES/<input-id>/<key>/embeddings.npy, manifest.csv, meta.json, rejected.csv
+DATASET ?=##           name of the input's folder under FEATURES (empty: IN's name and a hash of its path)
 OUT ?= out##           where stage 2 writes comparison.csv, predictions.csv, reports/, models/, figures/
 BACKBONE ?= vgg16##    backbone from keras.applications
 WEIGHTS ?= imagenet##  imagenet, none (random init, offline tests) or a path to a weights .h5 file
@@ -30,7 +31,7 @@ VENV ?= .venv##        the virtualenv that setup creates
 
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRACT_ARGS = --in "$(IN)" --features "$(FEATURES)" --backbone $(BACKBONE) --weights "$(WEIGHTS)" \
+EXTRACT_ARGS = --in "$(IN)" --features "$(FEATURES)" --dataset "$(DATASET)" --backbone $(BACKBONE) --weights "$(WEIGHTS)" \
 	--size $(SIZE) --pooling $(POOLING) --precision $(PRECISION)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
@@ -51,7 +52,7 @@ $(STAMP): requirements.txt
 
 setup: $(STAMP) ## create the virtualenv and install requirements.txt (every target does this first)
 
-features: setup ## stage 1: embed new or changed images of IN into FEATURES/<key>/
+features: setup ## stage 1: embed new or changed images of IN into FEATURES/<input-id>/<key>/
 	$(PY) -m extract $(EXTRACT_ARGS) --batch $(BATCH) --strict $(STRICT) --max-pixels $(MAX_PIXELS)
 
 compare: setup ## stage 2: train, cross-validate and compare HEADS on the cached embeddings

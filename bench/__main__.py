@@ -29,10 +29,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 FULL = dict(size=224, batch=32, rounds=3, e2e_images=128, model_batches=4,
             incremental_images=1000, incremental_precision="bf16",
-            rss_size=64, rss_images=250, compare_n=12420, svm_n=12420)
+            rss_size=64, rss_images=250, compare_n=12420, svm_n=12420, noop_images=200_000)
 QUICK = dict(size=64, batch=16, rounds=2, e2e_images=32, model_batches=2,
              incremental_images=200, incremental_precision="bf16",
-             rss_size=32, rss_images=40, compare_n=2000, svm_n=2000)
+             rss_size=32, rss_images=40, compare_n=2000, svm_n=2000, noop_images=5000)
 IMAGE_SHAPE = (240, 320)  # (h, w) of the generated JPEG files
 
 
@@ -236,6 +236,22 @@ def main(argv=None) -> int:
         say(f"rss {mult}x ({mult * n1} images, SIZE={cfg['rss_size']}): {mib:.0f} MiB, {seconds:.1f} s (rc {rc})")
     raw["rss_images_1x"], raw["rss_images_4x"], raw["rss_size"] = n1, 4 * n1, cfg["rss_size"]
 
+    # ---- a run that finds everything cached, over many images (fresh process)
+    n_noop = cfg["noop_images"]
+    say(f"writing {n_noop} files and their cache for the no-op run")
+    noop_in, noop_feat = work / "in_noop", work / "features_noop"
+    noop_settings = suite.write_cached_input(noop_in, noop_feat, n_noop)
+    cmd = [sys.executable, "-m", "extract", "--in", str(noop_in), "--features", str(noop_feat),
+           "--weights", "none", "--size", str(noop_settings.size), "--quiet"]
+    mib, seconds, rc = suite.child_peak_rss(cmd, env)
+    raw["noop_seconds_200k"], raw["noop_peak_rss_mib_200k"] = round(seconds, 2), round(mib, 1)
+    raw["noop_images"] = n_noop
+    raw["noop_seconds_per_image_us"] = round(seconds / n_noop * 1e6, 2)
+    raw["noop_mib_per_1k_images"] = round(mib / n_noop * 1000, 2)
+    say(f"no-op over {n_noop} cached images: {seconds:.2f} s, {mib:.0f} MiB peak (rc {rc})")
+    shutil.rmtree(noop_in, ignore_errors=True)
+    shutil.rmtree(noop_feat, ignore_errors=True)
+
     # ---- stage 2 on synthetic 12,420 x 512 embeddings
     from classify import compare
 
@@ -244,7 +260,7 @@ def main(argv=None) -> int:
     settings = suite.write_fake_cache(fake / "features", X, yy)
     t0 = time.perf_counter()
     table = compare(fake / "features", settings, fake / "out", heads="logreg,svm,mlp", seed=42,
-                    folds=5, log=lambda *a, **k: None)
+                    folds=5, log=lambda *a, **k: None, dataset=suite.FAKE_DATASET)
     raw["compare_seconds"] = round(time.perf_counter() - t0, 2)
     raw["compare_n"] = cfg["compare_n"]
     raw["compare_n_train"] = int(table["n_train"].iloc[0])
@@ -301,6 +317,12 @@ def main(argv=None) -> int:
         "model build and first tracing (the *_first_run_seconds keys) are not in them; "
         f"a fresh `python -m extract` adds them: the +1% run took {raw['incremental_cli_seconds']} s "
         f"that way (estimated CLI ratio {raw['incremental_cost_ratio_cli_estimate']}).",
+        f"No-op run at {n_noop:,} cached images: {raw['noop_seconds_200k']} s and "
+        f"{raw['noop_peak_rss_mib_200k']:.0f} MiB peak, i.e. {raw['noop_seconds_per_image_us']} us and "
+        f"{raw['noop_mib_per_1k_images']} MiB per 1,000 images; extrapolated linearly to 1,000,000 "
+        f"cached images: about {raw['noop_seconds_200k'] * 1e6 / n_noop:.0f} s and "
+        f"{raw['noop_peak_rss_mib_200k'] * 1e6 / n_noop / 1024:.1f} GiB (an upper bound: the "
+        "interpreter's fixed ~70 MiB is scaled too). Peaks are each child's own VmHWM (bench/peak.py).",
         "Random-init (WEIGHTS=none) embeddings are all alike (cosines between different images near "
         "1), so bf16_min_cosine is easy to meet; bf16_min_cosine_centered is the stricter check.",
         "Tried and not used, measured during development on this machine (model-only, "

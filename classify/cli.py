@@ -9,6 +9,7 @@ def add_features_args(p: argparse.ArgumentParser) -> None:
     """Adds the flags that locate a cache and the outputs: IN, FEATURES, OUT and the settings."""
     p.add_argument("--in", dest="in_dir", default="in", help="input folder (IN), for hints and images")
     p.add_argument("--features", default="features", help="cache root (FEATURES)")
+    p.add_argument("--dataset", default="", help="the input's folder name under FEATURES (DATASET)")
     p.add_argument("--out", default="out", help="output folder (OUT)")
     p.add_argument("--backbone", default="vgg16", help="BACKBONE")
     p.add_argument("--weights", default="imagenet", help="WEIGHTS")

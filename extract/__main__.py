@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from .load import DEFAULT_MAX_PIXELS
+from .cache import CacheWriteError
 from .model import Settings, WeightsUnavailable
 
 
@@ -13,6 +14,8 @@ def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m extract", description=__doc__)
     p.add_argument("--in", dest="in_dir", default="in", help="input folder (IN)")
     p.add_argument("--features", default="features", help="cache root (FEATURES)")
+    p.add_argument("--dataset", default="", help="name of the input's folder under FEATURES "
+                   "(DATASET; default: the input folder's name and a hash of its path)")
     p.add_argument("--backbone", default="vgg16", help="BACKBONE")
     p.add_argument("--weights", default="imagenet", help="imagenet, none or a weights file (WEIGHTS)")
     p.add_argument("--size", type=int, default=224, help="image side in pixels (SIZE)")
@@ -55,11 +58,12 @@ def main(argv=None) -> int:
                     extra = {"weights_fallback": "imagenet unavailable; random weights used"}
         summary = extract_features(args.in_dir, args.features, settings, batch=args.batch,
                                    max_pixels=args.max_pixels, progress=not args.quiet,
-                                   extra_meta=extra, flush_seconds=args.flush_seconds)
+                                   extra_meta=extra, flush_seconds=args.flush_seconds,
+                                   dataset=args.dataset or None)
     except WeightsUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, CacheWriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Interrupted as err:
