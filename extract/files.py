@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import sys
 from pathlib import Path
 
 SPLIT_NAMES = ("train", "test", "valid", "val", "validation")
@@ -222,7 +223,7 @@ def _loose_files(root: Path, layout: str) -> list[str]:
     return found
 
 
-def list_images(root: str | os.PathLike) -> Listing:
+def list_images(root: str | os.PathLike, progress: bool = False) -> Listing:
     """Lists the image candidates under ``root`` with label and split, sorted by path.
 
     Files directly in ``root`` (or directly in a split folder) have no class and are skipped.
@@ -230,6 +231,7 @@ def list_images(root: str | os.PathLike) -> Listing:
 
     Args:
         root: the input folder.
+        progress: count the files found on stderr when listing takes more than a second.
 
     Returns:
         A :class:`Listing`; hashes are not filled in (the extraction hashes the bytes it reads).
@@ -239,10 +241,15 @@ def list_images(root: str | os.PathLike) -> Listing:
     """
     root = Path(root)
     layout = detect_layout(root)
+    from tqdm import tqdm
+
     candidates, rejected, skipped, empty, unreadable = [], [], [], [], []
+    bar = tqdm(desc="listing", unit="file", disable=not progress, delay=1.0, file=sys.stderr,
+               mininterval=0.5 if sys.stderr.isatty() else 15)
     for split, label, folder in _class_folders(root, layout, unreadable):
         found = 0
         for path in walk_files(folder, unreadable):
+            bar.update(1)
             rel = _rel(path, root)
             try:
                 st = path.stat()
@@ -257,6 +264,7 @@ def list_images(root: str | os.PathLike) -> Listing:
             candidates.append(Candidate(rel, label, split, str(path), st.st_size, st.st_mtime_ns))
         if not found:
             empty.append(f"{split}/{label}" if split else label)
+    bar.close()
     rejected += [(_rel(folder, root) + "/", reason) for folder, reason in unreadable]
     candidates.sort(key=lambda c: c.path)
     kept = candidates[:1]

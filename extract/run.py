@@ -241,7 +241,7 @@ def _same_rejections(folder: Path, rejected: list) -> bool:
         return False
 
 
-def plan(in_dir, features, root: Path, key: str, log=print) -> Plan:
+def plan(in_dir, features, root: Path, key: str, log=print, progress: bool = False) -> Plan:
     """Decides what a run must read and compute; reads no image.
 
     Args:
@@ -249,8 +249,9 @@ def plan(in_dir, features, root: Path, key: str, log=print) -> Plan:
         features: the cache root (FEATURES), where other inputs' caches of ``key`` are found.
         root: ``FEATURES/<input-id>``.
         key: the setting's key.
+        progress: show the listing's progress on stderr when it takes more than a second.
     """
-    listing = files.list_images(in_dir)
+    listing = files.list_images(in_dir, progress=progress)
     folder = root / key
     previous = _previous(folder, log)
     shards = cache.Shards(root, key, dim=None if previous is None else previous[0].shape[1])
@@ -315,11 +316,11 @@ def compute(p: Plan, settings: Settings, batch: int, max_pixels: int, progress: 
         Interrupted: Ctrl-C; the finished work is saved first.
         WeightsUnavailable: the weights cannot be loaded.
     """
-    from tqdm import tqdm
-
     done = Computed(set(), {}, "none needed (everything cached)")
     if not p.todo:
         return done
+    from tqdm import tqdm
+
     todo = p.todo
     pending = {"sha": [], "emb": [], "seen": [], "at": time.perf_counter()}
 
@@ -530,7 +531,7 @@ def extract_features(in_dir, features_dir, settings: Settings, batch: int = 32,
         with cache.locked(root, key, log=log):
             for note in cache.recover(root, key):
                 log(f"warning: {note}")
-            p = plan(in_dir, features_dir, root, key, log=log)
+            p = plan(in_dir, features_dir, root, key, log=log, progress=progress)
             done = compute(p, settings, batch, max_pixels, progress=progress, log=log,
                            flush_seconds=flush_seconds)
             summary = assemble(p, done, settings, t0, batch, extra_meta)
