@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cli import add_features_args, add_heads_args, settings_from
+from .cli import add_features_args, add_heads_args, engine, settings_from
 
 TOP = 12  # pairs and suspects shown on the contact sheets
 PROBA_HEADS = ("logreg", "mlp")  # heads with predict_proba, usable for label suspects
@@ -352,10 +352,13 @@ def main(argv=None) -> int:
     from .data import DataError
 
     try:
-        summary = audit(args.features, settings_from(args), args.out,
-                        fallback_none=args.weights_fallback == "none", in_dir=args.in_dir, heads=args.heads, seed=args.seed,
-                        test_size=args.test_size, folds=args.folds, jobs=args.jobs or None,
-                        dup_threshold=args.dup_threshold, top=args.top, dataset=args.dataset or None)
+        with engine(args.engine):
+            summary = audit(args.features, settings_from(args), args.out,
+                            fallback_none=args.weights_fallback == "none", in_dir=args.in_dir,
+                            heads=args.heads, seed=args.seed, test_size=args.test_size,
+                            folds=args.folds, jobs=args.jobs or None,
+                            dup_threshold=args.dup_threshold, top=args.top,
+                            dataset=args.dataset or None)
     except (DataError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

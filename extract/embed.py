@@ -41,7 +41,7 @@ def embed_files(paths, settings: Settings, batch: int = 32, max_pixels: int = DE
     from tqdm import tqdm
 
     from .pipeline import read_ahead
-    from .run import embed_reads
+    from .run import Device, embedded
 
     settings.check()
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
@@ -53,18 +53,16 @@ def embed_files(paths, settings: Settings, batch: int = 32, max_pixels: int = DE
     rows: dict[int, np.ndarray] = {}
     bar = tqdm(total=len(paths), unit="img", disable=not progress, delay=1.0)
 
-    def on_done(read, vec) -> None:
-        if read.error:
-            errors[read.index] = read.error
-        elif vec is not None:
-            rows[read.index] = vec
-        bar.update(1)
-
     workers = min(8, os.cpu_count() or 1)
     reads = read_ahead(paths, settings.size, max_pixels, lambda sha: False, workers=workers,
                        window=2 * batch + workers)
     try:
-        embed_reads(reads, settings, batch, on_done, log=log)
+        for read, vec in embedded(reads, settings, batch, Device(), log=log):
+            if read.error:
+                errors[read.index] = read.error
+            elif vec is not None:
+                rows[read.index] = vec
+            bar.update(1)
     finally:
         bar.close()
     dim = next(iter(rows.values())).shape[0] if rows else 0

@@ -277,6 +277,19 @@ def list_images(root: str | os.PathLike, progress: bool = False) -> Listing:
     return Listing(kept, sorted(rejected), sorted(skipped + _loose_files(root, layout)), layout, empty)
 
 
+def first_images(root, n: int) -> list[str]:
+    """Paths of up to ``n`` image candidates under ``root``, found without listing everything."""
+    root = Path(root)
+    found: list[str] = []
+    for _split, _label, folder in _class_folders(root, detect_layout(root), []):
+        for path in walk_files(folder):
+            if is_image_candidate(path):
+                found.append(str(path))
+                if len(found) >= n:
+                    return found
+    return found
+
+
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:
     """Returns the hex SHA-256 of a file's content."""
     digest = hashlib.sha256()

@@ -20,7 +20,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -106,53 +106,48 @@ def embedder(settings: Settings) -> Callable[[np.ndarray], np.ndarray]:
     return _EMBEDDERS[key]
 
 
-def embed_reads(reads: Iterable[Read], settings: Settings, batch: int,
-                on_done: Callable[[Read, np.ndarray | None], None], log=print) -> str:
+class Device:
+    """The name of the device the model ran on, known once the first batch ran."""
+
+    def __init__(self):
+        self.name = "none needed (everything cached)"
+
+
+def embedded(reads: Iterable[Read], settings: Settings, batch: int, device: Device,
+             log=print) -> Iterator[tuple[Read, np.ndarray | None]]:
     """Runs the backbone over the decoded images of ``reads`` in batches.
 
-    ``on_done(read, vector)`` is called once per read: with its float32 vector when it was
-    embedded, with None when it was not decoded (known content, or an error in ``read.error``;
-    a NaN vector becomes such an error). The model is built at the first decoded image only, so
-    a run that finds every content cached never loads TensorFlow.
-
-    Returns:
-        The device name, or "none needed (everything cached)".
+    Yields ``(read, vector)`` once per read: with its float32 vector when it was embedded, with
+    None when it was not decoded (known content, or an error in ``read.error``; a NaN vector
+    becomes such an error). The model is built at the first decoded image only, so a run that
+    finds every content cached never loads TensorFlow.
     """
     from .model import preprocess_fn
 
-    state = {"run": None, "device": "none needed (everything cached)"}
+    run = pre = None
     waiting: list[Read] = []
-
-    def run_batch() -> None:
-        if not waiting:
-            return
-        if state["run"] is None:
+    for r in [*reads, None]:
+        if r is not None and r.image is None:
+            yield r, None
+            continue
+        if r is not None:
+            waiting.append(r)
+        if not waiting or (r is not None and len(waiting) < batch):
+            continue
+        if run is None:
             from .model import device_name
 
-            state["run"] = embedder(settings)
-            state["device"] = device_name()
-            state["pre"] = preprocess_fn(settings.backbone)
-            log(f"embedding new images with {settings.key} on {state['device']}")
-        x = state["pre"](np.stack([r.image for r in waiting]).astype(np.float32))
-        emb = np.asarray(state["run"](x), dtype=np.float32)
-        for r, vec in zip(waiting, emb):
-            r.image = None
+            run, pre, device.name = embedder(settings), preprocess_fn(settings.backbone), device_name()
+            log(f"embedding new images with {settings.key} on {device.name}")
+        emb = np.asarray(run(pre(np.stack([w.image for w in waiting]).astype(np.float32))), np.float32)
+        for w, vec in zip(waiting, emb):
+            w.image = None
             if np.isfinite(vec).all():
-                on_done(r, vec)
+                yield w, vec
             else:
-                r.error, r.lasting = NAN_REASON, True
-                on_done(r, None)
+                w.error, w.lasting = NAN_REASON, True
+                yield w, None
         waiting.clear()
-
-    for r in reads:
-        if r.image is None:
-            on_done(r, None)
-            continue
-        waiting.append(r)
-        if len(waiting) >= batch:
-            run_batch()
-    run_batch()
-    return state["device"]
 
 
 # --------------------------------------------------------------------------- vectors by content
@@ -184,6 +179,9 @@ class VectorStore:
             return vec
         source, row = self._index[sha]
         return self._arrays[source][row]
+
+    def hashes(self) -> set[str]:
+        return set(self._index) | set(self._loose)
 
     def rows(self, shas: list[str]) -> np.ndarray:
         return np.stack([self.get(sha) for sha in shas]).astype(np.float32, copy=False)
@@ -306,8 +304,13 @@ class Computed:
 
 
 def compute(p: Plan, settings: Settings, batch: int, max_pixels: int, progress: bool = True,
-            log=print, flush_seconds: float = 2.0) -> Computed:
+            log=print, flush_seconds: float = 2.0, engine: str = "local",
+            actors: int | None = None) -> Computed:
     """Reads the files of ``p.todo`` once each and embeds the contents not yet known.
+
+    ``engine="local"`` reads in threads of this process and runs the model here;
+    ``engine="ray"`` runs the same steps as a Ray Data pipeline (:mod:`extract.engine_ray`).
+    Either way the results come back here and are kept by the same code.
 
     Adds every new vector to ``p.store`` and every hash read to ``p.sha``; saves finished work to
     ``p.shards`` at least every ``flush_seconds``.
@@ -355,11 +358,21 @@ def compute(p: Plan, settings: Settings, batch: int, max_pixels: int, progress: 
     def known(sha: str) -> bool:
         return sha in p.store or sha in p.failed
 
-    workers = min(8, os.cpu_count() or 1)
-    reads = read_ahead([c.abspath for c in todo], settings.size, max_pixels, known,
-                       workers=workers, window=2 * batch + workers)
+    device = Device()
+    paths = [c.abspath for c in todo]
+    if engine == "ray":
+        from .engine_ray import ray_embedded
+
+        stream = ray_embedded(paths, settings, batch, max_pixels, p.store.hashes() | set(p.failed),
+                              device, log=log, progress=progress, actors=actors)
+    else:
+        workers = min(8, os.cpu_count() or 1)
+        reads = read_ahead(paths, settings.size, max_pixels, known, workers=workers,
+                           window=2 * batch + workers)
+        stream = embedded(reads, settings, batch, device, log=log)
     try:
-        done.device = embed_reads(_remember_failures(reads, p.failed), settings, batch, on_done, log)
+        for r, vec in _remember_failures(stream, p.failed):
+            on_done(r, vec)
     except KeyboardInterrupt:
         flush()
         raise Interrupted(f"interrupted: {len(done.computed)} newly embedded images and the hashes "
@@ -368,15 +381,16 @@ def compute(p: Plan, settings: Settings, batch: int, max_pixels: int, progress: 
     finally:
         bar.close()
     flush()
+    done.device = device.name
     return done
 
 
-def _remember_failures(reads: Iterable[Read], failed: dict) -> Iterable[Read]:
+def _remember_failures(stream, failed: dict):
     """Turns a read of content that failed before (same hash) into that failure, not decoded."""
-    for r in reads:
-        if r.image is None and not r.error and r.sha256 in failed:
+    for r, vec in stream:
+        if vec is None and not r.error and r.sha256 in failed:
             r.error, r.lasting = failed[r.sha256], True
-        yield r
+        yield r, vec
 
 
 # --------------------------------------------------------------------------- assemble
@@ -492,13 +506,15 @@ def _meta(p: Plan, settings: Settings, manifest, computed: int, reused: int, rej
 def extract_features(in_dir, features_dir, settings: Settings, batch: int = 32,
                      strict: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
                      progress: bool = True, log=print, extra_meta: dict | None = None,
-                     flush_seconds: float = 2.0, dataset: str | None = None) -> Summary:
+                     flush_seconds: float = 2.0, dataset: str | None = None,
+                     engine: str = "local", actors: int | None = None) -> Summary:
     """Embeds the images under ``in_dir`` into ``features_dir/<input-id>/<key>/``, reusing what is cached.
 
     Args:
         in_dir: the input folder (``<class>/**`` or ``<split>/<class>/**``).
         features_dir: the cache root (FEATURES).
-        settings: backbone, weights, size, pooling and precision.
+        settings: backbone, weights, size, pooling and precision (``auto``: see
+            :mod:`extract.precision`; the key and meta.json record the precision chosen).
         batch: images per model call.
         strict: accepted for the caller's exit code; rejections never stop the run.
         max_pixels: images with more pixels are rejected.
@@ -508,6 +524,9 @@ def extract_features(in_dir, features_dir, settings: Settings, batch: int = 32,
         flush_seconds: finished work is written to ``.partial/`` at least this often.
         dataset: ``DATASET``, the name of the input's folder under ``features_dir`` (default:
             the input folder's name and a hash of its absolute path).
+        engine: ``local`` (this process) or ``ray`` (a Ray Data pipeline; ``RAY_ADDRESS``
+            selects a cluster). Planning, resume, rejections and the cache are the same.
+        actors: (ray) model actors; default one per GPU, else one per node.
 
     Returns:
         A :class:`Summary` of the run.
@@ -520,11 +539,20 @@ def extract_features(in_dir, features_dir, settings: Settings, batch: int = 32,
         Interrupted: Ctrl-C; finished batches are kept for the next run.
     """
     t0 = time.perf_counter()
-    settings.check()
+    if engine not in ("local", "ray"):
+        raise ValueError(f"ENGINE must be 'local' or 'ray'; received {engine!r}")
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"BATCH must be a positive whole number; received {batch!r}")
     if not Path(in_dir).is_dir():
         files.detect_layout(Path(in_dir))  # raises the message that says what to do
+    if settings.precision == "auto":
+        from .precision import CALIBRATION_IMAGES, resolve
+
+        settings, info = resolve(settings, features_dir,
+                                 lambda: files.first_images(in_dir, 4 * CALIBRATION_IMAGES),
+                                 max_pixels, log=log)
+        extra_meta = dict(extra_meta or {}, precision_auto=info)
+    settings.check()
     root = Path(features_dir) / cache.input_id(in_dir, dataset)
     key = settings.key
     try:
@@ -533,7 +561,7 @@ def extract_features(in_dir, features_dir, settings: Settings, batch: int = 32,
                 log(f"warning: {note}")
             p = plan(in_dir, features_dir, root, key, log=log, progress=progress)
             done = compute(p, settings, batch, max_pixels, progress=progress, log=log,
-                           flush_seconds=flush_seconds)
+                           flush_seconds=flush_seconds, engine=engine, actors=actors)
             summary = assemble(p, done, settings, t0, batch, extra_meta)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted: finished batches are kept and {root / key} is complete or "
