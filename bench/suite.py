@@ -30,6 +30,7 @@ REQUIRED_KEYS = (
     "bf16_speedup", "bf16_min_cosine", "bf16_logreg_accuracy_change",
     "incremental_cost_ratio", "compare_seconds_12k", "seed_style_seconds_12k",
     "seed_style_over_compare", "rss_growth", "noop_seconds_200k", "noop_peak_rss_mib_200k",
+    "auto_vs_best",
 )
 
 # The targets of issue #8 on the reference machine (2-core Zen 4): (key, rule, bound).
@@ -42,6 +43,7 @@ TARGETS = (
     ("compare_seconds_12k", "<=", 90.0),
     ("seed_style_over_compare", ">=", 100.0),
     ("noop_seconds_200k", "<=", 10.0),
+    ("auto_vs_best", ">=", 0.95),
     ("noop_peak_rss_mib_200k", "<=", 1024.0),
 )
 
@@ -247,6 +249,13 @@ def preprocessed_batch(paths: list[str], size: int, batch: int):
     return preprocess_fn("vgg16")(images.astype(np.float32))
 
 
+def sample_uint8(folder: Path, size: int, n: int) -> np.ndarray:
+    """``n`` of the generated images, resized as extraction does (uint8), for calibration."""
+    from extract.load import load_image
+
+    return np.stack([load_image(str(p), size) for p in sorted(Path(folder).rglob("*.jpg"))[:n]])
+
+
 def model_only_ips(settings, images, n_batches: int) -> float:
     """Images/s of the extraction's own traced model call on an in-memory batch (median of
     ``n_batches`` timed calls, after one untimed call)."""
@@ -428,6 +437,9 @@ def markdown(results: dict) -> str:
     row("fp32_model_gflops", "fp32 model-only speed in GFLOP/s (VGG16 without top: 2 x 15.35 G multiply-adds per 224 px image)")
     row("bf16_model_gflops", "the same in bf16")
     row("sgemm_gflops", "this machine's float32 matrix-product speed (numpy BLAS, 2048 x 2048), for scale")
+    row("auto_vs_best", "model-only images/s of the precision PRECISION=auto chose here "
+        f"({r.get('auto_choice')}, calibrated in {r.get('auto_calibration_seconds')} s) / those of the "
+        "best fixed precision measured")
     row("bf16_min_cosine", f"lowest cosine similarity between an image's bf16 and fp32 embedding ({r.get('bf16_images')} images)")
     row("bf16_min_cosine_centered", "the same after subtracting the fp32 mean embedding (random-init features are all alike, so this is the stricter test)")
     row("bf16_nonfinite", "images whose bf16 embedding had NaN or inf")

@@ -81,7 +81,7 @@ def fake_raw(**over):
         "compare_seconds": 25.0, "compare_n": 12420, "compare_n_train": 9936,
         "rss_1x_mib": 900.0, "rss_4x_mib": 945.0, "gflop_per_image": 30.7,
         "bf16_min_cosine": 0.9999, "bf16_logreg_accuracy_change": 0.0,
-        "noop_seconds_200k": 4.0, "noop_peak_rss_mib_200k": 240.0,
+        "noop_seconds_200k": 4.0, "noop_peak_rss_mib_200k": 240.0, "auto_vs_best": 1.0,
     }
     raw.update(over)
     return raw
