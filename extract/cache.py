@@ -77,7 +77,7 @@ def input_id(in_dir, dataset: str | None = None) -> str:
         ValueError: ``dataset`` is not a plain folder name.
     """
     if dataset:
-        if not _DATASET_NAME.match(dataset) or dataset in (".", ".."):
+        if not _DATASET_NAME.fullmatch(dataset) or dataset in (".", ".."):
             raise ValueError(
                 "DATASET must be a plain folder name of letters, digits, '.', '_' and '-' (up to "
                 f"100, not starting with '.' or '-'); received {dataset!r}")
