@@ -294,7 +294,8 @@ def plan(in_dir, features, root: Path, key: str, log=print, progress: bool = Fal
         for other in cache.caches_of_key(features, key, exclude=folder):
             try:
                 emb, manifest, _ = cache.open_cache(other, mmap=True, check_values=False)
-            except (FileNotFoundError, cache.CacheError):
+            except (OSError, cache.CacheError) as err:  # damaged, or another user's, unreadable
+                log(f"warning: not reusing vectors from {other} ({err})")
                 continue
             if emb.shape[1] == (store.dim() or emb.shape[1]):
                 store.add_cache(emb, manifest["sha256"].tolist())

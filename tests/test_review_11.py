@@ -224,3 +224,29 @@ def test_a_partial_shard_of_another_width_does_not_stop_every_run(two_class, tmp
     np.savez(part / "0-odd.npz", sha256=np.array(["a" * 64], "U64"), emb=np.zeros((1, 7), np.float32))
     s = _extract(two_class, features)
     assert s.n == 20
+
+
+# ------------------------------------------------------------------ 6. a shared FEATURES root
+
+def test_an_unreadable_cache_of_another_input_does_not_stop_the_run(two_class, tmp_path, monkeypatch):
+    """A team FEATURES where another user's cache is not readable (mode 0600): plan() opens every
+    cache of the key and catches FileNotFoundError and CacheError only, so PermissionError ends
+    every run that has anything new with a raw traceback (main() does not catch it either).
+    Simulated here (the tests run as root) by the error open() raises for such a file."""
+    features = tmp_path / "features"
+    other = tmp_path / "other"
+    write_class_folder(other, 2, start=300)
+    _extract(other, features)
+    from extract import cache
+
+    theirs = features / input_id(other)
+    real = cache.open_cache
+
+    def guarded(folder, *args, **kwargs):
+        if Path(folder).parent == theirs:
+            raise PermissionError(13, "Permission denied", str(Path(folder) / "embeddings.npy"))
+        return real(folder, *args, **kwargs)
+
+    monkeypatch.setattr(cache, "open_cache", guarded)
+    s = _extract(two_class, features)
+    assert s.computed == 20
