@@ -250,3 +250,17 @@ def test_an_unreadable_cache_of_another_input_does_not_stop_the_run(two_class, t
     monkeypatch.setattr(cache, "open_cache", guarded)
     s = _extract(two_class, features)
     assert s.computed == 20
+
+
+# ------------------------------------------------------------------ 7. links
+
+def test_a_link_to_an_ancestor_does_not_relabel_other_classes(two_class, tmp_path):
+    """`red/up -> ..` (a link back to IN): walk_files only remembers the folders it has visited
+    from this class folder, so it walks IN again and lists blue's images as red/up/blue/...,
+    labelled red. README: 'links to ... folders (a folder loop is visited once)'."""
+    os.symlink("..", two_class / "red" / "up")
+    s = _extract(two_class, tmp_path / "features")
+    from extract.cache import open_cache
+
+    _, manifest, _ = open_cache(Path(s.folder))
+    assert not [p for p in manifest["path"] if p.startswith("red/up/")]
