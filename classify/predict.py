@@ -210,7 +210,7 @@ def _cached_vectors(features_dir, key: str, log):
     for folder in folders:
         try:
             emb, manifest, _ = open_cache(folder, mmap=True)
-        except (FileNotFoundError, CacheError) as err:
+        except (OSError, CacheError) as err:
             log(f"warning: ignoring the cache {folder} ({err})")
             continue
         store.add_cache(emb, manifest["sha256"].tolist())

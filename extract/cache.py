@@ -77,7 +77,7 @@ def input_id(in_dir, dataset: str | None = None) -> str:
         ValueError: ``dataset`` is not a plain folder name.
     """
     if dataset:
-        if not _DATASET_NAME.match(dataset) or dataset in (".", ".."):
+        if not _DATASET_NAME.fullmatch(dataset) or dataset in (".", ".."):
             raise ValueError(
                 "DATASET must be a plain folder name of letters, digits, '.', '_' and '-' (up to "
                 f"100, not starting with '.' or '-'); received {dataset!r}")
@@ -289,14 +289,24 @@ def _own(kind: str, key: str, name: str) -> bool:
 
 
 def _fill(path: Path, n: int, dim: int, rows_of) -> None:
-    """Writes an (n, dim) float32 ``.npy`` block by block: ``rows_of(start, stop)`` gives each."""
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, dim))
-    for start in range(0, n, 65536):
-        stop = min(n, start + 65536)
-        out[start:stop] = rows_of(start, stop)
-    out.flush()
-    del out
-    with open(path, "rb+") as fh:
+    """Writes an (n, dim) float32 ``.npy`` block by block: ``rows_of(start, stop)`` gives each.
+
+    Plain writes, not a memory map: a full disk is an ``OSError`` here (through a map it is a
+    SIGBUS that kills the process without a word), and the written pages are not counted in
+    this process's resident memory.
+    """
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+              "fortran_order": False, "shape": (n, dim)}
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        for start in range(0, n, 65536):
+            stop = min(n, start + 65536)
+            block = np.ascontiguousarray(rows_of(start, stop), dtype=np.float32)
+            if block.shape != (stop - start, dim):
+                raise ValueError(f"rows {start}:{stop} have shape {block.shape}, expected "
+                                 f"({stop - start}, {dim})")
+            fh.write(memoryview(block).cast("B"))
+        fh.flush()
         os.fsync(fh.fileno())
 
 

@@ -231,6 +231,11 @@ def _same_files(listing: files.Listing, manifest) -> bool:
             and manifest["mtime_ns"].tolist() == [str(c.mtime_ns) for c in cands])
 
 
+def _made_from(meta: dict, in_dir) -> bool:
+    """True when a cache's meta.json records ``in_dir`` as its input folder."""
+    return meta.get("input") == os.path.abspath(in_dir)
+
+
 def _same_rejections(folder: Path, rejected: list) -> bool:
     try:
         return cache.read_csv_rows(folder / "rejected.csv") == [
@@ -253,7 +258,9 @@ def plan(in_dir, features, root: Path, key: str, log=print, progress: bool = Fal
     folder = root / key
     previous = _previous(folder, log)
     shards = cache.Shards(root, key, dim=None if previous is None else previous[0].shape[1])
-    if previous is not None and _same_files(listing, previous[1]) \
+    # (path, size, mtime) says nothing about content in another folder (DATASET=, a moved input)
+    own = previous is not None and _made_from(previous[2], in_dir)
+    if own and _same_files(listing, previous[1]) \
             and _same_rejections(folder, listing.rejected) and not shards.folder.exists():
         return Plan(str(in_dir), root, folder, listing, previous, {}, {}, VectorStore(), shards,
                     [], unchanged=True)
@@ -262,7 +269,7 @@ def plan(in_dir, features, root: Path, key: str, log=print, progress: bool = Fal
     if previous is not None:
         emb, manifest, meta = previous
         store.add_cache(emb, manifest["sha256"].tolist())
-        if "size" in manifest and "mtime_ns" in manifest:
+        if own and "size" in manifest and "mtime_ns" in manifest:
             stamp = {(p, s, m): h for p, s, m, h in zip(manifest["path"], manifest["size"],
                                                           manifest["mtime_ns"], manifest["sha256"])}
             sha = {c.path: stamp[(c.path, str(c.size), str(c.mtime_ns))] for c in listing.candidates
@@ -285,7 +292,8 @@ def plan(in_dir, features, root: Path, key: str, log=print, progress: bool = Fal
         for other in cache.caches_of_key(features, key, exclude=folder):
             try:
                 emb, manifest, _ = cache.open_cache(other, mmap=True, check_values=False)
-            except (FileNotFoundError, cache.CacheError):
+            except (OSError, cache.CacheError) as err:  # damaged, or another user's, unreadable
+                log(f"warning: not reusing vectors from {other} ({err})")
                 continue
             if emb.shape[1] == (store.dim() or emb.shape[1]):
                 store.add_cache(emb, manifest["sha256"].tolist())
@@ -454,7 +462,7 @@ def assemble(p: Plan, done: Computed, settings: Settings, t0: float, batch: int,
 
 def _unchanged(p: Plan, manifest, rejected: list) -> bool:
     """True when the previous cache already holds exactly these rows and rejections."""
-    if p.previous is None:
+    if p.previous is None or not _made_from(p.previous[2], p.in_dir):
         return False
     old = p.previous[1]
     if len(old) != len(manifest) or list(old.columns) != list(manifest.columns):
