@@ -58,7 +58,7 @@ def test_exact_copies_share_one_role_and_one_fold(tmp_path):
     shas = [f"{i:064x}" for i in range(40)]
     for k in range(0, 40, 4):  # every fourth image is a copy of the next one
         shas[k] = shas[k + 1]
-    shas[30] = shas[2]  # and a copy filed under the other label: a label conflict
+    shas[30] = shas[1]  # and a third copy filed under the other label: a label conflict
     fake_cache(tmp_path / "f", labels, shas)
     logs = []
     run_compare(tmp_path / "f", tmp_path / "o", heads="logreg", log=logs.append)
@@ -71,8 +71,8 @@ def test_exact_copies_share_one_role_and_one_fold(tmp_path):
     train_folds = split.loc[split.role == "train", "fold"]
     assert set(train_folds) == {"0", "1", "2"}
     run = json.loads((tmp_path / "o" / "run.json").read_text())
-    assert run["label_conflicts"] == [{"sha256": shas[2], "labels": ["a", "b"],
-                                       "paths": ["a/002.png", "a/003.png", "b/030.png"]}]
+    assert run["label_conflicts"] == [{"sha256": shas[1], "labels": ["a", "b"],
+                                       "paths": ["a/000.png", "a/001.png", "b/030.png"]}]
     assert any("label conflict" in m and "b/030.png" in m for m in logs)
 
 
