@@ -236,8 +236,9 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     dups = cached_duplicates(feats.X, man["sha256"], dup_threshold, Path(out_dir) / ".dups")
     cluster = dups.groups()
     role, split_rule = assign_split(man, test_size, seed, units=cluster if groups == "dups" else None)
-    split_rule += ("; duplicate clusters kept whole on one side and in one fold" if groups == "dups"
-                   else "; exact copies kept on one side and in one fold")
+    unit = "duplicate clusters" if groups == "dups" else "exact copies"
+    side = "" if (man["split"] != "").any() else " on one side and"  # split folders are the user's
+    split_rule += f"; {unit} kept whole{side} in one fold"
     crossing = copies_across(man, role)
     if crossing:
         log(f"warning: {len(crossing)} evaluated images are exact copies of training images (e.g. "
@@ -256,6 +257,9 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     fold_groups = _fold_groups(man, cluster if groups == "dups" else None)
     fold_list, fold_of = cv_folds(y[train_idx], fold_groups[train_idx], folds, seed, log)
     X = feats.X
+    log(f"features {feats.key}: {len(man)} images, {X.shape[1]} dims; {split_rule}; "
+        f"{len(train_idx)} train, {len(eval_idx)} evaluated; {len(fold_list)}-fold CV; "
+        f"heads {', '.join(models)}")
     leaked = dups.partners_in(role.to_numpy() == "train")[eval_idx]  # eval image with a train duplicate
     log(f"duplicates: {dups.rule}; {int(leaked.sum())} of {len(eval_idx)} evaluated images have "
         "a duplicate in the training part")

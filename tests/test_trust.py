@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from test_splits import S64, fake_cache, quiet, run_compare
+from test_splits import fake_cache, run_compare
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,21 @@ def test_a_pickle_with_a_rewritten_sidecar_runs_nothing(run3, tmp_path, capsys):
                  "--", str(image)])
     err = capsys.readouterr().err
     assert rc == 2 and "not a skops model file" in err and "make compare" in err
+    assert not marker.exists()
+
+
+def test_make_predict_refuses_a_replaced_model(run3, tmp_path):
+    from conftest import run_make
+
+    out = _copy_models(run3, tmp_path)
+    marker = tmp_path / "pwned"
+    target = out / "models" / "mlp.skops"
+    target.write_bytes(pickle.dumps(_CreatesAFile(marker)))
+    _rewrite_sidecar(target)
+    image = tmp_path / "x.png"
+    image.write_bytes(b"")
+    res = run_make("predict", f"IMAGES={image}", f"FEATURES={run3 / 'f'}", f"OUT={out}", "HEAD=mlp")
+    assert res.returncode != 0 and "not a skops model file" in res.stderr, res.stdout + res.stderr
     assert not marker.exists()
 
 
