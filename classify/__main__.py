@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import add_features_args, add_heads_args, settings_from
+from .cli import add_features_args, add_heads_args, engine, settings_from
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -27,11 +27,13 @@ def main(argv=None) -> int:
         if args.command == "compare":
             from .compare import compare, format_table
 
-            table = compare(args.features, settings_from(args), args.out, heads=args.heads,
-                            seed=args.seed, test_size=args.test_size, folds=args.folds,
-                            jobs=args.jobs or None, in_dir=args.in_dir,
-                            fallback_none=args.weights_fallback == "none",
-                            groups=args.groups, dup_threshold=args.dup_threshold)
+            with engine(args.engine):
+                table = compare(args.features, settings_from(args), args.out, heads=args.heads,
+                                seed=args.seed, test_size=args.test_size, folds=args.folds,
+                                jobs=args.jobs or None, in_dir=args.in_dir,
+                                fallback_none=args.weights_fallback == "none",
+                                groups=args.groups, dup_threshold=args.dup_threshold,
+                                dataset=args.dataset or None)
             print()
             print(format_table(table))
             print(f"\noutputs in {args.out}/: comparison.csv, predictions.csv, reports/, models/, "

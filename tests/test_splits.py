@@ -4,6 +4,7 @@ sides, and small data gives a message instead of a scikit-learn traceback (issue
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,8 @@ def quiet(*_args, **_kw):
 
 
 def fake_cache(folder, labels, shas=None, splits=None, X=None, dim: int = 16, seed: int = 0):
-    """Writes a cache of ``labels`` (one row each) with separable random embeddings."""
+    """Writes a cache of ``labels`` (one row each) with separable random embeddings, as the
+    input ``DATASET=fake`` under the cache root ``folder``."""
     rng = np.random.default_rng(seed)
     classes = sorted(set(labels))
     if X is None:
@@ -36,7 +38,7 @@ def fake_cache(folder, labels, shas=None, splits=None, X=None, dim: int = 16, se
     first = {}
     for i, sha in enumerate(shas):
         X[i] = X[first.setdefault(sha, i)]
-    write_cache(folder, S64.key, X, rows, {"dim": X.shape[1], "backbone": "vgg16", "weights": "none",
+    write_cache(Path(folder) / "fake", S64.key, X, rows, {"dim": X.shape[1], "backbone": "vgg16", "weights": "none",
                                            "image_size": 64, "pooling": "avg", "precision": "fp32",
                                            "key": S64.key}, [])
     return X, rows
@@ -45,9 +47,13 @@ def fake_cache(folder, labels, shas=None, splits=None, X=None, dim: int = 16, se
 def run_compare(features, out, **kw):
     from classify import compare
 
+    from conftest import only_cache
+
     kw.setdefault("folds", 3)
     kw.setdefault("jobs", 1)
     kw.setdefault("log", quiet)
+    for name, value in only_cache(features).items():
+        kw.setdefault(name, value)
     return compare(features, S64, out, **kw)
 
 
@@ -236,7 +242,7 @@ def test_small_data_gives_a_message_not_a_traceback(tmp_path, capsys):
 
     fake_cache(tmp_path / "f", ["a", "a", "b", "b"])
     rc = main(["compare", "--features", str(tmp_path / "f"), "--out", str(tmp_path / "o"),
-               "--weights", "none", "--size", "64", "--jobs", "1"])
+               "--weights", "none", "--size", "64", "--jobs", "1", "--dataset", "fake"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and "Traceback" not in err
     assert "add images" in err
@@ -258,7 +264,8 @@ def test_audit_sizes_the_mlp_validation_split_per_fold(tmp_path, monkeypatch):
     labels = [c for c in "abc" for _ in range(10)]
     fake_cache(tmp_path / "f", labels)
     summary = audit_module.audit(tmp_path / "f", S64, tmp_path / "o", in_dir=tmp_path / "nowhere",
-                                 heads="mlp", folds=5, jobs=1, log=quiet)
+                                 heads="mlp", folds=5, jobs=1, log=quiet,
+                                 dataset="fake")
     k = summary["label_suspects"]["folds"]
     assert k == 5 and 0 <= summary["scores"]["mlp"]["cv_mean"] <= 1
     assert sized and 30 not in sized  # every fit of the out-of-fold pass sized on its own fold
@@ -273,7 +280,7 @@ def test_audit_reports_label_conflicts(tmp_path):
     fake_cache(tmp_path / "f", ["a"] * 12 + ["b"] * 12, shas=shas)
     logs = []
     summary = audit(tmp_path / "f", S64, tmp_path / "o", in_dir=tmp_path / "nowhere", heads="logreg",
-                    folds=3, jobs=1, log=logs.append)
+                    folds=3, jobs=1, log=logs.append, dataset="fake")
     assert summary["label_conflicts"] == [{"sha256": shas[3], "labels": ["a", "b"],
                                            "paths": ["a/003.png", "b/020.png"]}]
     assert any("label conflict" in m for m in logs)

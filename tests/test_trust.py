@@ -141,7 +141,7 @@ def test_every_score_is_a_probability_of_the_predicted_class(run3):
     pred = pd.read_csv(run3 / "out" / "predictions.csv")
     assert list(pred.columns) == ["path", "label", "logreg", "logreg_score", "svm", "svm_score",
                                   "svm_decision", "mlp", "mlp_score"]
-    X = np.load(next((run3 / "f").glob("*/embeddings.npy")))
+    X = np.load(next((run3 / "f").glob("*/*/embeddings.npy")))
     for head in ("logreg", "svm", "mlp"):
         assert ((pred[f"{head}_score"] >= 1 / 3 - 1e-6) & (pred[f"{head}_score"] <= 1)).all(), head
         model = load_model(run3 / "out" / "models" / f"{head}.skops")["model"]
