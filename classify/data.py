@@ -167,12 +167,12 @@ def label_conflicts(manifest: pd.DataFrame) -> list[dict]:
     """
     sha = manifest["sha256"].astype(str)
     known = manifest[sha != ""]
+    n_labels = known.groupby("sha256")["label"].nunique()
+    mixed = known[known["sha256"].isin(n_labels.index[n_labels > 1])]
     out = []
-    for digest, group in known.groupby("sha256", sort=False):
-        labels = sorted(set(group["label"].astype(str)))
-        if len(labels) > 1:
-            out.append({"sha256": str(digest), "labels": labels,
-                        "paths": sorted(group["path"].astype(str))})
+    for digest, group in mixed.groupby("sha256", sort=False):
+        out.append({"sha256": str(digest), "labels": sorted(set(group["label"].astype(str))),
+                    "paths": sorted(group["path"].astype(str))})
     return sorted(out, key=lambda c: c["paths"][0])
 
 
@@ -329,6 +329,31 @@ def check_coverage(manifest: pd.DataFrame, role: pd.Series, log=print) -> list[s
     return sorted(train)
 
 
+def stratified_group_folds(y: np.ndarray, groups: np.ndarray, k: int, seed: int):
+    """``k`` folds that never split a group and are stratified by each group's first label.
+
+    scikit-learn's ``StratifiedGroupKFold`` balances fold sizes more finely but loops over the
+    groups in Python (74 s for 160,000 groups here); this stratifies one row per group with
+    ``StratifiedKFold`` and gives each group's rows that row's fold (under a second).
+
+    Returns:
+        (list of (train, test) positions, the test fold of each row).
+    """
+    import warnings
+
+    from sklearn.model_selection import StratifiedKFold
+
+    _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "The least populated class ..."
+        group_splits = StratifiedKFold(k, shuffle=True, random_state=seed).split(first, y[first])
+        fold_of_group = np.empty(len(first), int)
+        for f, (_, test) in enumerate(group_splits):
+            fold_of_group[test] = f
+    fold_of = fold_of_group[inverse.ravel()]
+    return [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(k)], fold_of
+
+
 def cv_folds(y: np.ndarray, groups: np.ndarray, folds: int, seed: int, log=print):
     """Stratified group folds on the training part that every class can take part in.
 
@@ -349,10 +374,6 @@ def cv_folds(y: np.ndarray, groups: np.ndarray, folds: int, seed: int, log=print
     Raises:
         DataError: FOLDS below 2, a class with fewer than 2 groups, or no valid folds.
     """
-    import warnings
-
-    from sklearn.model_selection import StratifiedGroupKFold
-
     if folds < 2:
         raise DataError(f"FOLDS must be at least 2; received {folds}")
     classes = np.unique(y)
@@ -371,17 +392,11 @@ def cv_folds(y: np.ndarray, groups: np.ndarray, folds: int, seed: int, log=print
             f"image and its copies count once), fewer than FOLDS={folds}; using {k}-fold "
             "cross-validation")
     for k_try in range(k, 1, -1):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "The least populated class ..."
-            splits = list(StratifiedGroupKFold(k_try, shuffle=True, random_state=seed)
-                          .split(np.zeros(len(y)), y, groups))
+        splits, fold_of = stratified_group_folds(y, groups, k_try, seed)
         if all(len(np.unique(y[tr])) == len(classes) for tr, _ in splits):
             if k_try < k:
                 log(f"warning: with {k} folds a training fold would miss a class; using "
                     f"{k_try}-fold cross-validation")
-            fold_of = np.empty(len(y), int)
-            for f, (_, te) in enumerate(splits):
-                fold_of[te] = f
             return splits, fold_of
     raise DataError("no cross-validation folds give every class training images; add images "
                     "to the smallest classes (or near-duplicate clusters) or use GROUPS=none")

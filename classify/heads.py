@@ -129,19 +129,14 @@ class CalibratedSVC(ClassifierMixin, BaseEstimator):
         Raises:
             ValueError: no folds give every class training rows.
         """
-        import warnings
-
-        from sklearn.model_selection import StratifiedGroupKFold
+        from .data import stratified_group_folds
 
         rows = np.unique(np.asarray(X, np.float32), axis=0, return_inverse=True)[1].ravel()
         smallest = min(len(np.unique(rows[y == c])) for c in self.classes_)
         if smallest < 2:
             return None
         for k in range(min(self.folds, smallest), 1, -1):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                splits = list(StratifiedGroupKFold(k, shuffle=True, random_state=self.random_state)
-                              .split(X, y, rows))
+            splits, _ = stratified_group_folds(y, rows, k, self.random_state or 0)
             if all(len(np.unique(y[tr])) == len(self.classes_) for tr, _ in splits):
                 return splits
         raise ValueError("no calibration folds give every class training images; add images to "
