@@ -21,6 +21,7 @@ MAX_PIXELS ?= 89478485## larger images are rejected (decompression-bomb guard)
 HEADS ?= logreg,svm,mlp## heads to compare (comma-separated)
 SEED ?= 42##           random state of heads, folds and hold-out
 TEST_SIZE ?= 0.2##     hold-out fraction when IN has no split folders
+REPEATS ?= auto##      repeats of the cross-validation with other folds (auto: 3 up to 5,000 training images, else 1)
 FOLDS ?= 5##           cross-validation folds on the training part
 JOBS ?= 0##            parallel workers for stage 2 (0: every core)
 GROUPS ?= none##       none, or dups: keep each near-duplicate cluster on one side of every split
@@ -69,7 +70,7 @@ features: setup $(ENGINE_SETUP) ## stage 1: embed new or changed images of IN in
 compare: setup $(ENGINE_SETUP) ## stage 2: train, cross-validate and compare HEADS on the cached embeddings
 	$(PY) -m classify compare $(EXTRACT_ARGS) --out "$(OUT)" --heads $(HEADS) --seed $(SEED) \
 		--test-size $(TEST_SIZE) --folds $(FOLDS) --jobs $(JOBS) --groups $(GROUPS) \
-		--dup-threshold $(DUP_THRESHOLD) --engine $(ENGINE)
+		--dup-threshold $(DUP_THRESHOLD) --engine $(ENGINE) --repeats $(REPEATS)
 
 audit: setup $(ENGINE_SETUP) ## near-duplicates across splits, label suspects, leakage-aware scores -> OUT/audit/
 	$(PY) -m classify.audit $(EXTRACT_ARGS) --out "$(OUT)" --heads $(HEADS) --seed $(SEED) \

@@ -60,6 +60,8 @@ def add_heads_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=42, help="SEED")
     p.add_argument("--test-size", type=float, default=0.2, help="TEST_SIZE")
     p.add_argument("--folds", type=int, default=5, help="FOLDS")
+    p.add_argument("--repeats", default="auto",
+                   help="repeats of the cross-validation, or auto: 3 up to 5,000 training images, else 1 (REPEATS)")
     p.add_argument("--jobs", type=int, default=0, help="parallel workers, 0 = every core (JOBS)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="where joblib's work runs: local processes, or Ray (ENGINE)")

@@ -26,11 +26,13 @@ from extract.model import Settings
 
 from .data import (DataError, Features, assign_split, check_coverage, content_key, copies_across,
                    cv_folds, describe_conflict, label_conflicts, load_features, unit_ids)
+from . import stats
 from .dups import cached_duplicates
 from .heads import decision_values, scores, select_heads
 from .outdir import check_out_dir, new_run
 
 TIMING_COLUMNS = ["fit_seconds", "cv_seconds"]
+AUTO_REPEATS_UP_TO = 5000  # REPEATS=auto: 3 repeats up to this many training images, else 1
 
 
 def _fit(name: str, fold: int, model, X, y, train_idx, test_idx):
@@ -183,7 +185,8 @@ def format_table(df: pd.DataFrame) -> str:
 def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,mlp",
             seed: int = 42, test_size: float = 0.2, folds: int = 5, jobs: int | None = None,
             in_dir: str = "in", fallback_none: bool = False, log=print, groups: str = "none",
-            dup_threshold="auto", dataset: str | None = None) -> pd.DataFrame:
+            dup_threshold="auto", dataset: str | None = None,
+            repeats: int | str = "auto") -> pd.DataFrame:
     """Trains, cross-validates and evaluates the heads; writes one whole run to ``out_dir``.
 
     The run is written into a temporary folder beside ``out_dir`` and swapped into place when
@@ -210,9 +213,15 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         dup_threshold: ``auto`` or a cosine similarity (DUP_THRESHOLD); decides which evaluated
             images have a near-duplicate in the training part (``accuracy_no_dups``).
         dataset: ``DATASET``, the input's folder name under FEATURES when not derived from IN.
+        repeats: ``REPEATS``, how many times the cross-validation is repeated with other fold
+            assignments (``auto``: see :func:`choose_repeats`). Every fold score goes to
+            ``cv_scores.csv`` and into the intervals and paired tests.
 
     Returns:
-        The comparison table (also written to ``out_dir/comparison.csv``).
+        The comparison table (also written to ``out_dir/comparison.csv``), with 95% intervals
+        (``accuracy_ci_*``: Wilson, over the evaluated images; ``cv_ci_*``: corrected resampled
+        t, over the folds) and each head's paired test against the best (``p_vs_best``,
+        ``p_mcnemar``) and ``verdict`` (see :mod:`classify.stats`).
 
     Raises:
         DataError: missing or damaged features, a class with evaluated but no training images,
@@ -257,10 +266,17 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
                         "hold one out), or a test/ folder beside train/")
     y = man["label"].astype(str).to_numpy()
     fold_groups = _fold_groups(man, cluster if groups == "dups" else None)
-    fold_list, fold_of = cv_folds(y[train_idx], fold_groups[train_idx], folds, seed, log)
+    repeats = choose_repeats(repeats, len(train_idx))
+    fold_sets = [cv_folds(y[train_idx], fold_groups[train_idx], folds, seed + r,
+                          log if r == 0 else (lambda *_a, **_k: None)) for r in range(repeats)]
+    fold_of = fold_sets[0][1]
+    fold_ids = [(r, k) for r, (fl, _) in enumerate(fold_sets) for k in range(len(fl))]
+    fold_list = [f for fl, _ in fold_sets for f in fl]
+    n_folds = len(fold_sets[0][0])
     X = feats.X
     log(f"features {feats.key}: {len(man)} images, {X.shape[1]} dims; {split_rule}; "
-        f"{len(train_idx)} train, {len(eval_idx)} evaluated; {len(fold_list)}-fold CV; "
+        f"{len(train_idx)} train, {len(eval_idx)} evaluated; {n_folds}-fold CV"
+        f"{f' x {repeats} repeats' if repeats > 1 else ''}; "
         f"heads {', '.join(models)}")
     leaked = dups.partners_in(role.to_numpy() == "train")[eval_idx]  # eval image with a train duplicate
     log(f"duplicates: {dups.rule}; {int(leaked.sum())} of {len(eval_idx)} evaluated images have "
@@ -275,6 +291,14 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
                   zip(man["path"], man["label"], role.replace("", "unused"), fold_col))
         comparison = _evaluate(out, fitted, cv_scores, fit_seconds, cv_seconds, X, y, man, eval_idx,
                                leaked, class_names, feats, split_rule, seed, len(train_idx))
+        comparison = _compare_heads(comparison, cv_scores, n_folds, y[eval_idx],
+                                    man["path"].to_numpy()[eval_idx],
+                                    pd.read_csv(out / "predictions.csv", keep_default_na=False,
+                                                dtype=str), log)
+        write_csv(out / "comparison.csv", list(comparison.columns), comparison.itertuples(index=False))
+        write_csv(out / "cv_scores.csv", ["head", "repeat", "fold", "score"],
+                  ((h, r, k, round(float(s), 6)) for h in cv_scores
+                   for (r, k), s in zip(fold_ids, cv_scores[h])))
         from . import figures
 
         figure_names = figures.write_figures(out / "figures", fitted, X[eval_idx], y[eval_idx], class_names)
@@ -284,7 +308,13 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             "extraction": _settings_of(feats.meta),
             "weights_fallback": feats.meta.get("weights_fallback"),
             "heads": list(models),
-            "seed": seed, "test_size": test_size, "folds": len(fold_list), "jobs": n_jobs,
+            "seed": seed, "test_size": test_size, "folds": n_folds, "repeats": repeats,
+            "jobs": n_jobs,
+            "comparison_tests": {"intervals": "95%: Wilson (accuracy), corrected resampled t (CV)",
+                                 "p_vs_best": "corrected resampled paired t (Nadeau and Bengio) "
+                                              "on the fold scores",
+                                 "p_mcnemar": "McNemar's exact test on the evaluated images",
+                                 "verdict": f"p_vs_best after Holm's adjustment, at {stats.ALPHA}"},
             "cv_metric": CV_METRIC,
             "split_rule": split_rule,
             "groups": groups,
@@ -300,6 +330,60 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             "versions": _versions(),
         })
     return comparison
+
+
+def choose_repeats(repeats, n_train: int) -> int:
+    """``REPEATS``: a whole number of at least 1, or ``auto``.
+
+    ``auto`` repeats the cross-validation 3 times up to 5,000 training images, where a fold
+    costs little and more fold scores make the paired test less noisy, and once above that.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if repeats == "auto":
+        return 3 if n_train <= AUTO_REPEATS_UP_TO else 1
+    try:
+        value = int(repeats)
+    except (TypeError, ValueError):
+        value = 0
+    if value < 1 or str(repeats).strip() != str(value):
+        raise ValueError(f"REPEATS must be a whole number of at least 1, or auto; received {repeats!r}")
+    return value
+
+
+def _compare_heads(comparison: pd.DataFrame, cv_scores: dict, n_folds: int, y_eval, paths_eval,
+                   pred: pd.DataFrame, log) -> pd.DataFrame:
+    """Adds 95% intervals, each head's paired tests against the best head, and the verdicts.
+
+    The best head is the one with the best ``cv_mean`` (as for ``make predict``). ``p_vs_best``
+    is the corrected resampled paired t on the fold scores (they come from the same folds);
+    ``p_mcnemar`` is McNemar's exact test on the evaluated images. ``verdict`` is ``best``,
+    ``tied`` or ``worse`` (``p_vs_best`` below 0.05 after Holm's adjustment).
+    """
+    table = comparison.copy()
+    best = str(table.loc[table["cv_mean"].astype(float).idxmax(), "head"])
+    y_eval = np.asarray(y_eval).astype(str)
+    by_path = pred.set_index("path")
+    right = {h: by_path.loc[paths_eval, h].to_numpy().astype(str) == y_eval for h in table["head"]}
+    ci = [stats.wilson_interval(int(right[h].sum()), len(y_eval)) for h in table["head"]]
+    cv_ci = [stats.corrected_t_interval(cv_scores[h], 1 / n_folds) for h in table["head"]]
+    p_cv = {h: stats.corrected_paired_t(cv_scores[h], cv_scores[best], 1 / n_folds) for h in table["head"]}
+    p_mc = {h: stats.mcnemar_exact(right[h], right[best]) for h in table["head"]}
+    verdict = stats.verdicts(best, p_cv)
+    at = list(table.columns).index("cv_std") + 1
+    for offset, (name, values) in enumerate((
+            ("accuracy_ci_low", [c[0] for c in ci]), ("accuracy_ci_high", [c[1] for c in ci]),
+            ("cv_ci_low", [c[0] for c in cv_ci]), ("cv_ci_high", [c[1] for c in cv_ci]),
+            ("p_vs_best", [p_cv[h] for h in table["head"]]),
+            ("p_mcnemar", [p_mc[h] for h in table["head"]]),
+            ("verdict", [verdict[h] for h in table["head"]]))):
+        table.insert(at + offset, name, values)
+    tied = [h for h in table["head"] if verdict[h] == "tied"]
+    if tied:
+        log(f"{', '.join(tied)} {'is' if len(tied) == 1 else 'are'} tied with the best head, {best}: "
+            "the difference is within what other folds could give (corrected paired t, Holm)")
+    return table
 
 
 def _fold_groups(man: pd.DataFrame, cluster) -> np.ndarray:

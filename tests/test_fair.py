@@ -1,0 +1,75 @@
+"""A comparison that says when heads are tied: repeats, intervals, paired tests, verdicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import write_class_folder
+from extract import Settings, extract_features
+
+S64 = Settings(weights="none", size=64)
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory):
+    """Two colour classes, 30 images each, random weights, 64 px (issue 13's done-when data)."""
+    root = tmp_path_factory.mktemp("fair")
+    write_class_folder(root / "in", 30)
+    extract_features(root / "in", root / "features", S64, progress=False, log=lambda *_: None)
+    return root
+
+
+def _compare(root, out, **kw):
+    from classify import compare
+
+    return compare(root / "features", S64, out, in_dir=root / "in", log=lambda *_: None, **kw)
+
+
+def test_comparison_has_intervals_tests_and_verdicts(colours, tmp_path):
+    table = _compare(colours, tmp_path / "out", folds=3, repeats=2)
+    for col in ("accuracy_ci_low", "accuracy_ci_high", "cv_ci_low", "cv_ci_high", "p_vs_best",
+                "p_mcnemar", "verdict"):
+        assert col in table.columns
+    written = pd.read_csv(tmp_path / "out" / "comparison.csv")
+    assert list(written.columns) == list(table.columns)
+    assert (table["accuracy_ci_low"] <= table["accuracy"]).all()
+    assert (table["accuracy"] <= table["accuracy_ci_high"]).all()
+    assert (table["cv_ci_low"] <= table["cv_mean"]).all() and (table["cv_mean"] <= table["cv_ci_high"]).all()
+    assert (table["verdict"] == "best").sum() == 1
+    best = table.loc[table["verdict"] == "best", "head"].item()
+    assert best == table.loc[table["cv_mean"].idxmax(), "head"]
+    assert set(table["verdict"]) <= {"best", "tied", "worse"}
+
+    scores = pd.read_csv(tmp_path / "out" / "cv_scores.csv")
+    assert list(scores.columns) == ["head", "repeat", "fold", "score"]
+    assert len(scores) == 3 * 2 * 3  # heads x repeats x folds
+    for head, group in scores.groupby("head"):
+        assert group["score"].mean() == pytest.approx(table.set_index("head").loc[head, "cv_mean"])
+
+
+def test_every_head_perfect_means_no_head_is_worse(colours, tmp_path):
+    table = _compare(colours, tmp_path / "out", folds=3, repeats=1)
+    if (table["accuracy"] == 1.0).all() and (table["cv_mean"] == 1.0).all():
+        assert set(table["verdict"]) <= {"best", "tied"}
+        assert (table["p_vs_best"] == 1.0).all() and (table["p_mcnemar"] == 1.0).all()
+    else:  # the data is not perfectly separable here: the rule still holds for equal scores
+        equal = table["cv_mean"] == table["cv_mean"].max()
+        assert (table.loc[equal, "verdict"] != "worse").all()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 42])
+def test_every_head_scores_well_on_two_colour_classes(colours, tmp_path, seed):
+    table = _compare(colours, tmp_path / "out", folds=3, seed=seed, repeats=1)
+    assert (table["accuracy"] >= 0.9).all(), table[["head", "accuracy"]]
+
+
+def test_repeats_are_checked():
+    from classify.compare import choose_repeats
+
+    assert choose_repeats("auto", 100) == 3 and choose_repeats("auto", 50_000) == 1
+    assert choose_repeats("2", 10) == 2
+    for bad in ("0", "two", "1.5", -1):
+        with pytest.raises(ValueError, match="REPEATS"):
+            choose_repeats(bad, 10)
