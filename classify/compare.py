@@ -308,4 +308,4 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
 
 def _settings_of(meta: dict) -> dict:
     return {k: meta.get(k) for k in ("backbone", "weights", "weights_tag", "image_size", "pooling",
-                                     "precision", "dim", "key")}
+                                     "layer", "precision", "dim", "key")}

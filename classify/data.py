@@ -38,7 +38,7 @@ def features_command(settings: Settings, in_dir: str = "in", features: str = "fe
     """The ``make features`` command that creates the cache of ``settings``."""
     return (f"make features IN={in_dir} FEATURES={features} BACKBONE={settings.backbone} "
             f"WEIGHTS={settings.weights} SIZE={settings.size} POOLING={settings.pooling} "
-            f"PRECISION={settings.precision}")
+            f"PRECISION={settings.precision}" + (f" LAYER={settings.layer}" if settings.layer else ""))
 
 
 def load_features(features_dir, settings: Settings, in_dir: str = "in",
@@ -57,7 +57,7 @@ def load_features(features_dir, settings: Settings, in_dir: str = "in",
     features_dir = Path(features_dir)
     folder = features_dir / settings.key
     if fallback_none and not folder.is_dir() and settings.weights == "imagenet":
-        alt = Settings(settings.backbone, "none", settings.size, settings.pooling, settings.precision)
+        alt = dataclasses.replace(settings, weights="none")
         if (features_dir / alt.key).is_dir():
             settings, folder = alt, features_dir / alt.key
     if not folder.is_dir():

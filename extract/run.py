@@ -261,6 +261,7 @@ def extract_features(in_dir, features_dir, settings: Settings, batch: int = 32,
                 "init_seed": INIT_SEED if settings.weights == "none" else None,
                 "image_size": settings.size,
                 "pooling": settings.pooling,
+                "layer": settings.layer,  # None: the last block
                 "precision": settings.precision,
                 "resize": "exif-upright, first frame, RGB on white, centre square crop, bilinear",
                 "dim": int(emb.shape[1]),
