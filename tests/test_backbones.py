@@ -108,3 +108,11 @@ def test_offline_error_names_the_backbones_own_weights_file(tmp_path, monkeypatc
     text = str(err.value)
     assert "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5" in text
     assert str(tmp_path / "models") in text and "make weights" in text
+
+
+def test_flop_count_of_vgg16_matches_the_analytic_figure():
+    from bench import suite
+    from bench.backbones import gflop_per_image
+
+    model = build(Settings(weights="none", size=32))
+    assert gflop_per_image(model) == pytest.approx(suite.vgg16_gflop_per_image(32), rel=1e-9)
