@@ -380,15 +380,15 @@ def section_backbones(out: Path, run: dict) -> str | None:
     best = run.get("best_backbone", "")
     parts = [f"<p>Every head on every backbone, on the same images, split and folds. The best "
              f"cross-validated cell is on <strong>{esc(best)}</strong>: the other sections of this "
-             f"page show its run; each backbone's full outputs are in <code>OUT/&lt;backbone&gt;/</code> "
-             f"(<code>make report OUT=OUT/{esc(best)}</code> writes the page of one).</p>"]
+             "page show its run; each backbone's full outputs are in <code>OUT/&lt;backbone&gt;/</code> "
+             f"(<code>make report OUT={esc(out / best)}</code> writes the page of one).</p>"]
     if run.get("same_split") is False:
         parts.append('<p class="warn">The backbones\' splits differ (GROUPS=dups draws each '
                      "backbone's duplicate clusters from its own embeddings).</p>")
     heat = out / "backbones.png"
     if heat.is_file():
-        parts.append(f"<figure>{img_tag(data_uri(heat.read_bytes(), 'image/png'), 'heat map of the backbone x head matrix', 'fig')}"
-                     "<figcaption>cv_mean (± cv_std) and held-out accuracy of every head on every "
+        image = img_tag(data_uri(heat.read_bytes(), "image/png"), "heat map of the backbone x head matrix", "fig")
+        parts.append(f"<figure>{image}<figcaption>cv_mean (± cv_std) and held-out accuracy of every head on every "
                      "backbone <code>backbones.png</code></figcaption></figure>")
     parts.append(table(matrix, cls="num"))
     parts.append('<p class="note"><code>backbones.csv</code>: one row per backbone and head; '
