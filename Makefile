@@ -6,7 +6,8 @@ SHELL := /bin/bash
 
 ## Variables (name=default: meaning)
 IN ?= in##             images: IN/<class>/**/<image> or IN/<split>/<class>/**/<image>
-FEATURES ?= features## cache root: FEATURES/<key>/embeddings.npy, manifest.csv, meta.json, rejected.csv
+FEATURES ?= features## cache root: FEATURES/<input-id>/<key>/embeddings.npy, manifest.csv, meta.json, rejected.csv
+DATASET ?=##           name of the input's folder under FEATURES (empty: IN's name and a hash of its path)
 OUT ?= out##           where stage 2 writes comparison.csv, predictions.csv, reports/, models/, figures/
 BACKBONE ?= vgg16##    backbone from keras.applications (`make weights` lists them all)
 BACKBONES ?=##         several backbones, comma-separated (e.g. vgg16,convnexttiny): features and compare run each
@@ -15,7 +16,8 @@ WEIGHTS ?= imagenet##  imagenet, none (random init, offline tests) or a path to 
 SIZE ?=##              side in pixels of the centre square the images are resized to (empty: the backbone's own, 224 for vgg16)
 POOLING ?= avg##       global pooling of the last feature map: avg or max
 BATCH ?= 32##          images per model call
-PRECISION ?= fp32##    fp32, bf16 or fp16 (Keras mixed precision; stored embeddings are float32)
+PRECISION ?= fp32##    fp32, bf16, fp16 (Keras mixed precision; stored embeddings are float32), or auto: the fastest that agrees with fp32 on this machine
+ENGINE ?= local##      local (this machine) or ray (Ray Data for features, Ray's joblib backend for compare and audit; RAY_ADDRESS selects a cluster)
 STRICT ?= 0##          1: `make features` exits non-zero when any file was rejected
 MAX_PIXELS ?= 89478485## larger images are rejected (decompression-bomb guard)
 HEADS ?= logreg,svm,mlp## heads to compare (comma-separated)
@@ -32,13 +34,13 @@ VENV ?= .venv##        the virtualenv that setup creates
 
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRACT_ARGS = --in "$(IN)" --features "$(FEATURES)" --backbone $(BACKBONE) --weights "$(WEIGHTS)" \
+EXTRACT_ARGS = --in "$(IN)" --features "$(FEATURES)" --dataset "$(DATASET)" --backbone $(BACKBONE) --weights "$(WEIGHTS)" \
 	$(if $(strip $(SIZE)),--size $(SIZE)) $(if $(strip $(LAYER)),--layer $(LAYER)) --pooling $(POOLING) \
 	--precision $(PRECISION)
 BACKBONES_ARG = $(if $(strip $(BACKBONES)),--backbones $(BACKBONES))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help setup features weights compare audit report predict demo test test-deps bench clean clean-features
+.PHONY: help setup setup-ray features weights compare audit report predict demo test test-deps bench clean clean-features
 
 help: ## list every target and variable
 	@echo "Targets:"
@@ -55,20 +57,31 @@ $(STAMP): requirements.txt
 
 setup: $(STAMP) ## create the virtualenv and install requirements.txt (every target does this first)
 
-features: setup ## stage 1: embed new or changed images of IN into FEATURES/<key>/ (one pass per BACKBONES entry)
-	$(PY) -m extract $(EXTRACT_ARGS) $(BACKBONES_ARG) --batch $(BATCH) --strict $(STRICT) --max-pixels $(MAX_PIXELS)
+RAY_STAMP := $(VENV)/.ray-installed
+$(RAY_STAMP): $(STAMP) requirements-ray.txt
+	$(VENV)/bin/pip install --quiet -r requirements-ray.txt
+	touch $(RAY_STAMP)
+
+setup-ray: $(RAY_STAMP) ## install the optional Ray engine (requirements-ray.txt) for ENGINE=ray
+
+ENGINE_SETUP = $(if $(filter ray,$(ENGINE)),setup-ray)
+
+features: setup $(ENGINE_SETUP) ## stage 1: embed new or changed images of IN into FEATURES/<input-id>/<key>/ (one pass per BACKBONES entry)
+	$(PY) -m extract $(EXTRACT_ARGS) $(BACKBONES_ARG) --batch $(BATCH) --strict $(STRICT) --max-pixels $(MAX_PIXELS) \
+		--engine $(ENGINE)
 
 weights: setup ## list each backbone's ImageNet weights file, whether Keras' cache has it, where to copy it
 	$(PY) -m extract.weights
 
-compare: setup ## stage 2: compare HEADS on the cached embeddings (with BACKBONES: every head on every backbone)
+compare: setup $(ENGINE_SETUP) ## stage 2: compare HEADS on the cached embeddings (with BACKBONES: every head on every backbone)
 	$(PY) -m classify compare $(EXTRACT_ARGS) $(BACKBONES_ARG) --out "$(OUT)" --heads $(HEADS) --seed $(SEED) \
 		--test-size $(TEST_SIZE) --folds $(FOLDS) --jobs $(JOBS) --groups $(GROUPS) \
-		--dup-threshold $(DUP_THRESHOLD)
+		--dup-threshold $(DUP_THRESHOLD) --engine $(ENGINE)
 
-audit: setup ## near-duplicates across splits, label suspects, leakage-aware scores -> OUT/audit/
+audit: setup $(ENGINE_SETUP) ## near-duplicates across splits, label suspects, leakage-aware scores -> OUT/audit/
 	$(PY) -m classify.audit $(EXTRACT_ARGS) --out "$(OUT)" --heads $(HEADS) --seed $(SEED) \
-		--test-size $(TEST_SIZE) --folds $(FOLDS) --jobs $(JOBS) --dup-threshold $(DUP_THRESHOLD)
+		--test-size $(TEST_SIZE) --folds $(FOLDS) --jobs $(JOBS) --dup-threshold $(DUP_THRESHOLD) \
+		--engine $(ENGINE)
 
 report: setup ## one self-contained HTML page of the whole experiment -> OUT/report.html
 	$(PY) -m classify.report --in "$(IN)" --features "$(FEATURES)" --out "$(OUT)"
@@ -90,7 +103,7 @@ demo: setup ## the embedded default: scikit-learn's digits as PNGs -> features -
 		--size 32 --weights imagenet --weights-fallback none --folds 5
 	$(PY) -m classify.report --in "$(DEMO)/in" --features "$(DEMO)/features" --out "$(DEMO)/out"
 
-test: setup test-deps ## run the test suite (what CI runs)
+test: setup setup-ray test-deps ## run the test suite, Ray's tests included (what CI runs)
 	$(PY) -m pytest -q tests
 
 test-deps: ## install what the browser test needs: Debian's chromium (apt-get, as root) when missing

@@ -29,10 +29,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 FULL = dict(size=224, batch=32, rounds=3, e2e_images=128, model_batches=4,
             incremental_images=1000, incremental_precision="bf16",
-            rss_size=64, rss_images=250, compare_n=12420, svm_n=12420)
+            rss_size=64, rss_images=250, compare_n=12420, svm_n=12420, noop_images=200_000)
 QUICK = dict(size=64, batch=16, rounds=2, e2e_images=32, model_batches=2,
              incremental_images=200, incremental_precision="bf16",
-             rss_size=32, rss_images=40, compare_n=2000, svm_n=2000)
+             rss_size=32, rss_images=40, compare_n=2000, svm_n=2000, noop_images=5000)
 IMAGE_SHAPE = (240, 320)  # (h, w) of the generated JPEG files
 
 
@@ -156,6 +156,21 @@ def main(argv=None) -> int:
         rounds.append(entry)
     raw["rounds"] = rounds
 
+    # ---- PRECISION=auto: what the calibration picks, against the best fixed precision measured
+    from extract import precision as auto
+    from extract.model import device_name
+
+    calib = auto.calibrate(S["fp32"], suite.sample_uint8(pool, size, auto.CALIBRATION_IMAGES),
+                           device_name(), log=say)
+    raw["auto_choice"] = calib["chosen"]
+    raw["auto_calibration_seconds"] = calib["seconds"]
+    raw["auto_calibration"] = calib
+    best = max(("fp32", "bf16"), key=lambda p: statistics.median(r[p]["model_only"] for r in rounds))
+    raw["auto_vs_best"] = round(statistics.median(r[calib["chosen"]]["model_only"] for r in rounds)
+                                / statistics.median(r[best]["model_only"] for r in rounds), 4)
+    say(f"PRECISION=auto chose {calib['chosen']} in {calib['seconds']} s; the best fixed precision "
+        f"measured was {best}: auto_vs_best {raw['auto_vs_best']}")
+
     # ---- bf16 vs fp32 embeddings of the same labelled images
     emb = {p: [] for p in S}
     labels, n_bad = [], 0
@@ -236,6 +251,28 @@ def main(argv=None) -> int:
         say(f"rss {mult}x ({mult * n1} images, SIZE={cfg['rss_size']}): {mib:.0f} MiB, {seconds:.1f} s (rc {rc})")
     raw["rss_images_1x"], raw["rss_images_4x"], raw["rss_size"] = n1, 4 * n1, cfg["rss_size"]
 
+    # ---- a run that finds everything cached, over many images and a quarter as many (fresh
+    # processes): the difference gives the cost per image without the interpreter's fixed cost
+    noop = {}
+    for n_noop in (cfg["noop_images"] // 4, cfg["noop_images"]):
+        say(f"writing {n_noop} files and their cache for the no-op run")
+        noop_in, noop_feat = work / "in_noop", work / "features_noop"
+        noop_settings = suite.write_cached_input(noop_in, noop_feat, n_noop)
+        cmd = [sys.executable, "-m", "extract", "--in", str(noop_in), "--features", str(noop_feat),
+               "--weights", "none", "--size", str(noop_settings.size), "--quiet"]
+        noop[n_noop] = suite.child_peak_rss(cmd, env)
+        say(f"no-op over {n_noop} cached images: {noop[n_noop][1]:.2f} s, "
+            f"{noop[n_noop][0]:.0f} MiB peak (rc {noop[n_noop][2]})")
+        shutil.rmtree(noop_in, ignore_errors=True)
+        shutil.rmtree(noop_feat, ignore_errors=True)
+    (small, (mib_s, sec_s, _)), (n_noop, (mib, seconds, _)) = sorted(noop.items())
+    raw["noop_seconds_200k"], raw["noop_peak_rss_mib_200k"] = round(seconds, 2), round(mib, 1)
+    raw["noop_images"] = n_noop
+    raw["noop_seconds_per_image_us"] = round((seconds - sec_s) / (n_noop - small) * 1e6, 2)
+    raw["noop_kib_per_image"] = round((mib - mib_s) / (n_noop - small) * 1024, 3)
+    raw["noop_seconds_1m_estimate"] = round(seconds + (1_000_000 - n_noop) * raw["noop_seconds_per_image_us"] / 1e6, 1)
+    raw["noop_peak_rss_mib_1m_estimate"] = round(mib + (1_000_000 - n_noop) * raw["noop_kib_per_image"] / 1024)
+
     # ---- stage 2 on synthetic 12,420 x 512 embeddings
     from classify import compare
 
@@ -244,7 +281,7 @@ def main(argv=None) -> int:
     settings = suite.write_fake_cache(fake / "features", X, yy)
     t0 = time.perf_counter()
     table = compare(fake / "features", settings, fake / "out", heads="logreg,svm,mlp", seed=42,
-                    folds=5, log=lambda *a, **k: None)
+                    folds=5, log=lambda *a, **k: None, dataset=suite.FAKE_DATASET)
     raw["compare_seconds"] = round(time.perf_counter() - t0, 2)
     raw["compare_n"] = cfg["compare_n"]
     raw["compare_n_train"] = int(table["n_train"].iloc[0])
@@ -301,6 +338,11 @@ def main(argv=None) -> int:
         "model build and first tracing (the *_first_run_seconds keys) are not in them; "
         f"a fresh `python -m extract` adds them: the +1% run took {raw['incremental_cli_seconds']} s "
         f"that way (estimated CLI ratio {raw['incremental_cost_ratio_cli_estimate']}).",
+        f"No-op runs at {small:,} and {n_noop:,} cached images: {sec_s:.2f} s / {mib_s:.0f} MiB and "
+        f"{seconds:.2f} s / {mib:.0f} MiB; the difference costs {raw['noop_seconds_per_image_us']} us and "
+        f"{raw['noop_kib_per_image']} KiB per image, so 1,000,000 cached images should take about "
+        f"{raw['noop_seconds_1m_estimate']} s and {raw['noop_peak_rss_mib_1m_estimate']:,} MiB. Peaks "
+        "are each child's own VmHWM (bench/peak.py).",
         "Random-init (WEIGHTS=none) embeddings are all alike (cosines between different images near "
         "1), so bf16_min_cosine is easy to meet; bf16_min_cosine_centered is the stricter check.",
         "Tried and not used, measured during development on this machine (model-only, "

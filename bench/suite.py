@@ -29,7 +29,8 @@ REQUIRED_KEYS = (
     "extract_model_only_ips", "extract_end_to_end_ips", "extract_efficiency",
     "bf16_speedup", "bf16_min_cosine", "bf16_logreg_accuracy_change",
     "incremental_cost_ratio", "compare_seconds_12k", "seed_style_seconds_12k",
-    "seed_style_over_compare", "rss_growth",
+    "seed_style_over_compare", "rss_growth", "noop_seconds_200k", "noop_peak_rss_mib_200k",
+    "auto_vs_best",
 )
 
 # The targets of issue #8 on the reference machine (2-core Zen 4): (key, rule, bound).
@@ -41,6 +42,9 @@ TARGETS = (
     ("rss_growth", "<=", 1.2),
     ("compare_seconds_12k", "<=", 90.0),
     ("seed_style_over_compare", ">=", 100.0),
+    ("noop_seconds_200k", "<=", 10.0),
+    ("auto_vs_best", ">=", 0.95),
+    ("noop_peak_rss_mib_200k", "<=", 1024.0),
 )
 
 
@@ -176,8 +180,11 @@ def logreg_cv_accuracy(X, y, folds: int = 5, seed: int = 0) -> float:
     return float(cross_val_score(model, X, y, cv=cv).mean())
 
 
+FAKE_DATASET = "synthetic"  # the DATASET name of the synthetic caches
+
+
 def write_fake_cache(features: Path, X: np.ndarray, y: np.ndarray):
-    """Writes ``X`` as the cache of ``Settings(weights="none", size=224)`` under ``features``."""
+    """Writes ``X`` as the cache of ``Settings(weights="none", size=224)`` of DATASET=synthetic."""
     from extract.cache import write_cache
     from extract.model import Settings
 
@@ -195,7 +202,39 @@ def write_fake_cache(features: Path, X: np.ndarray, y: np.ndarray):
             "n": len(rows), "class_names": sorted(set(CLASSES[v] for v in y)),
             "computed": len(rows), "reused": 0, "rejected": 0, "seconds": 0.0,
             "note": "synthetic embeddings written by make bench"}
-    write_cache(Path(features), settings.key, X[order], rows, meta, [])
+    write_cache(Path(features) / FAKE_DATASET, settings.key, X[order], rows, meta, [])
+    return settings
+
+
+def write_cached_input(in_dir: Path, features: Path, n: int, dim: int = 512, per_folder: int = 1000):
+    """``n`` small distinct files under ``in_dir`` and a complete cache of them under ``features``.
+
+    The files are never decoded (a run over them finds everything cached), so their content only
+    has to differ; the cache gets random vectors. Returns the settings of that cache.
+    """
+    from extract import files
+    from extract.cache import input_id, write_cache
+    from extract.model import Settings
+
+    settings = Settings(weights="none", size=224)
+    for i in range(n):
+        folder = Path(in_dir) / CLASSES[i % 2] / f"part_{i // (2 * per_folder):04d}"
+        if i < 2 * per_folder or i % (2 * per_folder) < 2:
+            folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"img_{i:07d}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + i.to_bytes(8, "little"))
+    listing = files.list_images(in_dir)
+    rows = [{"path": c.path, "label": c.label, "split": c.split,
+             "sha256": files.sha256_file(c.abspath), "size": c.size, "mtime_ns": c.mtime_ns}
+            for c in listing.candidates]
+    rng = np.random.default_rng(0)
+    meta = {"key": settings.key, "backbone": "vgg16", "weights": "none", "image_size": 224,
+            "pooling": "avg", "precision": "fp32", "dim": dim, "n": len(rows),
+            "class_names": list(CLASSES), "computed": len(rows), "reused": 0, "rejected": 0,
+            "seconds": 0.0, "input": os.path.abspath(in_dir), "input_id": input_id(in_dir),
+            "note": "random vectors written by make bench"}
+    write_cache(Path(features) / input_id(in_dir), settings.key,
+                lambda a, b: rng.standard_normal((b - a, dim), dtype=np.float32), rows, meta, [],
+                dim=dim)
     return settings
 
 
@@ -203,12 +242,18 @@ def write_fake_cache(features: Path, X: np.ndarray, y: np.ndarray):
 
 def preprocessed_batch(paths: list[str], size: int, batch: int):
     """One batch of real files, loaded and preprocessed exactly as extraction does, in memory."""
-    from extract.load import make_dataset
+    from extract.load import load_image
     from extract.model import preprocess_fn
 
-    ds = make_dataset(paths[:batch], size, batch, preprocess_fn("vgg16"), max_pixels=10**9)
-    images, _ = next(iter(ds))
-    return images
+    images = np.stack([load_image(p, size, max_pixels=10**9) for p in paths[:batch]])
+    return preprocess_fn("vgg16")(images.astype(np.float32))
+
+
+def sample_uint8(folder: Path, size: int, n: int) -> np.ndarray:
+    """``n`` of the generated images, resized as extraction does (uint8), for calibration."""
+    from extract.load import load_image
+
+    return np.stack([load_image(str(p), size) for p in sorted(Path(folder).rglob("*.jpg"))[:n]])
 
 
 def model_only_ips(settings, images, n_batches: int) -> float:
@@ -217,11 +262,11 @@ def model_only_ips(settings, images, n_batches: int) -> float:
     from extract.run import embedder
 
     run = embedder(settings)
-    run(images).numpy()
+    run(images)
     times = []
     for _ in range(n_batches):
         t0 = time.perf_counter()
-        run(images).numpy()
+        run(images)
         times.append(time.perf_counter() - t0)
     return int(images.shape[0]) / float(np.median(times))
 
@@ -245,7 +290,8 @@ def aligned_embeddings(features: Path, settings) -> tuple[np.ndarray, list[str],
     """(embeddings, paths, labels) of one cache folder."""
     from extract.cache import read_cache
 
-    emb, rows, _ = read_cache(Path(features) / settings.key)
+    (folder,) = Path(features).glob(f"*/{settings.key}")
+    emb, rows, _ = read_cache(folder)
     return emb, [r["path"] for r in rows], [r["label"] for r in rows]
 
 
@@ -256,18 +302,33 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def child_peak_rss(cmd: list[str], env=None) -> tuple[float, float, int]:
-    """Runs ``cmd`` and returns (peak resident memory in MiB, seconds, exit code) of that child,
-    read from its own rusage (os.wait4), so earlier children do not mix in."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    seconds = time.perf_counter() - t0
-    if proc.returncode:
-        sys.stderr.write(proc.stderr.read().decode(errors="replace")[-2000:])
-    proc.stderr.close()
-    return usage.ru_maxrss / 1024.0, seconds, proc.returncode
+    """Runs ``cmd`` and returns (peak resident memory in MiB, seconds, exit code) of that child.
+
+    A ``python -m MODULE`` command runs under :mod:`bench.peak`, which reports the child's own
+    peak (VmHWM); other commands fall back to the child's rusage (os.wait4), which on Linux also
+    counts the parent's memory copied before ``exec``.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        peak_file = Path(tmp) / "peak"
+        if len(cmd) > 2 and cmd[1] == "-m":
+            cmd = [cmd[0], "-m", "bench.peak", *cmd[2:]]
+        env = dict(env or os.environ, BENCH_PEAK_FILE=str(peak_file))
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - t0
+        if proc.returncode:
+            sys.stderr.write(proc.stderr.read().decode(errors="replace")[-2000:])
+        proc.stderr.close()
+        try:
+            mib = float(peak_file.read_text())
+        except (OSError, ValueError):
+            mib = usage.ru_maxrss / 1024.0
+    return mib, seconds, proc.returncode
 
 
 def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -376,6 +437,9 @@ def markdown(results: dict) -> str:
     row("fp32_model_gflops", "fp32 model-only speed in GFLOP/s (VGG16 without top: 2 x 15.35 G multiply-adds per 224 px image)")
     row("bf16_model_gflops", "the same in bf16")
     row("sgemm_gflops", "this machine's float32 matrix-product speed (numpy BLAS, 2048 x 2048), for scale")
+    row("auto_vs_best", "model-only images/s of the precision PRECISION=auto chose here "
+        f"({r.get('auto_choice')}, calibrated in {r.get('auto_calibration_seconds')} s) / those of the "
+        "best fixed precision measured")
     row("bf16_min_cosine", f"lowest cosine similarity between an image's bf16 and fp32 embedding ({r.get('bf16_images')} images)")
     row("bf16_min_cosine_centered", "the same after subtracting the fp32 mean embedding (random-init features are all alike, so this is the stricter test)")
     row("bf16_nonfinite", "images whose bf16 embedding had NaN or inf")
@@ -398,6 +462,9 @@ def markdown(results: dict) -> str:
     row("rss_1x_mib", f"peak resident memory of `python -m extract` on {r.get('rss_images_1x')} images (SIZE={r.get('rss_size')}, fp32)", " MiB")
     row("rss_4x_mib", f"the same on {r.get('rss_images_4x')} images", " MiB")
     row("rss_growth", "4x / 1x")
+    row("noop_seconds_200k", f"a `python -m extract` run over {r.get('noop_images')} already-cached images "
+        "(listing, stat, reading and checking the cache; nothing computed, nothing written)", " s")
+    row("noop_peak_rss_mib_200k", "its peak resident memory", " MiB")
     lines.append("")
     if r.get("notes"):
         lines.append("Notes:")

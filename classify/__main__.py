@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import add_features_args, add_heads_args, settings_from
+from .cli import add_features_args, add_heads_args, engine, settings_from
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -30,12 +30,14 @@ def compare_matrix(args: argparse.Namespace) -> int:
     from .matrix import compare_backbones, settings_for
 
     settings_list = settings_for(parse_list(args.backbones), args.weights, args.size, args.pooling,
-                                 args.precision, args.layer or None)
-    matrix = compare_backbones(args.features, settings_list, args.out, in_dir=args.in_dir,
-                               fallback_none=args.weights_fallback == "none", heads=args.heads,
-                               seed=args.seed, test_size=args.test_size, folds=args.folds,
-                               jobs=args.jobs or None, groups=args.groups,
-                               dup_threshold=args.dup_threshold)
+                                 args.precision, args.layer or None, args.features)
+    with engine(args.engine):
+        matrix = compare_backbones(args.features, settings_list, args.out, in_dir=args.in_dir,
+                                   fallback_none=args.weights_fallback == "none",
+                                   dataset=args.dataset or None, heads=args.heads, seed=args.seed,
+                                   test_size=args.test_size, folds=args.folds,
+                                   jobs=args.jobs or None, groups=args.groups,
+                                   dup_threshold=args.dup_threshold)
     print()
     print(format_table(matrix.drop(columns=["features_key"])))
     print(f"\noutputs in {args.out}/: backbones.csv, backbones.png, <backbone>/ for each backbone; "
@@ -53,11 +55,13 @@ def main(argv=None) -> int:
         if args.command == "compare":
             from .compare import compare, format_table
 
-            table = compare(args.features, settings_from(args), args.out, heads=args.heads,
-                            seed=args.seed, test_size=args.test_size, folds=args.folds,
-                            jobs=args.jobs or None, in_dir=args.in_dir,
-                            fallback_none=args.weights_fallback == "none",
-                            groups=args.groups, dup_threshold=args.dup_threshold)
+            with engine(args.engine):
+                table = compare(args.features, settings_from(args), args.out, heads=args.heads,
+                                seed=args.seed, test_size=args.test_size, folds=args.folds,
+                                jobs=args.jobs or None, in_dir=args.in_dir,
+                                fallback_none=args.weights_fallback == "none",
+                                groups=args.groups, dup_threshold=args.dup_threshold,
+                                dataset=args.dataset or None)
             print()
             print(format_table(table))
             print(f"\noutputs in {args.out}/: comparison.csv, predictions.csv, reports/, models/, "

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cli import add_features_args, add_heads_args, settings_from
+from .cli import add_features_args, add_heads_args, engine, settings_from
 
 TOP = 12  # pairs and suspects shown on the contact sheets
 PROBA_HEADS = ("logreg", "mlp")  # heads with predict_proba, usable for label suspects
@@ -156,13 +156,14 @@ def leakage_scores(models: dict, X, y, role: np.ndarray, leaked: np.ndarray, clu
 
 
 def _thumb(ax, in_dir: Path, rel: str, available: bool, size: int = 160) -> None:
+    from extract.files import fs_path
     from extract.load import ImageError, load_image
 
     ax.set_xticks([])
     ax.set_yticks([])
     if available:
         try:  # upright, RGB, centre-cropped: the image as the CNN saw it
-            ax.imshow(load_image(str(in_dir / rel), size))
+            ax.imshow(load_image(fs_path(in_dir, rel), size))
             return
         except ImageError:
             pass
@@ -233,7 +234,7 @@ def contact_sheets(in_dir, out: Path, dup_table: pd.DataFrame, suspects: pd.Data
 
 def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm,mlp", seed: int = 42,
           test_size: float = 0.2, folds: int = 5, jobs: int | None = None, dup_threshold="auto",
-          top: int = TOP, log=print, fallback_none: bool = False) -> dict:
+          top: int = TOP, log=print, fallback_none: bool = False, dataset: str | None = None) -> dict:
     """Finds duplicates and label suspects, scores the heads plainly and leakage-aware.
 
     Args:
@@ -261,7 +262,8 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
 
     t0 = time.perf_counter()
     models = select_heads(heads, seed)
-    feats = load_features(features_dir, settings, in_dir=str(in_dir), fallback_none=fallback_none)
+    feats = load_features(features_dir, settings, in_dir=str(in_dir), fallback_none=fallback_none,
+                          dataset=dataset)
     man = feats.manifest
     if man["label"].nunique() < 2:
         raise DataError(f"{feats.folder} holds one class only; the audit needs at least two class folders")
@@ -350,10 +352,13 @@ def main(argv=None) -> int:
     from .data import DataError
 
     try:
-        summary = audit(args.features, settings_from(args), args.out,
-                        fallback_none=args.weights_fallback == "none", in_dir=args.in_dir, heads=args.heads, seed=args.seed,
-                        test_size=args.test_size, folds=args.folds, jobs=args.jobs or None,
-                        dup_threshold=args.dup_threshold, top=args.top)
+        with engine(args.engine):
+            summary = audit(args.features, settings_from(args), args.out,
+                            fallback_none=args.weights_fallback == "none", in_dir=args.in_dir,
+                            heads=args.heads, seed=args.seed, test_size=args.test_size,
+                            folds=args.folds, jobs=args.jobs or None,
+                            dup_threshold=args.dup_threshold, top=args.top,
+                            dataset=args.dataset or None)
     except (DataError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

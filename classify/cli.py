@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 
 def add_features_args(p: argparse.ArgumentParser) -> None:
     """Adds the flags that locate a cache and the outputs: IN, FEATURES, OUT and the settings."""
     p.add_argument("--in", dest="in_dir", default="in", help="input folder (IN), for hints and images")
     p.add_argument("--features", default="features", help="cache root (FEATURES)")
+    p.add_argument("--dataset", default="", help="the input's folder name under FEATURES (DATASET)")
     p.add_argument("--out", default="out", help="output folder (OUT)")
     p.add_argument("--backbone", default="vgg16", help="BACKBONE")
     p.add_argument("--weights", default="imagenet", help="WEIGHTS")
@@ -23,9 +25,35 @@ def add_features_args(p: argparse.ArgumentParser) -> None:
 def settings_from(args):
     """The extraction :class:`~extract.model.Settings` named by the flags."""
     from extract.model import Settings
+    from extract.precision import resolved_without_calibrating
 
-    return Settings(args.backbone, args.weights, args.size, args.pooling, args.precision,
-                    args.layer or None)
+    settings = Settings(args.backbone, args.weights, args.size, args.pooling, args.precision,
+                        args.layer or None)
+    return resolved_without_calibrating(settings, args.features)
+
+
+@contextlib.contextmanager
+def engine(name: str):
+    """Runs the block's joblib work on ``name``: ``local`` (processes here) or ``ray``.
+
+    With ``ray``, joblib's work goes to Ray workers through Ray's joblib backend (``RAY_ADDRESS``
+    selects a cluster; without it Ray starts on this machine).
+    """
+    if name == "local":
+        yield
+        return
+    if name != "ray":
+        raise ValueError(f"ENGINE must be 'local' or 'ray'; received {name!r}")
+    import joblib
+
+    from extract.engine_ray import start
+
+    start()
+    from ray.util.joblib import register_ray
+
+    register_ray()
+    with joblib.parallel_config(backend="ray"):
+        yield
 
 
 def add_heads_args(p: argparse.ArgumentParser) -> None:
@@ -35,5 +63,7 @@ def add_heads_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-size", type=float, default=0.2, help="TEST_SIZE")
     p.add_argument("--folds", type=int, default=5, help="FOLDS")
     p.add_argument("--jobs", type=int, default=0, help="parallel workers, 0 = every core (JOBS)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="where joblib's work runs: local processes, or Ray (ENGINE)")
     p.add_argument("--dup-threshold", default="auto",
                    help="cosine similarity for near-duplicates, or auto (DUP_THRESHOLD)")

@@ -138,7 +138,7 @@ def format_table(df: pd.DataFrame) -> str:
 def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,mlp",
             seed: int = 42, test_size: float = 0.2, folds: int = 5, jobs: int | None = None,
             in_dir: str = "in", fallback_none: bool = False, log=print, groups: str = "none",
-            dup_threshold="auto") -> pd.DataFrame:
+            dup_threshold="auto", dataset: str | None = None) -> pd.DataFrame:
     """Trains, cross-validates and evaluates the heads; writes everything under ``out_dir``.
 
     Args:
@@ -157,6 +157,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             see :mod:`classify.dups`) on one side of the hold-out and of every CV fold.
         dup_threshold: ``auto`` or a cosine similarity (DUP_THRESHOLD); decides which evaluated
             images have a near-duplicate in the training part (``accuracy_no_dups``).
+        dataset: ``DATASET``, the input's folder name under FEATURES when not derived from IN.
 
     Returns:
         The comparison table (also written to ``out_dir/comparison.csv``).
@@ -169,7 +170,8 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     models = select_heads(heads, seed)
     if groups not in ("none", "dups"):
         raise ValueError(f"GROUPS must be 'none' or 'dups'; received {groups!r}")
-    feats: Features = load_features(features_dir, settings, in_dir=in_dir, fallback_none=fallback_none)
+    feats: Features = load_features(features_dir, settings, in_dir=in_dir, fallback_none=fallback_none,
+                                    dataset=dataset)
     man = feats.manifest
     if man["label"].nunique() < 2:
         raise DataError(

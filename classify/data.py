@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from extract.cache import CacheError, read_cache
+from extract.cache import CacheError, caches_of_key, input_id, open_cache
 from extract.model import Settings
 
 EVAL_SPLITS = ("test", "val", "valid", "validation")
@@ -34,52 +35,96 @@ class Features:
         return sorted(self.manifest["label"].unique().tolist())
 
 
-def features_command(settings: Settings, in_dir: str = "in", features: str = "features") -> str:
+def features_command(settings: Settings, in_dir: str = "in", features: str = "features",
+                     dataset: str | None = None) -> str:
     """The ``make features`` command that creates the cache of ``settings``."""
     return (f"make features IN={in_dir} FEATURES={features} BACKBONE={settings.backbone} "
             f"WEIGHTS={settings.weights} SIZE={settings.size} POOLING={settings.pooling} "
-            f"PRECISION={settings.precision}" + (f" LAYER={settings.layer}" if settings.layer else ""))
+            f"PRECISION={settings.precision}" + (f" LAYER={settings.layer}" if settings.layer else "")
+            + (f" DATASET={dataset}" if dataset else ""))
+
+
+def _imported_folder(root: Path) -> Path:
+    """The single ``imported-<dim>`` cache of a dataset (``BACKBONE=imported``)."""
+    found = sorted(p for p in root.glob("imported-*") if p.is_dir())
+    if len(found) > 1:
+        raise DataError(f"{root} holds several imported caches ({', '.join(p.name for p in found)}); "
+                        "remove the ones you do not want")
+    if not found:
+        raise DataError(f"no imported vectors in {root}; make them with: make import "
+                        f"EMBEDDINGS=<file.npy> LABELS=<file.csv> DATASET={root.name}")
+    return found[0]
+
+
+def _missing(features_dir: Path, root: Path, settings: Settings, in_dir: str,
+             dataset: str | None) -> DataError:
+    """The message for a cache that is not there, with what is there instead."""
+    command = features_command(settings, in_dir, str(features_dir), dataset)
+    here = sorted(p.name for p in root.glob("*") if p.is_dir() and not p.name.startswith(".")) \
+        if root.is_dir() else []
+    hint = f" (settings cached for this input: {', '.join(here)})" if here else ""
+    if (features_dir / settings.key / "manifest.csv").is_file():
+        hint += (f"; {features_dir / settings.key} is a cache of the layout before input folders: "
+                 "the command reuses its vectors, nothing is computed again")
+    elif caches_of_key(features_dir, settings.key):
+        hint += ("; other inputs have this setting cached, so images they share with this one "
+                 "are not computed again")
+    return DataError(f"no features yet for {settings.key} of {in_dir} in {root}{hint}; make them "
+                     f"with: {command}")
 
 
 def load_features(features_dir, settings: Settings, in_dir: str = "in",
-                  fallback_none: bool = False) -> Features:
-    """Loads and checks ``features_dir/<settings.key>``.
+                  fallback_none: bool = False, dataset: str | None = None) -> Features:
+    """Loads and checks the cache of ``in_dir`` and ``settings``: ``FEATURES/<input-id>/<key>``.
 
     Args:
         features_dir: the cache root (FEATURES).
-        settings: the extraction setting whose cache is wanted.
-        in_dir: only used to word the hint when the cache is missing.
+        settings: the extraction setting whose cache is wanted (``backbone="imported"``: the
+            dataset's imported vectors, whatever their width).
+        in_dir: the input folder; stage 2 works on exactly its images, so a cache recorded
+            for another folder is refused.
         fallback_none: (demo) when the ImageNet cache is missing, use the random-weights one.
+        dataset: ``DATASET``, the input's folder name under FEATURES when it is not derived
+            from ``in_dir``.
 
     Raises:
-        DataError: the cache is missing (naming the command that makes it) or damaged.
+        DataError: the cache is missing (naming the command that makes it), damaged, or
+            belongs to another input folder.
     """
     features_dir = Path(features_dir)
-    folder = features_dir / settings.key
-    if fallback_none and not folder.is_dir() and settings.weights == "imagenet":
-        alt = dataclasses.replace(settings, weights="none")
-        if (features_dir / alt.key).is_dir():
-            settings, folder = alt, features_dir / alt.key
-    if not folder.is_dir():
-        others = sorted(p.name for p in features_dir.glob("*") if p.is_dir() and not p.name.startswith("."))
-        hint = f" (cached settings there: {', '.join(others)})" if others else ""
-        raise DataError(
-            f"no features yet for {settings.key} in {features_dir}{hint}; make them with: "
-            f"{features_command(settings, in_dir, str(features_dir))}"
-        )
     try:
-        X, rows, meta = read_cache(folder, mmap=False)
+        root = features_dir / input_id(in_dir, dataset)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    if settings.backbone == "imported":
+        folder = _imported_folder(root)
+    else:
+        folder = root / settings.key
+        if fallback_none and not folder.is_dir() and settings.weights == "imagenet":
+            alt = dataclasses.replace(settings, weights="none")
+            if (root / alt.key).is_dir():
+                settings, folder = alt, root / alt.key
+        if not folder.is_dir():
+            raise _missing(features_dir, root, settings, in_dir, dataset)
+    try:
+        X, manifest, meta = open_cache(folder, mmap=False)
     except FileNotFoundError as err:
         raise DataError(f"the cache {folder} is incomplete ({err}); run "
-                        f"{features_command(settings, in_dir, str(features_dir))} again") from None
+                        f"{features_command(settings, in_dir, str(features_dir), dataset)} again") from None
     except CacheError as err:
         raise DataError(str(err)) from None
-    manifest = pd.DataFrame(rows, columns=list(rows[0].keys()) if rows else ["path", "label", "split", "sha256"])
-    manifest = manifest.fillna("")
+    recorded = meta.get("input")
+    if meta.get("backbone") != "imported" and recorded and recorded != os.path.abspath(in_dir):
+        raise DataError(
+            f"the cache {folder} was made from the folder {recorded}, not from IN={in_dir} "
+            f"({os.path.abspath(in_dir)}); stage 2 uses exactly the images of IN: run "
+            f"{features_command(settings, in_dir, str(features_dir))} (without DATASET, or with a "
+            "DATASET name of its own)")
+    manifest = manifest.astype({c: str for c in ("label", "split") if c in manifest})
     if manifest["path"].duplicated().any():
         dup = manifest["path"][manifest["path"].duplicated()].iloc[0]
         raise DataError(f"{folder / 'manifest.csv'} lists {dup!r} twice; run make features again")
-    return Features(np.asarray(X, dtype=np.float32), manifest, meta, settings.key, folder)
+    return Features(np.asarray(X, dtype=np.float32), manifest, meta, folder.name, folder)
 
 
 def _rank(seed: int, sha: str, path: str) -> str:

@@ -39,17 +39,24 @@ RUN_OUTPUTS = ("comparison.csv", "predictions.csv", "split.csv", "run.json", "re
 
 
 def settings_for(backbones: list[str], weights: str, size: int | None, pooling: str,
-                 precision: str, layer: str | None) -> list[Settings]:
+                 precision: str, layer: str | None, features_dir="features") -> list[Settings]:
     """One checked :class:`Settings` per backbone; ``size`` None gives each its own default.
 
+    ``precision`` ``auto`` becomes the precision ``make features`` chose for each backbone on
+    this machine (remembered under ``features_dir``).
+
     Raises:
-        ValueError: a setting one of the backbones does not accept (e.g. a LAYER it lacks).
+        ValueError: a setting one of the backbones does not accept (e.g. a LAYER it lacks), or
+            ``auto`` without a remembered choice.
     """
-    return [Settings(name, weights, size, pooling, precision, layer).check() for name in backbones]
+    from extract.precision import resolved_without_calibrating
+
+    return [resolved_without_calibrating(Settings(name, weights, size, pooling, precision, layer),
+                                         features_dir).check() for name in backbones]
 
 
 def check_same_images(features_dir, settings_list: list[Settings], in_dir: str = "in",
-                      fallback_none: bool = False) -> None:
+                      fallback_none: bool = False, dataset: str | None = None) -> None:
     """Refuses caches that hold different images, so every backbone sees the same split.
 
     Raises:
@@ -58,7 +65,8 @@ def check_same_images(features_dir, settings_list: list[Settings], in_dir: str =
     """
     first, reference = None, None
     for settings in settings_list:
-        feats = load_features(features_dir, settings, in_dir=in_dir, fallback_none=fallback_none)
+        feats = load_features(features_dir, settings, in_dir=in_dir, fallback_none=fallback_none,
+                              dataset=dataset)
         images = dict(zip(feats.manifest["path"], feats.manifest["sha256"]))
         if reference is None:
             first, reference = settings, images
@@ -161,7 +169,8 @@ def write_heatmap(matrix: pd.DataFrame, path: Path) -> str:
 
 
 def compare_backbones(features_dir, settings_list: list[Settings], out_dir, in_dir: str = "in",
-                      fallback_none: bool = False, log=print, **compare_args) -> pd.DataFrame:
+                      fallback_none: bool = False, dataset: str | None = None, log=print,
+                      **compare_args) -> pd.DataFrame:
     """Compares every head on every backbone; writes the layout of this module's docstring.
 
     Args:
@@ -170,6 +179,7 @@ def compare_backbones(features_dir, settings_list: list[Settings], out_dir, in_d
         out_dir: where the outputs go (OUT).
         in_dir: the input folder, for hints in messages.
         fallback_none: (demo) use random-weights caches when the ImageNet ones are missing.
+        dataset: ``DATASET``, the input's folder name under FEATURES when not derived from IN.
         log: where messages go.
         **compare_args: passed to :func:`classify.compare.compare` for every backbone (heads,
             seed, test_size, folds, jobs, groups, dup_threshold).
@@ -184,14 +194,14 @@ def compare_backbones(features_dir, settings_list: list[Settings], out_dir, in_d
     names = [s.backbone for s in settings_list]
     if len(set(names)) != len(names):
         raise ValueError(f"BACKBONES must name each backbone once; received {','.join(names)}")
-    check_same_images(features_dir, settings_list, in_dir, fallback_none)
+    check_same_images(features_dir, settings_list, in_dir, fallback_none, dataset)
     out = Path(out_dir)
     tables = {}
     for settings in settings_list:
         log(f"\n== {settings.backbone} ({settings.key}) -> {out / settings.backbone}/")
         tables[settings.backbone] = compare(features_dir, settings, out / settings.backbone,
                                             in_dir=in_dir, fallback_none=fallback_none, log=log,
-                                            **compare_args)
+                                            dataset=dataset, **compare_args)
     split_equal = same_split(out, names)
     if not split_equal:
         log("warning: the backbones' split.csv differ (GROUPS=dups draws each backbone's duplicate "

@@ -2,7 +2,7 @@
 
 The images are embedded with exactly the extraction settings the head was trained on (read from
 the model's saved metadata, not from the current Make variables). An image whose content is
-already in the cache of those settings (``FEATURES/<key>/``, looked up by SHA-256) is not
+already in a cache of those settings (any ``FEATURES/<input-id>/<key>/``, looked up by SHA-256) is not
 embedded again; only the others run through the backbone, and TensorFlow is imported only
 when there are such images. Nothing is written to the cache: it holds the labelled images of
 ``IN`` only.
@@ -198,19 +198,25 @@ def settings_of(bundle: dict) -> Settings:
 # --------------------------------------------------------------------------- prediction
 
 def _cached_vectors(features_dir, key: str, log):
-    """{sha256: row} and the embeddings of ``FEATURES/<key>``, or empty when there is no cache."""
-    from extract.cache import CacheError, read_cache
+    """A :class:`~extract.run.VectorStore` of every cache of ``key`` under FEATURES (any input).
 
-    folder = Path(features_dir) / key
-    if not folder.is_dir():
-        log(f"note: no cache {folder}; every image is embedded")
-        return {}, None
-    try:
-        emb, rows, _ = read_cache(folder, mmap=True)
-    except (FileNotFoundError, CacheError) as err:
-        log(f"warning: ignoring the cache {folder} ({err}); every image is embedded")
-        return {}, None
-    return {r["sha256"]: i for i, r in enumerate(rows)}, emb
+    Vectors are identified by content, so an image cached for any input is not embedded again.
+    """
+    from extract.cache import CacheError, caches_of_key, open_cache
+    from extract.run import VectorStore
+
+    store = VectorStore()
+    folders = caches_of_key(features_dir, key)
+    if not folders:
+        log(f"note: no cache of {key} under {features_dir}; every image is embedded")
+    for folder in folders:
+        try:
+            emb, manifest, _ = open_cache(folder, mmap=True)
+        except (FileNotFoundError, CacheError) as err:
+            log(f"warning: ignoring the cache {folder} ({err})")
+            continue
+        store.add_cache(emb, manifest["sha256"].tolist())
+    return store
 
 
 def _not_an_image(path: str, max_pixels: int) -> str | None:
@@ -282,14 +288,14 @@ def predict_images(images, features_dir="features", out_dir="out", head: str | N
         except OSError as exc:
             errors[i] = f"cannot read: {exc.strerror or exc}"
 
-    index, cached = _cached_vectors(features_dir, key, log)
+    store = _cached_vectors(features_dir, key, log)
     vectors: dict[int, np.ndarray] = {}
     misses: dict[str, list[int]] = {}
     for i, sha in enumerate(shas):
         if sha is None:
             continue
-        if sha in index:
-            vectors[i] = np.asarray(cached[index[sha]], np.float32)
+        if sha in store:
+            vectors[i] = np.asarray(store.get(sha), np.float32)
         elif (reason := _not_an_image(entries[i][0], max_pixels)) is not None:
             errors[i] = reason  # refused without starting the backbone
         else:

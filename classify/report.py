@@ -1,7 +1,7 @@
 """One self-contained HTML page of the whole experiment: ``python -m classify.report``.
 
 It reads only what the stages wrote (``OUT/run.json``, ``comparison.csv``, ``predictions.csv``,
-``split.csv``, ``figures/``, ``reports/``, ``audit/`` and the cache ``FEATURES/<key>/``) and writes
+``split.csv``, ``figures/``, ``reports/``, ``audit/`` and the cache ``FEATURES/<input-id>/<key>/``) and writes
 ``OUT/report.html``: figures and thumbnails are embedded as base64 ``data:`` URIs, so the page
 opens offline, and nothing on it points to the network. Thumbnails are made once and cached in
 ``OUT/report_cache/thumbs/<sha256>.jpg``. No TensorFlow here.
@@ -157,9 +157,10 @@ class Thumbs:
     def _make(self, rel_path: str) -> str:
         from PIL import Image
 
+        from extract.files import fs_path
         from extract.load import load_image
 
-        path = self.in_dir / rel_path
+        path = Path(fs_path(self.in_dir, rel_path))
         sha = self.sha_by_path.get(rel_path)
         if not sha:
             try:
@@ -678,10 +679,10 @@ def build_report(in_dir, features_dir, out_dir, max_gallery: int = MAX_GALLERY, 
 
     X, manifest, meta, folder, cache_note = None, None, {}, None, ""
     candidates = []
-    if run.get("features_key"):
-        candidates.append(features_dir / run["features_key"])
-    if run.get("features_folder"):
+    if run.get("features_folder"):  # FEATURES/<input-id>/<key>, as compare found it
         candidates.append(Path(run["features_folder"]))
+    if run.get("features_key"):  # the layout before input folders
+        candidates.append(features_dir / run["features_key"])
     for cand in candidates:
         if (cand / "manifest.csv").is_file():
             try:

@@ -1,4 +1,4 @@
-"""Stage 1: run the backbone once per image and cache pooled embeddings under FEATURES/<key>/.
+"""Stage 1: run the backbone once per image and cache pooled embeddings under FEATURES/<input-id>/<key>/.
 
 Public API::
 
@@ -6,13 +6,14 @@ Public API::
     summary = extract_features("in", "features", Settings(weights="none", size=64))
 """
 
-from .cache import CacheError, read_cache
+from .cache import CacheError, CacheWriteError, cache_folder, input_id, open_cache, read_cache
 from .embed import embed_files
 from .load import ImageError, load_image
 from .model import Settings, WeightsUnavailable
 from .run import Interrupted, Summary, extract_features
 
 __all__ = [
-    "CacheError", "ImageError", "Interrupted", "Settings", "Summary", "WeightsUnavailable",
-    "embed_files", "extract_features", "load_image", "read_cache",
+    "CacheError", "CacheWriteError", "ImageError", "Interrupted", "Settings", "Summary", "WeightsUnavailable",
+    "cache_folder", "embed_files", "extract_features", "input_id", "load_image", "open_cache",
+    "read_cache",
 ]

@@ -8,6 +8,7 @@ import sys
 
 from .backbones import BACKBONES, parse_list
 from .load import DEFAULT_MAX_PIXELS
+from .cache import CacheWriteError
 from .model import Settings, WeightsUnavailable
 
 
@@ -15,6 +16,8 @@ def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m extract", description=__doc__)
     p.add_argument("--in", dest="in_dir", default="in", help="input folder (IN)")
     p.add_argument("--features", default="features", help="cache root (FEATURES)")
+    p.add_argument("--dataset", default="", help="name of the input's folder under FEATURES "
+                   "(DATASET; default: the input folder's name and a hash of its path)")
     p.add_argument("--backbone", default="vgg16", help=f"one of {', '.join(BACKBONES)} (BACKBONE)")
     p.add_argument("--backbones", default="",
                    help="several backbones, comma-separated: one pass each, each its own key "
@@ -26,11 +29,16 @@ def parse(argv=None) -> argparse.Namespace:
                    help="pool this intermediate layer instead of the last block (LAYER)")
     p.add_argument("--pooling", default="avg", help="avg or max (POOLING)")
     p.add_argument("--batch", type=int, default=32, help="images per model call (BATCH)")
-    p.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (PRECISION)")
+    p.add_argument("--precision", default="fp32",
+                   help="fp32, bf16, fp16, or auto: the fastest that agrees with fp32 here (PRECISION)")
     p.add_argument("--strict", type=int, default=0, help="1: exit non-zero when any file is rejected (STRICT)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="larger images are rejected (MAX_PIXELS)")
     p.add_argument("--weights-fallback", choices=["none"], default=None,
                    help="(demo only) use random weights when ImageNet weights cannot be had")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process; ray: a Ray Data pipeline, RAY_ADDRESS selects a cluster (ENGINE)")
+    p.add_argument("--actors", type=int, default=0,
+                   help="(ENGINE=ray) model actors; 0: one per GPU, else one per node")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--flush-seconds", type=float, default=2.0,
                    help="write finished batches for resume at least this often (seconds)")
@@ -42,8 +50,8 @@ def main(argv=None) -> int:
     args = parse(argv)
     try:
         names = parse_list(args.backbones) if args.backbones else [args.backbone]
-        all_settings = [Settings(name, args.weights, args.size, args.pooling, args.precision,
-                                 args.layer or None).check() for name in names]
+        all_settings = [_checked(Settings(name, args.weights, args.size, args.pooling,
+                                          args.precision, args.layer or None)) for name in names]
     except (ValueError, WeightsUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -58,6 +66,15 @@ def main(argv=None) -> int:
     return worst
 
 
+def _checked(settings: Settings) -> Settings:
+    """Returns ``settings`` after checking them; PRECISION=auto is resolved later, by
+    ``extract_features``, so the other fields are checked with fp32 in its place."""
+    if settings.precision == "auto":
+        dataclasses.replace(settings, precision="fp32").check()
+        return settings
+    return settings.check()
+
+
 def _demo_fallback(settings: Settings) -> tuple[Settings, dict]:
     """(demo only) Random weights, with a banner and a ``meta.json`` note, when the ImageNet
     weights of ``settings`` can be neither found nor downloaded; else ``settings`` unchanged."""
@@ -66,7 +83,8 @@ def _demo_fallback(settings: Settings) -> tuple[Settings, dict]:
     if settings.weights != "imagenet" or keras_cache_file(settings.backbone).is_file():
         return settings, {}
     try:
-        build(settings)  # tries Keras' download once
+        build(dataclasses.replace(settings, precision="fp32")
+              if settings.precision == "auto" else settings)  # tries Keras' download once
         return settings, {}
     except WeightsUnavailable as err:
         print("=" * 78, file=sys.stderr)
@@ -92,8 +110,10 @@ def extract_one(settings: Settings, args: argparse.Namespace) -> int:
             settings, extra = _demo_fallback(settings)
         summary = extract_features(args.in_dir, args.features, settings, batch=args.batch,
                                    max_pixels=args.max_pixels, progress=not args.quiet,
-                                   extra_meta=extra, flush_seconds=args.flush_seconds)
-    except (WeightsUnavailable, FileNotFoundError, ValueError) as err:
+                                   extra_meta=extra, flush_seconds=args.flush_seconds,
+                                   dataset=args.dataset or None, engine=args.engine,
+                                   actors=args.actors or None)
+    except (WeightsUnavailable, FileNotFoundError, ValueError, CacheWriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Interrupted as err:

@@ -2,10 +2,12 @@
 
 Stage 2 uses this to classify new images (``make predict``): the files are embedded exactly as
 ``make features`` would embed them (same loader, resize rule, preprocessing and backbone), but
-nothing is written under ``FEATURES``: the cache describes the labelled images of ``IN`` only.
+nothing is written under ``FEATURES``: the cache describes the labelled images of its input only.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -20,7 +22,7 @@ def embed_files(paths, settings: Settings, batch: int = 32, max_pixels: int = DE
     Args:
         paths: image files (absolute or relative to the working directory).
         settings: backbone, weights, size, pooling and precision; the same settings give the
-            same vectors as the cache of ``settings.key``.
+            same vectors as a cache of ``settings.key``.
         batch: images per model call.
         max_pixels: larger images are refused (decompression-bomb guard).
         progress: show a progress bar on stderr.
@@ -28,15 +30,19 @@ def embed_files(paths, settings: Settings, batch: int = 32, max_pixels: int = DE
 
     Returns:
         ``(embeddings, errors)``: float32 of shape (n, D) (D is 0 when no file could be
-        embedded), and one string per path, empty when
-        the file was embedded. A file that cannot be embedded (unreadable, not an image,
-        truncated, too large) is not an exception: its error says why, as
-        :func:`extract.load_image` words it, and its row is all zeros.
+        embedded), and one string per path, empty when the file was embedded. A file that
+        cannot be embedded (unreadable, not an image, truncated, too large) is not an exception:
+        its error says why, as :func:`extract.load_image` words it, and its row is all zeros.
 
     Raises:
         ValueError: bad settings or batch.
         WeightsUnavailable: the weights cannot be loaded (the message says how to get them).
     """
+    from tqdm import tqdm
+
+    from .pipeline import read_ahead
+    from .run import Device, embedded
+
     settings.check()
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"BATCH must be a positive whole number; received {batch!r}")
@@ -45,19 +51,20 @@ def embed_files(paths, settings: Settings, batch: int = 32, max_pixels: int = DE
     if not paths:
         return np.zeros((0, 0), np.float32), errors
     rows: dict[int, np.ndarray] = {}
+    bar = tqdm(total=len(paths), unit="img", disable=not progress, delay=1.0)
 
-    def on_batch(indices, emb, errs):
-        for i, row, err in zip(indices, emb, errs):
-            if err:
-                errors[i] = err
-            elif not np.isfinite(row).all():
-                errors[i] = "the model produced NaN or infinite values for this image"
-            else:
-                rows[i] = np.asarray(row, np.float32)
-
-    from .run import compute
-
-    compute(settings, paths, batch, max_pixels, on_batch, progress=progress, log=log)
+    workers = min(8, os.cpu_count() or 1)
+    reads = read_ahead(paths, settings.size, max_pixels, lambda sha: False, workers=workers,
+                       window=2 * batch + workers)
+    try:
+        for read, vec in embedded(reads, settings, batch, Device(), log=log):
+            if read.error:
+                errors[read.index] = read.error
+            elif vec is not None:
+                rows[read.index] = vec
+            bar.update(1)
+    finally:
+        bar.close()
     dim = next(iter(rows.values())).shape[0] if rows else 0
     out = np.zeros((len(paths), dim), np.float32)
     for i, row in rows.items():

@@ -17,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import unicodedata
+import re
+import sys
 from pathlib import Path
 
 SPLIT_NAMES = ("train", "test", "valid", "val", "validation")
@@ -33,11 +34,11 @@ _MAGIC = (
 )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Candidate:
     """One file under the input folder that should become a row of the cache."""
 
-    path: str  # relative to the input folder, POSIX separators, NFC-normalised
+    path: str  # relative to the input folder, POSIX separators, undecodable bytes as \xNN
     label: str
     split: str
     abspath: str
@@ -51,7 +52,7 @@ class Listing:
     """What :func:`list_images` found."""
 
     candidates: list[Candidate]
-    rejected: list[tuple[str, str]]  # (path, reason) for files that cannot even be opened
+    rejected: list[tuple[str, str]]  # (path, reason) for files and folders that cannot be opened
     skipped: list[str]  # not images by name or content
     layout: str  # "class" or "split/class"
     empty_classes: list[str]
@@ -86,8 +87,36 @@ def _hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def stored_name(name: str) -> str:
+    """The text a file-system name is stored as: itself, or with undecodable bytes as ``\\xNN``.
+
+    Python hands out a name that is not valid UTF-8 with its bad bytes as lone surrogates; those
+    cannot be written to a UTF-8 CSV, so each becomes the four characters ``\\xNN``.
+    """
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+_ESCAPED = re.compile(rb"\\x([0-9a-f]{2})")
+
+
+def fs_path(root, stored: str) -> str:
+    """The real path of the file stored as ``stored`` (a manifest ``path``) under ``root``.
+
+    Undoes :func:`stored_name` when the stored text does not name a file as it is.
+    """
+    plain = os.path.join(os.fspath(root), stored)
+    if "\\x" not in stored or os.path.lexists(plain):
+        return plain
+    raw = _ESCAPED.sub(lambda m: bytes([int(m.group(1), 16)]), stored.encode("utf-8"))
+    return os.path.join(os.fspath(root), os.fsdecode(raw))
+
+
 def _rel(path: Path, root: Path) -> str:
-    return unicodedata.normalize("NFC", path.relative_to(root).as_posix())
+    return stored_name(path.relative_to(root).as_posix())
 
 
 def detect_layout(root: Path) -> str:
@@ -101,14 +130,30 @@ def detect_layout(root: Path) -> str:
             f"input folder {str(root)!r} does not exist or is not a folder; "
             "put images in IN/<class>/<image> (or IN/<split>/<class>/<image>) or pass IN=<dir>"
         )
-    tops = [p for p in root.iterdir() if not _hidden(p.name) and p.is_dir()]
+    try:
+        tops = [p for p in root.iterdir() if not _hidden(p.name) and p.is_dir()]
+    except OSError as err:
+        raise FileNotFoundError(f"input folder {str(root)!r} cannot be listed ({err.strerror or err}); "
+                                "check its permissions or pass IN=<dir>") from None
     if tops and all(p.name.lower() in SPLIT_NAMES for p in tops):
         return "split/class"
     return "class"
 
 
-def walk_files(folder: Path):
-    """Yields every visible file below ``folder``, following folder links once (no loops)."""
+def _scandir(path):
+    """``os.scandir``, sorted by name (one place, so tests can make a folder unreadable)."""
+    with os.scandir(path) as it:
+        return sorted(it, key=lambda e: e.name)
+
+
+def walk_files(folder: Path, unreadable: list | None = None):
+    """Yields every visible file below ``folder``, following folder links once (no loops).
+
+    Args:
+        folder: where to start.
+        unreadable: when given, ``(folder, reason)`` is appended for every folder that cannot be
+            listed (permissions, I/O errors), so its files are reported rather than lost silently.
+    """
     seen = set()
     stack = [folder]
     while stack:
@@ -121,8 +166,10 @@ def walk_files(folder: Path):
             continue
         seen.add(real)
         try:
-            entries = sorted(os.scandir(current), key=lambda e: e.name)
-        except OSError:
+            entries = _scandir(current)
+        except OSError as err:
+            if unreadable is not None:
+                unreadable.append((Path(current), f"cannot list folder: {err.strerror or err}"))
             continue
         for entry in entries:
             if _hidden(entry.name):
@@ -138,40 +185,71 @@ def walk_files(folder: Path):
                 yield path
 
 
-def _class_folders(root: Path, layout: str):
+def _subfolders(folder: Path, unreadable: list) -> list[Path]:
+    """The visible sub-folders of ``folder``, sorted; an unlistable folder is noted, not fatal."""
+    try:
+        return [Path(e.path) for e in _scandir(folder)
+                if not _hidden(e.name) and e.is_dir(follow_symlinks=True)]
+    except OSError as err:
+        unreadable.append((folder, f"cannot list folder: {err.strerror or err}"))
+        return []
+
+
+def _class_folders(root: Path, layout: str, unreadable: list):
     """Yields (split, class name, folder) for each class folder of the layout."""
     if layout == "class":
-        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name)):
-            yield "", folder.name, folder
+        for folder in _subfolders(root, unreadable):
+            yield "", stored_name(folder.name), folder
     else:
-        for split_dir in sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name)):
-            split = split_dir.name.lower()
-            for folder in sorted(
-                p for p in split_dir.iterdir() if p.is_dir() and not _hidden(p.name)
-            ):
-                yield split, folder.name, folder
+        for split_dir in _subfolders(root, unreadable):
+            split = stored_name(split_dir.name).lower()
+            for folder in _subfolders(split_dir, unreadable):
+                yield split, stored_name(folder.name), folder
 
 
-def list_images(root: str | os.PathLike) -> Listing:
+def _loose_files(root: Path, layout: str) -> list[str]:
+    """Files that sit in no class folder (directly in IN, or directly in a split folder)."""
+    loose = [root]
+    if layout == "split/class":
+        loose += _subfolders(root, [])
+    found = []
+    for folder in loose:
+        try:
+            entries = _scandir(folder)
+        except OSError:
+            continue  # already reported as an unreadable folder
+        found += [_rel(Path(e.path), root) for e in entries
+                  if not _hidden(e.name) and not e.is_dir(follow_symlinks=True)]
+    return found
+
+
+def list_images(root: str | os.PathLike, progress: bool = False) -> Listing:
     """Lists the image candidates under ``root`` with label and split, sorted by path.
 
     Files directly in ``root`` (or directly in a split folder) have no class and are skipped.
+    Folders that cannot be listed and files that cannot be opened are rejected with the reason.
 
     Args:
         root: the input folder.
+        progress: count the files found on stderr when listing takes more than a second.
 
     Returns:
-        A :class:`Listing`; hashes are not filled in yet (see :func:`fill_hashes`).
+        A :class:`Listing`; hashes are not filled in (the extraction hashes the bytes it reads).
 
     Raises:
         FileNotFoundError: when ``root`` is not a folder.
     """
     root = Path(root)
     layout = detect_layout(root)
-    candidates, rejected, skipped, empty = [], [], [], []
-    for split, label, folder in _class_folders(root, layout):
+    from tqdm import tqdm
+
+    candidates, rejected, skipped, empty, unreadable = [], [], [], [], []
+    bar = tqdm(desc="listing", unit="file", disable=not progress, delay=1.0, file=sys.stderr,
+               mininterval=0.5 if sys.stderr.isatty() else 15)
+    for split, label, folder in _class_folders(root, layout, unreadable):
         found = 0
-        for path in walk_files(folder):
+        for path in walk_files(folder, unreadable):
+            bar.update(1)
             rel = _rel(path, root)
             try:
                 st = path.stat()
@@ -183,22 +261,33 @@ def list_images(root: str | os.PathLike) -> Listing:
                 skipped.append(rel)
                 continue
             found += 1
-            candidates.append(
-                Candidate(rel, label, split, str(path), st.st_size, st.st_mtime_ns)
-            )
+            candidates.append(Candidate(rel, label, split, str(path), st.st_size, st.st_mtime_ns))
         if not found:
             empty.append(f"{split}/{label}" if split else label)
-    # Files that do not sit in a class folder (directly in IN, or directly in a split folder).
-    loose = [root]
-    if layout == "split/class":
-        loose += [p for p in root.iterdir() if p.is_dir() and not _hidden(p.name)]
-    for folder in loose:
-        for child in sorted(folder.iterdir()):
-            if child.is_file() and not _hidden(child.name):
-                skipped.append(_rel(child, root))
+    bar.close()
+    rejected += [(_rel(folder, root) + "/", reason) for folder, reason in unreadable]
     candidates.sort(key=lambda c: c.path)
-    rejected.sort()
-    return Listing(candidates, rejected, sorted(skipped), layout, empty)
+    kept = candidates[:1]
+    for cand in candidates[1:]:
+        if cand.path == kept[-1].path:  # two real names escaped to one text
+            rejected.append((cand.path, f"its name is stored as the same text as another file's "
+                                        f"({kept[-1].abspath!a} and {cand.abspath!a}); rename one"))
+        else:
+            kept.append(cand)
+    return Listing(kept, sorted(rejected), sorted(skipped + _loose_files(root, layout)), layout, empty)
+
+
+def first_images(root, n: int) -> list[str]:
+    """Paths of up to ``n`` image candidates under ``root``, found without listing everything."""
+    root = Path(root)
+    found: list[str] = []
+    for _split, _label, folder in _class_folders(root, detect_layout(root), []):
+        for path in walk_files(folder):
+            if is_image_candidate(path):
+                found.append(str(path))
+                if len(found) >= n:
+                    return found
+    return found
 
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:
@@ -208,31 +297,3 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def fill_hashes(candidates: list[Candidate], known: dict[tuple[str, int, int], str]) -> list:
-    """Fills ``sha256`` of each candidate, reusing ``known[(path, size, mtime_ns)]`` when present.
-
-    Args:
-        candidates: from :func:`list_images`.
-        known: hashes from the previous manifest, keyed by path, size and modification time,
-            so an unchanged folder is not read again.
-
-    Returns:
-        (path, reason) pairs for files that could not be read; those are removed from
-        ``candidates``.
-    """
-    unreadable = []
-    kept = []
-    for cand in candidates:
-        sha = known.get((cand.path, cand.size, cand.mtime_ns))
-        if sha is None:
-            try:
-                sha = sha256_file(cand.abspath)
-            except OSError as err:
-                unreadable.append((cand.path, f"cannot read: {err.strerror or err}"))
-                continue
-        cand.sha256 = sha
-        kept.append(cand)
-    candidates[:] = kept
-    return unreadable

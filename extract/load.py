@@ -16,15 +16,25 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .files import sniff
 
-# Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS), made explicit. load_image
+# Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS), made explicit. decode_image
 # checks it (or the caller's MAX_PIXELS) itself, right after reading the header and before any
-# pixel is decoded, so Pillow's global check is turned off to let MAX_PIXELS raise the limit.
+# pixel is decoded. It opens files through Pillow's per-format openers, which do not apply
+# Pillow's process-wide limit, so MAX_PIXELS alone decides and no global setting is changed.
 DEFAULT_MAX_PIXELS = 89_478_485
-Image.MAX_IMAGE_PIXELS = None
 
 
 class ImageError(ValueError):
-    """A file that cannot be embedded; the message says why, for a person."""
+    """A file that cannot be embedded; the message says why, for a person.
+
+    Attributes:
+        lasting: True when the content itself is at fault (not an image, damaged, empty), so the
+            same bytes fail again; False for a passing failure (an I/O error, a limit that may
+            be raised), which the next run retries.
+    """
+
+    def __init__(self, reason: str, lasting: bool = True):
+        super().__init__(reason)
+        self.lasting = lasting
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -44,7 +54,80 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def load_image(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_bytes(path) -> bytes:
+    """Reads a whole file; the bytes are both hashed and decoded, so each file is read once.
+
+    Raises:
+        OSError: as ``open``/``read`` raise it.
+    """
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def _open(data: bytes, fmt: str) -> Image.Image:
+    """Opens ``data`` with Pillow's opener for ``fmt`` (header only, no pixels decoded yet)."""
+    Image.init()
+    opener = Image.OPEN.get(fmt)
+    if opener is None:  # not registered under the sniffed name: Pillow's general open
+        return Image.open(io.BytesIO(data))
+    return opener[0](io.BytesIO(data), "")
+
+
+def decode_image(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decodes image bytes into a (size, size, 3) uint8 RGB array by the resize rule above.
+
+    Raises:
+        ImageError: empty, not an image, damaged or truncated (lasting), or too large (passing:
+            MAX_PIXELS may be raised).
+    """
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    fmt = sniff(data[:16])
+    if fmt is None:
+        raise ImageError(
+            "not an image: content is not JPEG, PNG, BMP, GIF or WebP "
+            f"(starts with {data[:8]!r})"
+        )
+    try:
+        img = _open(data, fmt)
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageError(
+                f"image too large: {width}x{height} = {width * height:,} pixels, over the "
+                f"limit of {max_pixels:,} (decompression-bomb guard); shrink the file or "
+                "raise MAX_PIXELS", lasting=False)
+        if fmt == "JPEG":
+            # Let libjpeg decode at a reduced scale that still covers the output size.
+            img.draft("RGB", (size, size))
+        img.load()
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, SyntaxError):
+        raise ImageError(f"damaged {fmt} file: it starts like {fmt} but Pillow cannot read the "
+                         "rest; copy or download it again") from None
+    except OSError as err:
+        text = str(err)
+        if "truncated" in text or "broken data stream" in text or "premature end" in text.lower():
+            raise ImageError(f"truncated or damaged {fmt} file: {text}") from None
+        raise ImageError(f"cannot decode {fmt} file: {text}") from None
+    except MemoryError:
+        raise ImageError("cannot decode: MemoryError (out of memory); it is tried again on the "
+                         "next run", lasting=False) from None
+    except Exception as err:  # Pillow raises many kinds of error for damaged files
+        raise ImageError(f"cannot decode {fmt} file: {type(err).__name__}: {err}") from None
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a damaged EXIF block must not lose an otherwise good image
+        pass
+    img = _to_rgb(img)
+    width, height = img.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    img = img.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
+    return np.asarray(img, dtype=np.uint8)
+
+
+def load_image(path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Reads an image file and returns it as a (size, size, 3) uint8 RGB array.
 
     Args:
@@ -60,97 +143,7 @@ def load_image(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np
             too large, unreadable).
     """
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        data = read_bytes(path)
     except OSError as err:
-        raise ImageError(f"cannot read: {err.strerror or err}") from None
-    if not data:
-        raise ImageError("empty file (0 bytes)")
-    fmt = sniff(data[:16])
-    if fmt is None:
-        raise ImageError(
-            "not an image: content is not JPEG, PNG, BMP, GIF or WebP "
-            f"(starts with {data[:8]!r})"
-        )
-    try:
-        img = Image.open(io.BytesIO(data))
-        width, height = img.size
-        if width * height > max_pixels:
-            raise ImageError(
-                f"image too large: {width}x{height} = {width * height:,} pixels, over the "
-                f"limit of {max_pixels:,} (decompression-bomb guard); shrink the file or "
-                "raise MAX_PIXELS"
-            )
-        if fmt == "JPEG":
-            # Let libjpeg decode at a reduced scale that still covers the output size.
-            img.draft("RGB", (size, size))
-        img.load()
-    except ImageError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageError(f"damaged {fmt} file: it starts like {fmt} but Pillow cannot read the "
-                         "rest; copy or download it again") from None
-    except OSError as err:
-        text = str(err)
-        if "truncated" in text or "broken data stream" in text or "premature end" in text.lower():
-            raise ImageError(f"truncated or damaged {fmt} file: {text}") from None
-        raise ImageError(f"cannot decode {fmt} file: {text}") from None
-    except Exception as err:  # Pillow raises many kinds of error for damaged files
-        raise ImageError(f"cannot decode {fmt} file: {type(err).__name__}: {err}") from None
-    try:
-        img = ImageOps.exif_transpose(img)
-    except Exception:  # a damaged EXIF block must not lose an otherwise good image
-        pass
-    img = _to_rgb(img)
-    width, height = img.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    img = img.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
-    return np.asarray(img, dtype=np.uint8)
-
-
-def make_dataset(paths: list[str], size: int, batch: int, preprocess, max_pixels: int):
-    """Builds a ``tf.data`` pipeline of preprocessed batches over ``paths``, in order.
-
-    Files are decoded and resized in parallel and the next batches are prefetched while the
-    model runs, so memory stays bounded by a few batches whatever the number of files.
-
-    Args:
-        paths: absolute file paths.
-        size: output side in pixels.
-        batch: images per batch.
-        preprocess: the backbone's ``preprocess_input`` (applied to float32 RGB 0..255).
-        max_pixels: see :func:`load_image`.
-
-    Returns:
-        A dataset of ``(images float32 (b, size, size, 3), errors string (b,))``; an image that
-        could not be loaded is all zeros and its error is non-empty.
-    """
-    import tensorflow as tf
-
-    blank = np.zeros((size, size, 3), np.uint8)
-
-    def _load(index):
-        try:
-            return load_image(paths[int(index)], size, max_pixels), b""
-        except ImageError as err:
-            return blank, str(err).encode()
-        except Exception as err:  # never let one file end the run
-            return blank, f"cannot decode: {type(err).__name__}: {err}".encode()
-
-    def _map(index):
-        image, error = tf.numpy_function(_load, [index], (tf.uint8, tf.string), stateful=False)
-        image.set_shape((size, size, 3))
-        error.set_shape(())
-        return image, error
-
-    ds = tf.data.Dataset.range(len(paths))
-    ds = ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch)
-    ds = ds.map(lambda x, e: (preprocess(tf.cast(x, tf.float32)), e))
-    # No autotuning: with it, deleting the finished iterator waited for the autotuner's next
-    # wake-up (0.6-3 s at the end of a run, measured); parallel decoding two batches ahead keeps
-    # the model as busy without it (decoding is ~2% of the model's time at 224 px).
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return ds.prefetch(2).with_options(options)
+        raise ImageError(f"cannot read: {err.strerror or err}", lasting=False) from None
+    return decode_image(data, size, max_pixels)

@@ -50,6 +50,21 @@ def two_class(tmp_path) -> Path:
     return root
 
 
+def only_cache(features) -> dict:
+    """``in_dir`` and ``dataset`` of the single cache under ``features`` (for stage-2 calls in tests).
+
+    Empty when there is none (the call then looks for the cache of ``in``).
+    """
+    import json
+
+    metas = sorted(Path(features).glob("*/*/meta.json"))
+    if not metas:
+        return {}
+    assert len(metas) == 1, f"expected one cache under {features}, found {metas}"
+    meta = json.loads(metas[0].read_text())
+    return {"in_dir": meta.get("input") or "in", "dataset": metas[0].parent.parent.name}
+
+
 def run_cli(*args, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProcess:
     """Runs ``python -m <args>`` with this interpreter; returns the completed process."""
     full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))

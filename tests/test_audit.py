@@ -211,7 +211,7 @@ def test_compare_adds_leakage_aware_score_and_groups(planted, tmp_path):
     assert proc.returncode == 0, proc.stderr
     from classify.data import assign_split, load_features
 
-    f = load_features(feats, _settings())
+    f = load_features(feats, _settings(), in_dir=str(in_dir))
     role = assign_split(f.manifest, 0.2, 42)[0].to_numpy()
     dups = find_duplicates(f.X, f.manifest.sha256)
     leaked_paths = set(f.manifest.path[dups.partners_in(role == "train") & (role == "eval")])

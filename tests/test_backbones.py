@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import write_class_folder
-from extract import Settings, extract_features, read_cache
+from extract import Settings, cache_folder, extract_features, read_cache
 from extract.backbones import BACKBONES, get, parse_list
 from extract.model import build, keras_cache_file, preprocess_fn
 
@@ -24,7 +24,7 @@ def test_every_backbone_makes_a_cache_of_its_dimension_under_its_own_key(name, t
     spec = BACKBONES[name]
     settings = Settings(name, "none", spec.min_size).check()
     summary = extract_features(tiny_in, tmp_path / "f", settings, progress=False, log=lambda *_: None)
-    emb, rows, meta = read_cache(tmp_path / "f" / settings.key)
+    emb, rows, meta = read_cache(cache_folder(tmp_path / "f", tiny_in, settings.key))
     assert summary.key == settings.key == f"{name}-avg-{spec.min_size}-none"
     assert emb.shape == (2, spec.dim) and settings.dim == spec.dim and meta["dim"] == spec.dim
     assert np.isfinite(emb).all() and not np.array_equal(emb[0], emb[1])  # one row per image
@@ -48,7 +48,7 @@ def test_layer_pools_an_intermediate_block_under_its_own_key(tiny_in, tmp_path):
     got = {}
     for settings in (last, block4, block3):
         extract_features(tiny_in, tmp_path / "f", settings, progress=False, log=lambda *_: None)
-        emb, _, meta = read_cache(tmp_path / "f" / settings.key)
+        emb, _, meta = read_cache(cache_folder(tmp_path / "f", tiny_in, settings.key))
         assert meta["layer"] == settings.layer
         got[settings.layer] = emb
     assert got["block4_pool"].shape == (2, 512) and got["block3_pool"].shape == (2, 256)

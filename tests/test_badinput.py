@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, colour_image, run_make, write_class_folder
-from extract import ImageError, Settings, extract_features, load_image, read_cache
+from extract import ImageError, Settings, cache_folder, extract_features, load_image, read_cache
 from extract.cache import read_csv_rows
 
 S64 = Settings(weights="none", size=64)
@@ -117,12 +117,13 @@ def test_make_features_keeps_every_good_image_and_explains_every_bad_one(corpus,
     features = tmp_path / "features"
     r = run_make("features", f"IN={root}", f"FEATURES={features}", "WEIGHTS=none", "SIZE=64")
     assert r.returncode == 0, r.stdout + r.stderr
-    emb, rows, meta = read_cache(features / S64.key)
+    folder = cache_folder(features, root, S64.key)
+    emb, rows, meta = read_cache(folder)
     paths = [row["path"] for row in rows]
     assert set(good) <= set(paths), set(good) - set(paths)
     assert not any(".hidden" in p or "notes.txt" in p or "Thumbs" in p for p in paths)
     assert np.isfinite(emb).all() and emb.shape == (len(rows), 512)
-    rejected = {row["path"]: row["reason"] for row in read_csv_rows(features / S64.key / "rejected.csv")}
+    rejected = {row["path"]: row["reason"] for row in read_csv_rows(folder / "rejected.csv")}
     for path, words in REJECTED.items():
         assert words in rejected[path], (path, rejected.get(path))
     assert "symbolic link" in rejected["red/loop_a.jpg"]
@@ -136,7 +137,7 @@ def test_make_features_keeps_every_good_image_and_explains_every_bad_one(corpus,
                       "SIZE=64", "STRICT=1")
     assert strict.returncode != 0
     assert "STRICT=1" in strict.stderr + strict.stdout
-    assert read_cache(features / S64.key)[0].shape == emb.shape  # the lists were still written
+    assert read_cache(folder)[0].shape == emb.shape  # the lists were still written
 
 
 def test_every_colour_mode_becomes_rgb(corpus):
@@ -179,11 +180,23 @@ def _start(in_dir, features, *extra, size=96, batch=4):
                             text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
 
 
-def _wait_for_shards(features: Path, key: str, proc, minimum: int = 2, timeout: float = 180):
-    folder = features / ".partial" / key
+def _vectors_in(folder: Path) -> int:
+    """How many embedded vectors the finished shards of ``folder`` hold."""
+    n = 0
+    for path in folder.glob("*.npz"):
+        try:
+            with np.load(path) as data:
+                n += data["sha256"].shape[0]
+        except Exception:
+            pass
+    return n
+
+
+def _wait_for_shards(folder: Path, proc, minimum: int = 2, timeout: float = 180):
+    """Waits until the partial folder holds at least ``minimum`` embedded vectors."""
     end = time.time() + timeout
     while time.time() < end:
-        if folder.is_dir() and len(list(folder.glob("*.npz"))) >= minimum:
+        if folder.is_dir() and _vectors_in(folder) >= minimum:
             return
         if proc.poll() is not None:
             pytest.fail(f"extraction ended before it could be interrupted: {proc.communicate()}")
@@ -205,8 +218,9 @@ def test_interrupted_run_resumes_to_the_same_embeddings(ninety, tmp_path, how):
     base, (ref_emb, ref_rows, _) = ninety
     key = Settings(weights="none", size=96).key
     features = tmp_path / "features"
+    folder = cache_folder(features, base / "in", key)
     proc = _start(base / "in", features)
-    _wait_for_shards(features, key, proc, minimum=1)  # early: most of the run is still ahead
+    _wait_for_shards(folder.parent / ".partial" / key, proc, minimum=1)  # early: most is still ahead
     if how == "kill -9":
         proc.kill()
     else:
@@ -215,15 +229,15 @@ def test_interrupted_run_resumes_to_the_same_embeddings(ninety, tmp_path, how):
     if how == "Ctrl-C":
         assert proc.returncode == 130, err
         assert "interrupted" in err and "run the same command again to resume" in err
-    assert not (features / key).exists()  # complete or absent, never half-written
+    assert not folder.exists()  # complete or absent, never half-written
     again = _start(base / "in", features)
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
-    emb, rows, meta = read_cache(features / key)
+    emb, rows, meta = read_cache(folder)
     assert 0 < meta["computed"] < len(ref_rows) and meta["reused"] == len(ref_rows) - meta["computed"]
     assert [r["path"] for r in rows] == [r["path"] for r in ref_rows]
     np.testing.assert_allclose(emb, ref_emb, rtol=1e-4, atol=1e-5)
-    assert not (features / ".partial" / key).exists()
+    assert not (folder.parent / ".partial" / key).exists()
 
 
 def test_two_runs_at_once_leave_one_valid_cache(ninety, tmp_path):
@@ -238,7 +252,8 @@ def test_two_runs_at_once_leave_one_valid_cache(ninety, tmp_path):
     computed = sorted(int(line.split("computed ")[1].split(",")[0]) for line in lines)
     assert computed == [0, len(ref_rows)], lines  # the second waited, then found everything done
     assert any("waiting for it to finish" in out + err for out, err in results)
-    emb, rows, _ = read_cache(features / key)
+    folder = cache_folder(features, base / "in", key)
+    emb, rows, _ = read_cache(folder)
     np.testing.assert_allclose(emb, ref_emb, rtol=1e-4, atol=1e-5)
-    leftovers = [p.name for p in features.iterdir() if p.name not in (key, ".locks")]
+    leftovers = [p.name for p in folder.parent.iterdir() if p.name not in (key, ".locks")]
     assert leftovers == []

@@ -26,12 +26,36 @@ def test_fake_cache_is_a_valid_cache_for_stage_2(tmp_path):
 
     X, y = suite.fake_embeddings(60, dim=16)
     settings = suite.write_fake_cache(tmp_path, X, y)
-    feats = load_features(tmp_path, settings)
+    feats = load_features(tmp_path, settings, dataset=suite.FAKE_DATASET)
     assert feats.X.shape == (60, 16)
     assert feats.class_names == list(suite.CLASSES)
     # rows are sorted by path and each keeps its own vector and label
     i = feats.manifest["path"].tolist().index("square/img_00007.jpg")
     assert np.array_equal(feats.X[i], X[7]) and feats.manifest["label"][i] == "square"
+
+
+def test_cached_input_is_found_whole_by_a_run(tmp_path):
+    """The no-op benchmark's input: a run over it computes nothing and writes nothing."""
+    from extract import extract_features
+
+    settings = suite.write_cached_input(tmp_path / "in", tmp_path / "features", 50, dim=8, per_folder=10)
+    folder = next((tmp_path / "features").glob(f"*/{settings.key}"))
+    before = (folder / "manifest.csv").stat().st_mtime_ns
+    s = extract_features(tmp_path / "in", tmp_path / "features", settings, progress=False,
+                         log=lambda *_: None)
+    assert (s.computed, s.reused, s.n) == (0, 50, 50)
+    assert (folder / "manifest.csv").stat().st_mtime_ns == before
+
+
+def test_child_peak_is_the_childs_own_memory():
+    """The peak of a small child is not inflated by this (larger) test process."""
+    import sys
+
+    ballast = np.ones(400 * 2**20 // 8)  # 400 MiB in the parent
+    code = "import numpy as np; a = np.ones(100 * 2**20 // 8); a += 1"
+    mib, _, rc = suite.child_peak_rss([sys.executable, "-m", "bench.peak_probe_cmd", code])
+    assert rc == 0 and 100 <= mib < 350, mib
+    assert ballast.sum() > 0
 
 
 def test_generated_images_are_jpeg_files_of_both_classes(tmp_path):
@@ -57,6 +81,7 @@ def fake_raw(**over):
         "compare_seconds": 25.0, "compare_n": 12420, "compare_n_train": 9936,
         "rss_1x_mib": 900.0, "rss_4x_mib": 945.0, "gflop_per_image": 30.7,
         "bf16_min_cosine": 0.9999, "bf16_logreg_accuracy_change": 0.0,
+        "noop_seconds_200k": 4.0, "noop_peak_rss_mib_200k": 240.0, "auto_vs_best": 1.0,
     }
     raw.update(over)
     return raw

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, write_class_folder
+from conftest import ROOT, only_cache, write_class_folder
 from extract import Settings, extract_features
-from extract.cache import read_cache, write_cache
+from extract.cache import cache_folder, read_cache, write_cache
 
 S64 = Settings(weights="none", size=64)
 
@@ -36,6 +36,8 @@ def _compare(features, out, **kw):
     from classify import compare
 
     kw.setdefault("folds", 3)
+    for name, value in only_cache(features).items():
+        kw.setdefault(name, value)
     return compare(features, S64, out, log=lambda *_: None, **kw)
 
 
@@ -60,7 +62,7 @@ def test_compare_writes_every_output_and_heads_score_well(cached, tmp_path):
     pred = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     assert list(pred.columns) == ["path", "label", "logreg", "logreg_score", "svm", "svm_score",
                                   "mlp", "mlp_score"]
-    labels = {r["path"]: r["label"] for r in read_cache(cached / "features" / S64.key)[1]}
+    labels = {r["path"]: r["label"] for r in read_cache(cache_folder(cached / "features", cached / "flat", S64.key))[1]}
     assert all(labels[p] == l for p, l in zip(pred["path"], pred["label"]))
     assert pred["path"].is_unique and len(pred) == int(comp["n_eval"].iloc[0])
     assert ((pred["logreg_score"] > 0.5) & (pred["logreg_score"] <= 1)).all()
@@ -68,11 +70,11 @@ def test_compare_writes_every_output_and_heads_score_well(cached, tmp_path):
 
 def test_predictions_stay_paired_when_rows_are_shuffled(cached, tmp_path):
     """Shuffle the cache's rows (embedding and manifest together): every file keeps its prediction."""
-    emb, rows, meta = read_cache(cached / "features" / S64.key)
+    folder = cache_folder(cached / "features", cached / "flat", S64.key)
+    emb, rows, meta = read_cache(folder)
     perm = np.random.default_rng(3).permutation(len(rows))
     shuffled = tmp_path / "shuffled"
-    shuffled.mkdir()
-    write_cache(shuffled, S64.key, emb[perm], [rows[i] for i in perm], meta, [])
+    write_cache(shuffled / folder.parent.name, S64.key, emb[perm], [rows[i] for i in perm], meta, [])
     _compare(cached / "features", tmp_path / "a")
     _compare(shuffled, tmp_path / "b")
     a = pd.read_csv(tmp_path / "a" / "predictions.csv").set_index("path")
@@ -145,7 +147,7 @@ def _fake_cache(folder: Path, labels: list[str], dim: int = 8, seed: int = 0):
     emb = rng.normal(size=(len(labels), dim)).astype(np.float32)
     rows = [{"path": f"{l}/{i}.png", "label": l, "split": "", "sha256": f"{i:064x}", "size": 1,
              "mtime_ns": 1} for i, l in enumerate(labels)]
-    write_cache(folder, S64.key, emb, rows, {"dim": dim}, [])
+    write_cache(folder / "fake", S64.key, emb, rows, {"dim": dim}, [])
     return emb, rows
 
 
@@ -162,7 +164,8 @@ def test_small_class_lowers_folds_with_a_warning(tmp_path):
 
     _fake_cache(tmp_path / "f", ["a"] * 20 + ["b"] * 4)
     logs = []
-    compare(tmp_path / "f", S64, tmp_path / "o", heads="logreg", folds=5, log=logs.append)
+    compare(tmp_path / "f", S64, tmp_path / "o", heads="logreg", folds=5, log=logs.append,
+            dataset="fake")
     assert any("fewer than FOLDS=5; using 3-fold" in m for m in logs)
     assert json.loads((tmp_path / "o" / "run.json").read_text())["folds"] == 3
 
@@ -171,19 +174,19 @@ def test_damaged_caches_are_refused(tmp_path):
     from classify import DataError
 
     emb, rows = _fake_cache(tmp_path / "f", ["a"] * 6 + ["b"] * 6)
-    folder = tmp_path / "f" / S64.key
+    folder = tmp_path / "f" / "fake" / S64.key
     manifest = (folder / "manifest.csv").read_text().splitlines()
     (folder / "manifest.csv").write_text("\n".join(manifest[:-2]) + "\n")
     with pytest.raises(DataError, match="12 rows but manifest.csv has 10"):
         _compare(tmp_path / "f", tmp_path / "o")
 
     emb[3, 2] = np.nan
-    write_cache(tmp_path / "f", S64.key, emb, rows, {"dim": 8}, [])
+    write_cache(tmp_path / "f" / "fake", S64.key, emb, rows, {"dim": 8}, [])
     with pytest.raises(DataError, match="NaN"):
         _compare(tmp_path / "f", tmp_path / "o")
 
     npy = folder / "embeddings.npy"
-    write_cache(tmp_path / "f", S64.key, np.nan_to_num(emb), rows, {"dim": 8}, [])
+    write_cache(tmp_path / "f" / "fake", S64.key, np.nan_to_num(emb), rows, {"dim": 8}, [])
     npy.write_bytes(npy.read_bytes()[:200])
     with pytest.raises(DataError, match="cannot be read"):
         _compare(tmp_path / "f", tmp_path / "o")
@@ -200,7 +203,7 @@ def test_models_load_only_when_written_by_this_tool(cached, tmp_path):
     _compare(cached / "features", out, heads="logreg")
     bundle = load_model(out / "models" / "logreg.joblib")
     assert bundle["class_names"] == ["blue", "red"] and bundle["features_key"] == S64.key
-    emb, _, _ = read_cache(cached / "features" / S64.key)
+    emb, _, _ = read_cache(cache_folder(cached / "features", cached / "flat", S64.key))
     assert set(bundle["model"].predict(emb)) <= {"blue", "red"}
     with open(out / "models" / "logreg.joblib", "ab") as fh:
         fh.write(b"tampered")
@@ -227,11 +230,11 @@ def test_compare_never_imports_tensorflow(cached, tmp_path):
     code = (
         "import sys; sys.path.insert(0, %r)\n"
         "from classify.__main__ import main\n"
-        "rc = main(['compare', '--features', %r, '--out', %r, '--weights', 'none', '--size', '64',"
-        " '--folds', '3', '--heads', 'logreg'])\n"
+        "rc = main(['compare', '--in', %r, '--features', %r, '--out', %r, '--weights', 'none',"
+        " '--size', '64', '--folds', '3', '--heads', 'logreg'])\n"
         "assert rc == 0, rc\n"
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
-    ) % (str(ROOT), str(cached / "features"), str(tmp_path / "o"))
+    ) % (str(ROOT), str(cached / "flat"), str(cached / "features"), str(tmp_path / "o"))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "False False"
@@ -244,7 +247,7 @@ def test_two_training_images_in_a_class_still_compare_every_head(tmp_path):
 
     _fake_cache(tmp_path / "f", ["a"] * 12 + ["b"] * 3)
     logs = []
-    table = compare(tmp_path / "f", S64, tmp_path / "o", folds=5, log=logs.append)
+    table = compare(tmp_path / "f", S64, tmp_path / "o", folds=5, log=logs.append, dataset="fake")
     assert list(table["head"]) == ["logreg", "svm", "mlp"]
     assert any("using 2-fold" in m for m in logs)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import colour_image, run_cli, write_class_folder
-from extract import Settings, WeightsUnavailable, extract_features, read_cache
+from extract import Settings, WeightsUnavailable, cache_folder, extract_features, read_cache
 from extract.cache import Shards
 from extract.files import list_images
 from extract.model import build
@@ -30,9 +31,12 @@ def _manifest(folder):
 def test_cache_contract_and_incremental_runs(two_class, tmp_path):
     features = tmp_path / "features"
     first = _extract(two_class, features)
-    folders = [p for p in features.iterdir() if not p.name.startswith(".")]
+    inputs = [p for p in features.iterdir() if not p.name.startswith(".")]
+    assert [p.name for p in inputs] == [f"in-{hashlib.sha256(str(two_class).encode()).hexdigest()[:8]}"]
+    folders = [p for p in inputs[0].iterdir() if not p.name.startswith(".")]
     assert [p.name for p in folders] == ["vgg16-avg-64-none"]
     folder = folders[0]
+    assert Path(first.folder) == folder
     assert sorted(p.name for p in folder.iterdir()) == [
         "embeddings.npy", "manifest.csv", "meta.json", "rejected.csv"]
     emb, rows, meta = _manifest(folder)
@@ -45,6 +49,7 @@ def test_cache_contract_and_incremental_runs(two_class, tmp_path):
                 "class_names", "computed", "reused", "rejected", "seconds"):
         assert key in meta
     assert (meta["computed"], meta["reused"], meta["n"], meta["dim"]) == (20, 0, 20, 512)
+    assert meta["input"] == str(two_class) and meta["input_id"] == folder.parent.name
     assert meta["class_names"] == ["blue", "red"]
     assert first.computed == 20
 
@@ -52,7 +57,7 @@ def test_cache_contract_and_incremental_runs(two_class, tmp_path):
     assert (again.computed, again.reused) == (0, 20)
     emb2, _, meta2 = _manifest(folder)
     np.testing.assert_array_equal(emb, emb2)
-    assert meta2["computed"] == 0 and meta2["reused"] == 20
+    assert meta2 == meta  # nothing new: the cache is not rewritten; meta counts the run that wrote it
 
     write_class_folder(two_class, per_class=2, classes=("red",), start=50)
     colour_image((40, 40, 210), seed=999).save(two_class / "blue" / "new.png")
@@ -69,8 +74,7 @@ def test_cache_contract_and_incremental_runs(two_class, tmp_path):
 
 def test_changed_deleted_and_renamed_images(two_class, tmp_path):
     features = tmp_path / "features"
-    _extract(two_class, features)
-    folder = features / S64.key
+    folder = Path(_extract(two_class, features).folder)
     emb, rows, _ = _manifest(folder)
     vec = {r["path"]: emb[i] for i, r in enumerate(rows)}
 
@@ -94,11 +98,12 @@ def test_same_input_gives_same_files(two_class, tmp_path):
     r = run_cli("extract", "--in", two_class, "--features", b, "--weights", "none", "--size", "64",
                 "--quiet")
     assert r.returncode == 0, r.stderr
-    ea, ra, _ = _manifest(a / S64.key)
-    eb, rb, _ = _manifest(b / S64.key)
+    fa, fb = cache_folder(a, two_class, S64.key), cache_folder(b, two_class, S64.key)
+    ea, ra, _ = _manifest(fa)
+    eb, rb, _ = _manifest(fb)
     np.testing.assert_allclose(ea, eb, rtol=1e-5, atol=1e-6)
     assert [r["path"] for r in ra] == [r["path"] for r in rb]
-    assert (a / S64.key / "manifest.csv").read_bytes() == (b / S64.key / "manifest.csv").read_bytes()
+    assert (fa / "manifest.csv").read_bytes() == (fb / "manifest.csv").read_bytes()
 
 
 def test_split_layout_fills_split_column(tmp_path):
@@ -155,19 +160,20 @@ def test_resume_uses_finished_batches(two_class, tmp_path):
     """Finished batches of an interrupted run are reused, and give the same vectors."""
     features = tmp_path / "features"
     _extract(two_class, tmp_path / "reference")
-    ref, ref_rows, _ = _manifest(tmp_path / "reference" / S64.key)
+    ref, ref_rows, _ = _manifest(cache_folder(tmp_path / "reference", two_class, S64.key))
     by_sha = {r["sha256"]: ref[i] for i, r in enumerate(ref_rows)}
     # Simulate a run that died after its first batch: a shard with 7 finished images.
-    shards = Shards(features, S64.key)
+    folder = cache_folder(features, two_class, S64.key)
+    shards = Shards(folder.parent, S64.key)
     done = sorted(by_sha)[:7]
-    shards.save(done, np.stack([by_sha[s] for s in done]))
+    shards.save(done, np.stack([by_sha[s] for s in done]), [])
     # And a damaged shard, as a kill -9 during a write could leave without the atomic rename.
     (shards.folder / "junk.npz").write_bytes(b"PK\x03\x04 truncated")
     logs = []
     s = extract_features(two_class, features, S64, progress=False, log=logs.append)
     assert (s.computed, s.reused) == (13, 7)
     assert any("damaged partial file junk.npz" in m for m in logs)
-    emb, rows, _ = _manifest(features / S64.key)
+    emb, rows, _ = _manifest(folder)
     for i, r in enumerate(rows):
         np.testing.assert_allclose(emb[i], by_sha[r["sha256"]], rtol=1e-4, atol=1e-5)
     assert not shards.folder.exists()
@@ -175,14 +181,14 @@ def test_resume_uses_finished_batches(two_class, tmp_path):
 
 def test_damaged_cache_is_recomputed_not_trusted(two_class, tmp_path):
     features = tmp_path / "features"
-    _extract(two_class, features)
-    npy = features / S64.key / "embeddings.npy"
+    folder = Path(_extract(two_class, features).folder)
+    npy = folder / "embeddings.npy"
     npy.write_bytes(npy.read_bytes()[:1000])  # truncated
     logs = []
     s = extract_features(two_class, features, S64, progress=False, log=logs.append)
     assert s.computed == 20
     assert any("damaged cache" in m for m in logs)
-    emb, _, _ = _manifest(features / S64.key)
+    emb, _, _ = _manifest(folder)
     assert emb.shape == (20, 512)
 
 
@@ -210,7 +216,7 @@ def test_weights_offline_cli_exits_nonzero(two_class, tmp_path):
     assert r.returncode == 2, r.stderr
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in r.stderr
     assert "WEIGHTS=none" in r.stderr
-    assert not (tmp_path / "f" / "vgg16-avg-32-imagenet").exists()
+    assert not cache_folder(tmp_path / "f", two_class, "vgg16-avg-32-imagenet").exists()
 
 
 def test_weights_file_is_loaded_and_keyed_by_hash(two_class, tmp_path):
@@ -264,7 +270,7 @@ def test_rejected_content_does_not_restart_the_model(two_class, tmp_path):
     again = _extract(two_class, features)
     assert (again.computed, again.reused, again.rejected) == (0, 20, 1)
     assert again.device.startswith("none needed")
-    _, _, meta = _manifest(features / S64.key)
+    _, _, meta = _manifest(Path(again.folder))
     assert list(meta["rejected_sha256"].values())[0].startswith("cannot decode PNG")
 
 
@@ -276,18 +282,3 @@ def test_stray_files_in_split_folders_are_counted_not_lost(tmp_path):
     listing = list_images(root)
     assert "train/stray.png" in listing.skipped
     assert "train/stray.png" not in [c.path for c in listing.candidates]
-
-
-def test_a_cache_left_aside_by_a_killed_write_is_restored(two_class, tmp_path):
-    features = tmp_path / "features"
-    _extract(two_class, features)
-    emb, _, _ = _manifest(features / S64.key)
-    # A run killed between its two renames leaves the old cache aside and a half-made new one.
-    os.replace(features / S64.key, features / f".old-{S64.key}-deadbeef")
-    (features / f".tmp-{S64.key}-abc").mkdir()
-    logs = []
-    s = extract_features(two_class, features, S64, progress=False, log=logs.append)
-    assert (s.computed, s.reused) == (0, 20)
-    assert any("restored the previous cache" in m for m in logs)
-    assert sorted(p.name for p in features.iterdir()) == [".locks", S64.key]
-    np.testing.assert_array_equal(_manifest(features / S64.key)[0], emb)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from conftest import colour_image, run_make, write_class_folder
-from extract import read_cache
+from extract import cache_folder, read_cache
 
 KEY = "vgg16-avg-64-none"
 
@@ -27,7 +28,7 @@ def test_help_lists_every_target_and_variable():
     documented = set(re.findall(r"^  ([A-Z_]+)=", r.stdout, re.M))
     assert documented == set(variables)
     contract = ("IN FEATURES OUT BACKBONE WEIGHTS SIZE POOLING BATCH PRECISION STRICT HEADS SEED "
-                "TEST_SIZE FOLDS MAX_PIXELS JOBS GROUPS DUP_THRESHOLD IMAGES HEAD DEMO")
+                "TEST_SIZE FOLDS MAX_PIXELS JOBS GROUPS DUP_THRESHOLD IMAGES HEAD DEMO DATASET")
     assert set(contract.split()) <= documented
 
 
@@ -38,7 +39,8 @@ def test_features_then_compare(tmp_path):
 
     r = run_make("features", *args)
     assert r.returncode == 0, r.stderr
-    emb, rows, meta = read_cache(features / KEY)
+    folder = cache_folder(features, src, KEY)
+    emb, rows, meta = read_cache(folder)
     assert emb.shape == (20, 512) and emb.dtype == np.float32
     assert {row["path"].split("/")[0] for row in rows} == {"red", "blue"}
     assert all(row["path"].startswith(row["label"] + "/") for row in rows)
@@ -46,12 +48,11 @@ def test_features_then_compare(tmp_path):
 
     r = run_make("features", *args)
     assert r.returncode == 0 and "computed 0, reused 20" in r.stdout
-    assert json.loads((features / KEY / "meta.json").read_text())["reused"] == 20
 
     write_class_folder(src, 2, classes=("red",), start=40)
     colour_image((40, 40, 210), 77).save(src / "blue" / "extra.jpg")
     r = run_make("features", *args)
-    meta = json.loads((features / KEY / "meta.json").read_text())
+    meta = json.loads((folder / "meta.json").read_text())
     assert (meta["computed"], meta["n"]) == (3, 23)
 
     r = run_make("compare", *args, "FOLDS=3")
@@ -61,7 +62,7 @@ def test_features_then_compare(tmp_path):
     assert (comp["accuracy"] >= 0.9).all(), comp
     assert "balanced_accuracy" in r.stdout  # the table is printed
     pred = pd.read_csv(out / "predictions.csv")
-    labels = {row["path"]: row["label"] for row in read_cache(features / KEY)[1]}
+    labels = {row["path"]: row["label"] for row in read_cache(folder)[1]}
     assert all(labels[p] == label for p, label in zip(pred["path"], pred["label"]))
     for name in ("logreg", "svm", "mlp"):
         assert (out / "models" / f"{name}.joblib").exists()
@@ -83,7 +84,7 @@ def test_split_layout_end_to_end(tmp_path):
     write_class_folder(src, 3, split="test", start=30)
     args = [f"IN={src}", f"FEATURES={tmp_path / 'f'}", f"OUT={tmp_path / 'o'}", "WEIGHTS=none", "SIZE=64"]
     assert run_make("features", *args).returncode == 0
-    _, rows, _ = read_cache(tmp_path / "f" / KEY)
+    _, rows, _ = read_cache(cache_folder(tmp_path / "f", src, KEY))
     assert {r["split"] for r in rows} == {"train", "test"}
     r = run_make("compare", *args, "FOLDS=3", "HEADS=logreg")
     assert r.returncode == 0, r.stderr
@@ -101,7 +102,8 @@ def test_demo_runs_offline_to_the_end(tmp_path):
     assert set(comp["head"]) == {"logreg", "svm", "mlp"}
     assert comp["accuracy"].max() > 0.8
     run = json.loads((demo / "out" / "run.json").read_text())
-    meta = json.loads((demo / "features" / run["features_key"] / "meta.json").read_text())
+    meta = json.loads((Path(run["features_folder"]) / "meta.json").read_text())
+    assert Path(run["features_folder"]).parent.parent == (demo / "features").resolve()
     assert meta["n"] == 1797
     assert meta["weights"] == "none"  # offline: the demo fell back, and says so
     assert "RANDOM" in r.stderr and meta["weights_fallback"]

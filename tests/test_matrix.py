@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import colour_image, run_make, write_class_folder
-from extract import Settings, extract_features
+from extract import Settings, extract_features, input_id
 
 
 def test_compare_backbones_writes_the_matrix_and_the_report_shows_it(tmp_path):
@@ -18,7 +18,7 @@ def test_compare_backbones_writes_the_matrix_and_the_report_shows_it(tmp_path):
             "BACKBONES=vgg16,resnet50v2"]
     r = run_make("features", *args)
     assert r.returncode == 0, r.stderr
-    assert {p.name for p in features.iterdir() if not p.name.startswith(".")} == {
+    assert {p.name for p in (features / input_id(src)).iterdir() if not p.name.startswith(".")} == {
         "vgg16-avg-32-none", "resnet50v2-avg-32-none"}
 
     r = run_make("compare", *args, "FOLDS=3")

@@ -34,7 +34,8 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     write_class_folder(root / "in", 10)
     extract.extract_features(root / "in", root / "features", SETTINGS, progress=False, log=quiet)
-    classify.compare(root / "features", SETTINGS, root / "out", folds=3, jobs=1, log=quiet)
+    classify.compare(root / "features", SETTINGS, root / "out", folds=3, jobs=1, log=quiet,
+                     in_dir=root / "in")
     new = root / "new"
     new.mkdir()
     colour_image(COLOURS["red"], seed=5001).save(new / "red.png")
@@ -129,7 +130,8 @@ def test_folders_are_expanded_sorted_without_hidden_files(tmp_path):
 
 
 def test_embed_files_matches_the_cache(trained, tmp_path):
-    emb_cache, rows, _ = extract.read_cache(trained / "features" / SETTINGS.key)
+    emb_cache, rows, _ = extract.read_cache(extract.cache_folder(trained / "features", trained / "in",
+                                                                 SETTINGS.key))
     picks = [0, len(rows) - 1]
     paths = [str(trained / "in" / rows[i]["path"]) for i in picks]
     truncated = tmp_path / "truncated.png"

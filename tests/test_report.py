@@ -77,7 +77,8 @@ def experiment(tmp_path_factory):
     (in_dir / "train" / "red" / "damaged.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     settings = extract.Settings(weights="none", size=64)
     extract.extract_features(in_dir, root / "features", settings, progress=False)
-    classify.compare(root / "features", settings, root / "out", folds=3, jobs=1, log=lambda *a: None)
+    classify.compare(root / "features", settings, root / "out", folds=3, jobs=1, log=lambda *a: None,
+                     in_dir=in_dir)
     return root
 
 

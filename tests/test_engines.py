@@ -1,0 +1,179 @@
+"""PRECISION=auto (calibrated once per machine) and the Ray engine against the local one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import write_class_folder
+from extract import Settings, extract_features, read_cache
+from extract import precision as P
+
+
+def _quiet(*_a, **_k):
+    pass
+
+
+def test_auto_precision_calibrates_once_and_records_its_choice(two_class, tmp_path, monkeypatch):
+    features = tmp_path / "features"
+    logs = []
+    s = extract_features(two_class, features, Settings(weights="none", size=32, precision="auto"),
+                         progress=False, log=logs.append)
+    _, _, meta = read_cache(Path(s.folder))
+    info = meta["precision_auto"]
+    assert info["chosen"] in ("fp32", "bf16") and meta["precision"] == info["chosen"]
+    assert set(info["images_per_second"]) == {"fp32", "bf16"}
+    assert all(v > 0 for v in info["images_per_second"].values())
+    assert info["min_cosine"]["fp32"] == pytest.approx(1.0, abs=1e-6)
+    # the rule: the fastest precision whose vectors agree with fp32
+    ok = [p for p, c in info["min_cosine"].items() if c >= P.MIN_COSINE]
+    assert info["chosen"] == max(ok, key=info["images_per_second"].get)
+    assert s.key == Settings(weights="none", size=32, precision=info["chosen"]).key
+    assert "auto" not in s.key and any("PRECISION=auto" in m for m in logs)
+    remembered = json.loads((features / ".precision.json").read_text())
+    assert [v["chosen"] for m in remembered.values() for v in m.values()] == [info["chosen"]]
+
+    monkeypatch.setattr(P, "calibrate", lambda *a, **k: pytest.fail("calibrated again"))
+    again = extract_features(two_class, features, Settings(weights="none", size=32, precision="auto"),
+                             progress=False, log=_quiet)
+    assert again.key == s.key and (again.computed, again.reused) == (0, 20)
+
+    from classify.cli import settings_from
+    import argparse
+
+    args = argparse.Namespace(backbone="vgg16", weights="none", size=32, pooling="avg",
+                              precision="auto", features=str(features))
+    assert settings_from(args).key == s.key
+
+
+def test_auto_precision_without_a_calibration_is_a_clear_stage_2_error(tmp_path):
+    with pytest.raises(ValueError, match="PRECISION=auto.*make features PRECISION=auto"):
+        P.resolved_without_calibrating(Settings(weights="none", size=32, precision="auto"), tmp_path)
+
+
+def test_calibration_prefers_fp32_when_the_faster_one_disagrees(monkeypatch):
+    """A faster precision whose vectors drift below the cosine bound is not chosen."""
+    import extract.run as R
+
+    def fake_embedder(settings):
+        def run(x):
+            base = np.stack([x.reshape(len(x), -1)[:, :4].sum(1), np.ones(len(x))], 1)
+            if settings.precision == "bf16":
+                base = base[:, ::-1]  # fast but different: cosine far below the bound
+            return base.astype(np.float32)
+        return run
+
+    monkeypatch.setattr(R, "embedder", fake_embedder)
+    monkeypatch.setattr(P, "TIMED_CALLS", 1)
+    images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    info = P.calibrate(Settings(weights="none", size=32), images, "CPU (2 cores)", log=_quiet)
+    assert info["min_cosine"]["bf16"] < P.MIN_COSINE and info["chosen"] == "fp32"
+
+
+# ------------------------------------------------------------------------------------ ENGINE=ray
+
+ray = pytest.importorskip("ray", reason="ENGINE=ray is optional: `make setup-ray` installs it "
+                                        "(make test does)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ray_stops_after_this_module():
+    """Tests here may start Ray in this process; it must not linger for the rest of the suite."""
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def two_hundred(tmp_path_factory):
+    """200 images (red/blue/green) and their cache made by the local engine."""
+    root = tmp_path_factory.mktemp("engines")
+    write_class_folder(root / "in", 67, classes=("red", "blue", "green"))
+    (root / "in" / "green" / "img_066.png").unlink()  # 200 images
+    (root / "in" / "blue" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 10)
+    local = extract_features(root / "in", root / "local", Settings(weights="none", size=32),
+                             progress=False, log=_quiet)
+    assert local.n == 200 and local.rejected == 1
+    return root, local
+
+
+def test_ray_engine_gives_the_local_cache(two_hundred, tmp_path):
+    from conftest import run_make
+
+    root, local = two_hundred
+    features = tmp_path / "features"
+    r = run_make("features", f"IN={root / 'in'}", f"FEATURES={features}", "WEIGHTS=none", "SIZE=32",
+                 "ENGINE=ray", timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "computed 200, reused 0, rejected 1" in r.stdout and "Ray:" in r.stdout
+    folder = Path(r.stdout.strip().splitlines()[-1].split(" -> ")[1])
+    emb, rows, meta = read_cache(folder)
+    ref_emb, ref_rows, _ = read_cache(Path(local.folder))
+    np.testing.assert_allclose(emb, ref_emb, rtol=0, atol=1e-5)
+    assert (folder / "manifest.csv").read_bytes() == (Path(local.folder) / "manifest.csv").read_bytes()
+    assert (folder / "rejected.csv").read_bytes() == (Path(local.folder) / "rejected.csv").read_bytes()
+    assert meta["computed"] == 200 and "CPU" in meta["device"]
+
+
+def test_ray_engine_killed_part_way_resumes(two_hundred, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    root, local = two_hundred
+    features = tmp_path / "features"
+    cmd = [sys.executable, "-m", "extract", "--in", str(root / "in"), "--features", str(features),
+           "--weights", "none", "--size", "32", "--batch", "4", "--engine", "ray", "--quiet",
+           "--flush-seconds", "0"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    partial = Path(local.folder.replace(str(root / "local"), str(features))).parent / ".partial"
+    end = time.time() + 300
+    while time.time() < end and proc.poll() is None:
+        done = 0
+        for shard in partial.rglob("*.npz"):
+            try:
+                with np.load(shard) as data:
+                    done += data["sha256"].shape[0]
+            except Exception:
+                pass
+        if done >= 8:
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    proc.wait()
+    again = extract_features(root / "in", features, Settings(weights="none", size=32),
+                             engine="ray", progress=False, log=_quiet)
+    assert 0 < again.computed < 200 and again.computed + again.reused == 200
+    emb, rows, _ = read_cache(Path(again.folder))
+    ref_emb, ref_rows, _ = read_cache(Path(local.folder))
+    assert rows == ref_rows
+    np.testing.assert_allclose(emb, ref_emb, rtol=0, atol=1e-5)
+
+
+def test_ray_engine_compare_matches_local(two_hundred, tmp_path):
+    from conftest import run_make
+
+    root, _ = two_hundred
+    args = [f"IN={root / 'in'}", f"FEATURES={root / 'local'}", "WEIGHTS=none", "SIZE=32", "FOLDS=3",
+            "HEADS=logreg,svm"]
+    outs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        r = run_make("compare", *args, f"OUT={out}", f"ENGINE={engine}", timeout=600)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        assert ("Ray:" in r.stdout) == (engine == "ray")
+        import pandas as pd
+
+        outs[engine] = pd.read_csv(out / "comparison.csv").drop(columns=["fit_seconds", "cv_seconds"])
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(outs["local"], outs["ray"])
