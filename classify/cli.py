@@ -28,7 +28,7 @@ def settings_from(args):
     from extract.precision import resolved_without_calibrating
 
     settings = Settings(args.backbone, args.weights, args.size, args.pooling, args.precision,
-                        args.layer or None)
+                        getattr(args, "layer", "") or None)  # callers' own namespaces may lack it
     return resolved_without_calibrating(settings, args.features)
 
 
