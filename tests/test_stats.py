@@ -1,0 +1,88 @@
+"""The intervals cover what they claim and the paired tests reject equal heads rarely."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from classify import stats
+
+
+def test_wilson_interval_covers_a_known_accuracy():
+    rng = np.random.default_rng(0)
+    for p, n in ((0.8, 100), (0.97, 60), (0.5, 30)):
+        hits = 0
+        for _ in range(200):
+            low, high = stats.wilson_interval(int(rng.binomial(n, p)), n)
+            hits += low <= p <= high
+        assert hits >= 180, (p, n, hits)  # at least 90% of 200 draws
+    assert stats.wilson_interval(30, 30)[1] == pytest.approx(1.0) and stats.wilson_interval(30, 30)[0] < 0.95
+    assert np.isnan(stats.wilson_interval(0, 0)[0])
+
+
+def _lsq_score(X_train, y_train, X_test, y_test) -> float:
+    """Accuracy of a least-squares linear classifier (fast enough for hundreds of simulations)."""
+    A = np.c_[X_train, np.ones(len(X_train))]
+    w = np.linalg.lstsq(A, 2.0 * y_train - 1, rcond=None)[0]
+    return float(((np.c_[X_test, np.ones(len(X_test))] @ w > 0) == y_test).mean())
+
+
+def _folds(rng, y, folds=5, repeats=2):
+    from sklearn.model_selection import RepeatedStratifiedKFold
+
+    cv = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=int(rng.integers(1e9)))
+    return list(cv.split(np.zeros(len(y)), y))
+
+
+def _two_equal_heads(rng, n=160):
+    """Fold scores of two different heads that are equally good by construction.
+
+    y depends on x1 + x2 + x3 symmetrically; head A sees (x1, x2), head B sees (x1, x3).
+    """
+    X = rng.normal(size=(n, 3))
+    y = (X.sum(1) + rng.normal(scale=1.5, size=n) > 0).astype(int)
+    a, b = [], []
+    for tr, te in _folds(rng, y):
+        a.append(_lsq_score(X[tr][:, [0, 1]], y[tr], X[te][:, [0, 1]], y[te]))
+        b.append(_lsq_score(X[tr][:, [0, 2]], y[tr], X[te][:, [0, 2]], y[te]))
+    return np.array(a), np.array(b)
+
+
+def test_corrected_paired_t_rejects_equal_heads_about_five_percent():
+    rng = np.random.default_rng(1)
+    rejections = sum(stats.corrected_paired_t(*_two_equal_heads(rng), test_fraction=1 / 5) < 0.05
+                     for _ in range(200))
+    assert rejections <= 16, rejections  # about 5% of 200 (10), with room for chance
+
+
+def test_corrected_t_interval_covers_the_true_accuracy():
+    """y = [x + noise > 0]: the best rule, sign(x), is right 3/4 of the time (1 - arccos(1/sqrt 2)/pi)."""
+    rng = np.random.default_rng(2)
+    hits = 0
+    for _ in range(200):
+        X = rng.normal(size=(120, 1))
+        y = (X[:, 0] + rng.normal(size=120) > 0).astype(int)
+        scores = [_lsq_score(X[tr], y[tr], X[te], y[te]) for tr, te in _folds(rng, y)]
+        low, high = stats.corrected_t_interval(scores, 1 / 5)
+        hits += low <= 0.75 <= high
+    assert hits >= 180, hits
+
+
+def test_mcnemar_exact_is_rarely_significant_for_equal_heads():
+    rng = np.random.default_rng(3)
+    rejections = 0
+    for _ in range(200):
+        a = rng.random(150) < 0.85
+        b = rng.random(150) < 0.85
+        rejections += stats.mcnemar_exact(a, b) < 0.05
+    assert rejections <= 16, rejections
+    assert stats.mcnemar_exact([True] * 50, [True] * 50) == 1.0
+    assert stats.mcnemar_exact([True] * 40 + [False] * 10, [False] * 40 + [True] * 10) < 1e-4
+
+
+def test_verdicts_say_tied_unless_the_difference_survives_holm():
+    assert stats.verdicts("svm", {"svm": 1.0, "logreg": 0.04, "mlp": 0.3}) == {
+        "svm": "best", "logreg": "tied", "mlp": "tied"}  # 0.04 x 2 comparisons = 0.08
+    assert stats.verdicts("svm", {"svm": 1.0, "logreg": 0.001, "mlp": 0.3})["logreg"] == "worse"
+    assert stats.corrected_paired_t([1.0] * 5, [1.0] * 5, 0.2) == 1.0
+    assert stats.holm({"a": 0.01, "b": 0.04}) == {"a": 0.02, "b": 0.04}
