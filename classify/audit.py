@@ -39,32 +39,43 @@ def parse(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _folds_for(y: np.ndarray, groups: np.ndarray, folds: int) -> int:
-    """FOLDS, lowered to what the smallest class (counted in duplicate clusters) allows."""
-    smallest = min(len(np.unique(groups[y == c])) for c in np.unique(y))
-    return max(2, min(folds, smallest))
+def _oof_fold(model, X, y, train, test):
+    """One fold of the out-of-fold pass: the MLP's validation share sized on this fold's labels."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    from .compare import _fit_small_validation
+
+    _fit_small_validation(model, y[train])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X[train], y[train])
+    return test, model.predict_proba(X[test])
 
 
 def out_of_fold_probabilities(model, X, y, groups, folds: int, seed: int, jobs: int):
     """Cross-validated class probabilities: each row predicted by a model that never saw it.
 
     The folds are stratified and group-aware (a duplicate cluster is never split), so a
-    mislabelled image cannot be vouched for by its own copy in the training folds.
+    mislabelled image cannot be vouched for by its own copy in the training folds. Their number
+    follows :func:`classify.data.cv_folds`, and each fold sizes the MLP's validation share on
+    its own training part.
 
     Returns:
         (pred_probs (N, K), the classes in column order, the folds used).
     """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+    import joblib
+    from sklearn.base import clone
 
-    folds = _folds_for(y, groups, folds)
-    cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    from .data import cv_folds
+
+    splits, _ = cv_folds(y, groups, folds, seed, log=lambda *_: None)
     classes = np.unique(y)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        warnings.simplefilter("ignore", UserWarning)  # "The least populated class ..." on tiny data
-        probs = cross_val_predict(model, X, y, groups=groups, cv=cv, method="predict_proba", n_jobs=jobs)
-    return probs, classes, folds
+    probs = np.zeros((len(y), len(classes)))
+    results = joblib.Parallel(n_jobs=min(jobs, len(splits)))(
+        joblib.delayed(_oof_fold)(clone(model), X, y, tr, te) for tr, te in splits)
+    for test, p in results:
+        probs[test] = p
+    return probs, classes, len(splits)
 
 
 def label_suspects(man: pd.DataFrame, rows: np.ndarray, role: np.ndarray, probs: np.ndarray,
@@ -104,26 +115,24 @@ def label_suspects(man: pd.DataFrame, rows: np.ndarray, role: np.ndarray, probs:
 
 
 def leakage_scores(models: dict, X, y, role: np.ndarray, leaked: np.ndarray, cluster: np.ndarray,
-                   folds: int, seed: int, jobs: int) -> dict:
-    """Per head: accuracy on the evaluated images, all and without a train duplicate; CV accuracy
-    on the training part with plain stratified folds and with duplicate-cluster-aware folds."""
+                   content: np.ndarray, folds: int, seed: int, jobs: int) -> dict:
+    """Per head: accuracy on the evaluated images, all and without a train duplicate; the CV
+    score (balanced accuracy, as in ``make compare``) on the training part with folds that keep
+    exact copies together (``content``) and with folds that keep duplicate clusters together."""
     import joblib
     from sklearn.base import clone
     from sklearn.metrics import accuracy_score
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     from .compare import _fit
+    from .data import cv_folds
 
     train_idx = np.flatnonzero(role == "train")
     eval_idx = np.flatnonzero(role == "eval")
     yt = y[train_idx]
-    k_plain = _folds_for(yt, np.arange(len(yt)), folds)  # every image its own group
-    k_groups = _folds_for(yt, cluster[train_idx], folds)
-    plain = list(StratifiedKFold(k_plain, shuffle=True, random_state=seed).split(train_idx, yt))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        grouped = list(StratifiedGroupKFold(k_groups, shuffle=True, random_state=seed)
-                       .split(train_idx, yt, cluster[train_idx]))
+    quiet = lambda *_: None  # noqa: E731
+    plain = cv_folds(yt, content[train_idx], folds, seed, log=quiet)[0]  # exact copies together
+    grouped = cv_folds(yt, cluster[train_idx], folds, seed, log=quiet)[0]
+    k_plain, k_groups = len(plain), len(grouped)
     tasks = []
     for name, model in models.items():
         tasks.append((name, ("fit", -1), clone(model), train_idx, None))
@@ -256,7 +265,8 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
     """
     from extract.cache import write_csv, write_json
 
-    from .data import DataError, assign_split, load_features
+    from .data import (DataError, assign_split, content_key, describe_conflict, label_conflicts,
+                       load_features, unit_ids)
     from .dups import cached_duplicates
     from .heads import make_heads, select_heads
 
@@ -272,8 +282,12 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
     X, y = feats.X, man["label"].to_numpy()
     jobs = jobs or os.cpu_count() or 1
 
+    conflicts = label_conflicts(man)
+    for conflict in conflicts:
+        log(describe_conflict(conflict))
     dups = cached_duplicates(X, man["sha256"], dup_threshold, Path(out_dir) / ".dups")
-    cluster = dups.groups()
+    content = unit_ids(content_key(man))  # exact copies
+    cluster = unit_ids(content_key(man), dups.groups())  # joined with near-duplicates
     p = dups.pairs
     i, j = p["i"].to_numpy(int), p["j"].to_numpy(int)
     col = {c: man[c].astype(str).to_numpy() for c in ("path", "label", "split")}
@@ -295,9 +309,6 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
     proba_name = next((n for n in models if n in PROBA_HEADS), "logreg")
     proba_model = models.get(proba_name) or make_heads(seed)[proba_name]
     rows = np.flatnonzero(role != "unused")
-    from .compare import _fit_small_validation
-
-    _fit_small_validation(proba_model, y[rows])
     probs, classes, oof_folds = out_of_fold_probabilities(proba_model, X[rows], y[rows], cluster[rows],
                                                           folds, seed, jobs)
     suspects = label_suspects(man, rows, role, probs, classes)
@@ -306,7 +317,7 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
 
     if not (role == "train").any() or not (role == "eval").any():
         raise DataError("the audit needs both training and evaluated images; see make compare")
-    scores = leakage_scores(models, X, y, role, leaked, cluster, folds, seed, jobs)
+    scores = leakage_scores(models, X, y, role, leaked, cluster, content, folds, seed, jobs)
 
     out = Path(out_dir) / "audit"
     out.mkdir(parents=True, exist_ok=True)
@@ -332,6 +343,7 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
             "clusters": int((sizes > 1).sum()), "images_in_clusters": int(sizes[sizes > 1].sum()),
             "eval_with_train_duplicate": int(leaked.sum()),
         },
+        "label_conflicts": conflicts,
         "label_suspects": {"count": int(len(suspects)),
                            "cleanlab_issues": int(suspects["cleanlab_issue"].sum()),
                            "head": proba_name, "folds": oof_folds,

@@ -10,6 +10,7 @@ import os
 import platform
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import joblib
@@ -18,15 +19,16 @@ import pandas as pd
 import sklearn
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, classification_report, f1_score
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, classification_report
 
 from extract.cache import atomic_write, write_csv, write_json
 from extract.model import Settings
 
-from .data import DataError, Features, assign_split, load_features
-from .dups import cached_duplicates, group_roles
-from .heads import scores, select_heads
+from .data import (DataError, Features, assign_split, check_coverage, content_key, copies_across,
+                   cv_folds, describe_conflict, label_conflicts, load_features, unit_ids)
+from .dups import cached_duplicates
+from .heads import decision_values, scores, select_heads
+from .outdir import check_out_dir, new_run
 
 TIMING_COLUMNS = ["fit_seconds", "cv_seconds"]
 
@@ -41,7 +43,21 @@ def _fit(name: str, fold: int, model, X, y, train_idx, test_idx):
     seconds = time.perf_counter() - t0
     if test_idx is None:
         return name, fold, model, seconds
-    return name, fold, accuracy_score(y[test_idx], model.predict(X[test_idx])), seconds
+    return name, fold, cv_score(y[test_idx], model.predict(X[test_idx])), seconds
+
+
+CV_METRIC = "balanced_accuracy"
+
+
+def cv_score(y_true, y_pred) -> float:
+    """The cross-validation score (and ``balanced_accuracy``): the mean recall of the classes.
+
+    It equals accuracy on balanced data and does not reward ignoring a small class; ``cv_mean``
+    picks the best head (predict's default, the report's mark).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a class predicted but absent from the fold
+        return float(balanced_accuracy_score(y_true, y_pred))
 
 
 def _fit_small_validation(model, y_train) -> None:
@@ -62,67 +78,96 @@ def _fit_small_validation(model, y_train) -> None:
             est.set_params(validation_fraction=min(0.5, need))
 
 
-def _check_classes(y_train: np.ndarray, folds: int, log) -> int:
-    labels, counts = np.unique(y_train, return_counts=True)
-    if len(labels) < 2:
-        raise DataError(
-            f"only one class ({labels[0] if len(labels) else 'none'!r}) has training images; "
-            "a classifier needs at least two class folders under IN"
-        )
-    smallest = int(counts.min())
-    if smallest < 2:
-        raise DataError(
-            f"class {labels[counts.argmin()]!r} has {smallest} training image; cross-validation "
-            "needs at least 2 per class: add images to it or remove its folder"
-        )
-    if folds < 2:
-        raise DataError(f"FOLDS must be at least 2; received {folds}")
-    if smallest < folds:
-        log(f"warning: class {labels[counts.argmin()]!r} has only {smallest} training images, "
-            f"fewer than FOLDS={folds}; using {smallest}-fold cross-validation")
-        return smallest
-    return folds
+# Every type a saved model may contain beyond those skops trusts by default. Loading refuses a
+# file that holds any other (see load_model); a new field of a head with a new type must be added.
+TRUSTED_TYPES = (
+    "classify.heads.CalibratedSVC",
+    "classify.heads.GramRBFSVC",
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+)
+MODEL_SUFFIX = ".skops"
 
 
 def model_sidecar(path: Path) -> Path:
+    """The JSON file beside a model: its metadata, readable without loading the model."""
     return Path(path).with_suffix(".json")
 
 
 def save_model(path: Path, bundle: dict) -> None:
-    """Saves a head with its metadata, and a JSON sidecar holding the file's SHA-256.
+    """Saves a head (``bundle["model"]``) with its metadata as a skops file, and a JSON sidecar.
 
-    :func:`load_model` refuses a joblib file whose hash does not match its sidecar: joblib
-    (pickle) files run code when loaded, so only files this tool wrote are opened.
+    skops' format stores the objects' state, never code: loading it builds only types on an
+    explicit list (:data:`TRUSTED_TYPES` and skops' own defaults), so a replaced file cannot run
+    anything. The sidecar repeats the metadata (and the file's SHA-256, which tells a changed
+    file from the one this run wrote; it is not what keeps loading safe).
     """
-    buf = io.BytesIO()
-    joblib.dump(bundle, buf)
-    data = buf.getvalue()
+    import skops.io as sio
+
+    data = sio.dumps(bundle)
     atomic_write(path, lambda fh: fh.write(data))
-    digest = hashlib.sha256(data).hexdigest()
     info = {k: v for k, v in bundle.items() if k != "model"}
-    info["sha256"] = digest
+    info["sha256"] = hashlib.sha256(data).hexdigest()
+    info["format"] = "skops"
     write_json(model_sidecar(path), info)
 
 
-def load_model(path) -> dict:
-    """Loads a head saved by :func:`save_model` after checking its hash.
+def read_sidecar(path) -> dict:
+    """The JSON object of a model's sidecar.
 
     Raises:
-        DataError: the file or its sidecar is missing, or the hash differs.
+        DataError: missing, not JSON, or JSON that is not an object.
     """
-    path = Path(path)
     side = model_sidecar(path)
-    if not path.is_file() or not side.is_file():
-        raise DataError(f"model {path} (with its sidecar {side.name}) not found; run make compare first")
-    expected = json.loads(side.read_text(encoding="utf-8")).get("sha256")
-    data = path.read_bytes()  # hashed and loaded from the same bytes
+    try:
+        info = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DataError(f"cannot read {side} ({err}); it must be the JSON object make compare writes "
+                        f"beside {Path(path).name}: run make compare to re-create both") from None
+    if not isinstance(info, dict):
+        raise DataError(f"{side} holds a JSON {type(info).__name__}, not a JSON object; it must be "
+                        f"the object make compare writes beside {Path(path).name}: run make compare "
+                        "to re-create both")
+    return info
+
+
+def load_model(path) -> dict:
+    """Loads a head saved by :func:`save_model`, building only trusted types.
+
+    Raises:
+        DataError: the file or its sidecar is missing or damaged, the file changed since it was
+            written, is not a skops file (e.g. a pickle), or holds a type that is not trusted.
+    """
+    import skops.io as sio
+
+    path = Path(path)
+    if not path.is_file() or not model_sidecar(path).is_file():
+        raise DataError(f"model {path} (with its sidecar {model_sidecar(path).name}) not found; "
+                        "run make compare first")
+    expected = read_sidecar(path).get("sha256")
+    data = path.read_bytes()  # checked and loaded from the same bytes
+    redo = "run make compare to re-create it"
     if expected != hashlib.sha256(data).hexdigest():
-        raise DataError(
-            f"refusing to load {path}: its SHA-256 does not match {side.name}, so it changed "
-            "after this tool wrote it (joblib files run code when loaded); run make compare to "
-            "re-create it"
-        )
-    return joblib.load(io.BytesIO(data))
+        raise DataError(f"refusing to load {path}: its SHA-256 does not match "
+                        f"{model_sidecar(path).name}, so it changed after this tool wrote it; {redo}")
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise DataError(f"refusing to load {path}: it is not a skops model file (a pickle, perhaps; "
+                        f"this tool never opens pickles, because they run code when loaded); {redo}")
+    try:
+        untrusted = sorted(set(sio.get_untrusted_types(data=data)) - set(TRUSTED_TYPES))
+    except Exception as err:  # a damaged or hand-made archive: any parsing error
+        raise DataError(f"refusing to load {path}: not a readable skops file ({err}); {redo}") from None
+    if untrusted:
+        raise DataError(f"refusing to load {path}: it holds untrusted type(s) {', '.join(untrusted)}, "
+                        f"which this tool never writes; {redo}")
+    try:
+        bundle = sio.loads(data, trusted=list(TRUSTED_TYPES))
+    except Exception as err:
+        raise DataError(f"refusing to load {path}: skops cannot load it ({err}); {redo}") from None
+    if not isinstance(bundle, dict):
+        raise DataError(f"{path} does not hold a saved head (a dict with the model); {redo}")
+    return bundle
 
 
 def format_table(df: pd.DataFrame) -> str:
@@ -139,7 +184,13 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             seed: int = 42, test_size: float = 0.2, folds: int = 5, jobs: int | None = None,
             in_dir: str = "in", fallback_none: bool = False, log=print, groups: str = "none",
             dup_threshold="auto", dataset: str | None = None) -> pd.DataFrame:
-    """Trains, cross-validates and evaluates the heads; writes everything under ``out_dir``.
+    """Trains, cross-validates and evaluates the heads; writes one whole run to ``out_dir``.
+
+    The run is written into a temporary folder beside ``out_dir`` and swapped into place when
+    complete (see :mod:`classify.outdir`). Exact copies of a file always stay on one side of the
+    hold-out and in one CV fold; copies filed under different labels are reported as label
+    conflicts. Classes are checked before anything is fitted (see
+    :func:`classify.data.check_coverage`). CV folds are scored by balanced accuracy.
 
     Args:
         features_dir: the cache root (FEATURES).
@@ -154,7 +205,8 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         fallback_none: (demo) use the random-weights cache when the ImageNet one is missing.
         log: where messages go.
         groups: ``none``, or ``dups`` (GROUPS): keep each duplicate cluster (exact or near,
-            see :mod:`classify.dups`) on one side of the hold-out and of every CV fold.
+            see :mod:`classify.dups`) on one side of the hold-out and in one CV fold, with the
+            balanced rule of :func:`classify.data.balanced_holdout`.
         dup_threshold: ``auto`` or a cosine similarity (DUP_THRESHOLD); decides which evaluated
             images have a near-duplicate in the training part (``accuracy_no_dups``).
         dataset: ``DATASET``, the input's folder name under FEATURES when not derived from IN.
@@ -163,13 +215,15 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         The comparison table (also written to ``out_dir/comparison.csv``).
 
     Raises:
-        DataError: missing or damaged features, too few classes or images.
+        DataError: missing or damaged features, a class with evaluated but no training images,
+            too few classes or images, an OUT that cannot be replaced as a whole.
         ValueError: an unknown head.
     """
     t_start = time.perf_counter()
     models = select_heads(heads, seed)
     if groups not in ("none", "dups"):
         raise ValueError(f"GROUPS must be 'none' or 'dups'; received {groups!r}")
+    check_out_dir(out_dir)
     feats: Features = load_features(features_dir, settings, in_dir=in_dir, fallback_none=fallback_none,
                                     dataset=dataset)
     man = feats.manifest
@@ -178,48 +232,91 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             f"{feats.folder} holds one class only ({man['label'].iloc[0]!r}); a classifier needs "
             "at least two class folders under IN"
         )
-    role, split_rule = assign_split(man, test_size, seed)
+    conflicts = label_conflicts(man)
+    for conflict in conflicts:
+        log(describe_conflict(conflict))
     dups = cached_duplicates(feats.X, man["sha256"], dup_threshold, Path(out_dir) / ".dups")
     cluster = dups.groups()
-    if groups == "dups":
-        role, moved = group_roles(role, cluster, man, seed)
-        split_rule += (f"; duplicate clusters kept on one side ({moved} images moved)" if moved
-                       else "; duplicate clusters kept on one side of every CV fold")
+    role, split_rule = assign_split(man, test_size, seed, units=cluster if groups == "dups" else None)
+    unit = "duplicate clusters" if groups == "dups" else "exact copies"
+    side = "" if (man["split"] != "").any() else " on one side and"  # split folders are the user's
+    split_rule += f"; {unit} kept whole{side} in one fold"
+    crossing = copies_across(man, role)
+    if crossing:
+        log(f"warning: {len(crossing)} evaluated images are exact copies of training images (e.g. "
+            f"{crossing[0]}); split folders are your decision and are kept, so accuracy counts them: "
+            "read accuracy_no_dups, or delete the copies or move them into one split")
+    class_names = check_coverage(man, role, log)
     train_idx = np.flatnonzero(role.to_numpy() == "train")
     eval_idx = np.flatnonzero(role.to_numpy() == "eval")
+    if len(class_names) < 2:
+        raise DataError(f"only {len(class_names)} class ({', '.join(map(repr, class_names))}) has "
+                        "training images; a classifier needs at least two: add images")
     if not len(eval_idx):
-        raise DataError("no images to evaluate on: add images, or a test/ folder beside train/")
-    y = man["label"].to_numpy()
-    folds = _check_classes(y[train_idx], folds, log)
-    if groups == "dups":
-        n_groups = len(np.unique(cluster[train_idx]))
-        if n_groups < folds:
-            raise DataError(f"GROUPS=dups leaves {n_groups} duplicate clusters in the training part, "
-                            f"fewer than FOLDS={folds}; use fewer FOLDS or GROUPS=none")
+        raise DataError("no images to evaluate on: add images (a class needs 3 different ones to "
+                        "hold one out), or a test/ folder beside train/")
+    y = man["label"].astype(str).to_numpy()
+    fold_groups = _fold_groups(man, cluster if groups == "dups" else None)
+    fold_list, fold_of = cv_folds(y[train_idx], fold_groups[train_idx], folds, seed, log)
     X = feats.X
-    leaked = dups.partners_in(role.to_numpy() == "train")[eval_idx]  # eval image with a train duplicate
-
-    out = Path(out_dir)
-    for sub in ("reports", "models", "figures"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    # Outputs of an earlier run with other heads or classes must not pass for this run's.
-    for stale in [*(out / "figures").glob("*.png"), *(out / "models").glob("*"),
-                  *(out / "reports").glob("*")]:
-        if stale.is_file() and (stale.parent.name == "figures" or stale.stem not in models):
-            stale.unlink()
-    write_csv(out / "split.csv", ["path", "label", "role"],
-              zip(man["path"], man["label"], role.replace("", "unused")))
-
     log(f"features {feats.key}: {len(man)} images, {X.shape[1]} dims; {split_rule}; "
-        f"{len(train_idx)} train, {len(eval_idx)} evaluated; {folds}-fold CV; heads {', '.join(models)}")
-    if groups == "dups":
-        cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-        fold_list = list(cv.split(train_idx, y[train_idx], cluster[train_idx]))
-    else:
-        cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-        fold_list = list(cv.split(train_idx, y[train_idx]))
+        f"{len(train_idx)} train, {len(eval_idx)} evaluated; {len(fold_list)}-fold CV; "
+        f"heads {', '.join(models)}")
+    leaked = dups.partners_in(role.to_numpy() == "train")[eval_idx]  # eval image with a train duplicate
     log(f"duplicates: {dups.rule}; {int(leaked.sum())} of {len(eval_idx)} evaluated images have "
         "a duplicate in the training part")
+
+    n_jobs = jobs or os.cpu_count() or 1
+    fitted, cv_scores, fit_seconds, cv_seconds = _fit_all(models, X, y, train_idx, fold_list, n_jobs)
+    with new_run(out_dir) as out:
+        fold_col = np.full(len(man), "", dtype=object)
+        fold_col[train_idx] = fold_of.astype(str)
+        write_csv(out / "split.csv", ["path", "label", "role", "fold"],
+                  zip(man["path"], man["label"], role.replace("", "unused"), fold_col))
+        comparison = _evaluate(out, fitted, cv_scores, fit_seconds, cv_seconds, X, y, man, eval_idx,
+                               leaked, class_names, feats, split_rule, seed, len(train_idx))
+        from . import figures
+
+        figure_names = figures.write_figures(out / "figures", fitted, X[eval_idx], y[eval_idx], class_names)
+        write_json(out / "run.json", {
+            "features_key": feats.key,
+            "features_folder": str(feats.folder.resolve()),
+            "extraction": _settings_of(feats.meta),
+            "weights_fallback": feats.meta.get("weights_fallback"),
+            "heads": list(models),
+            "seed": seed, "test_size": test_size, "folds": len(fold_list), "jobs": n_jobs,
+            "cv_metric": CV_METRIC,
+            "split_rule": split_rule,
+            "groups": groups,
+            "duplicates": {"threshold": dups.threshold if np.isfinite(dups.threshold) else None,
+                           "rule": dups.rule,
+                           "pairs": len(dups.pairs), "eval_with_train_duplicate": int(leaked.sum())},
+            "label_conflicts": conflicts,
+            "n_images": len(man), "n_train": len(train_idx), "n_eval": len(eval_idx),
+            "class_names": class_names,
+            "figures": figure_names,
+            "seconds": round(time.perf_counter() - t_start, 3),
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "versions": _versions(),
+        })
+    return comparison
+
+
+def _fold_groups(man: pd.DataFrame, cluster) -> np.ndarray:
+    """The unit the folds never split: an image with its exact copies, joined with its duplicate
+    cluster under GROUPS=dups."""
+    keys = [content_key(man)]
+    if cluster is not None:
+        keys.append(cluster)
+    return unit_ids(*keys)
+
+
+def _fit_all(models: dict, X, y, train_idx, fold_list, n_jobs: int):
+    """Fits every head on every CV fold and on the whole training part, in parallel.
+
+    Returns:
+        ({head: fitted model}, {head: [fold scores]}, {head: fit seconds}, {head: CV seconds}).
+    """
     tasks = []
     for name, model in models.items():
         for k, (tr, te) in enumerate(fold_list):
@@ -227,85 +324,85 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         tasks.append((name, -1, clone(model), train_idx, None))
     # The SVM's tasks are the longest: start them first so the workers finish together.
     tasks.sort(key=lambda t: (t[0] != "svm", t[0], t[1]))
-    n_jobs = jobs or os.cpu_count() or 1
     results = joblib.Parallel(n_jobs=min(n_jobs, len(tasks)))(
         joblib.delayed(_fit)(name, k, model, X, y, tr, te) for name, k, model, tr, te in tasks)
-
-    fitted, cv_scores, cv_seconds, fit_seconds = {}, {n: {} for n in models}, dict.fromkeys(models, 0.0), {}
+    fitted, fit_seconds = {}, {}
+    cv_scores, cv_seconds = {n: {} for n in models}, dict.fromkeys(models, 0.0)
     for name, k, value, seconds in results:
         if k < 0:
             fitted[name], fit_seconds[name] = value, seconds
         else:
             cv_scores[name][k] = value
             cv_seconds[name] += seconds
+    fitted = {name: fitted[name] for name in models}
+    cv_scores = {name: np.array([v for _, v in sorted(cv_scores[name].items())]) for name in models}
+    return fitted, cv_scores, fit_seconds, cv_seconds
 
-    class_names = feats.class_names
+
+def _evaluate(out: Path, fitted: dict, cv_scores: dict, fit_seconds: dict, cv_seconds: dict, X, y,
+              man: pd.DataFrame, eval_idx, leaked, class_names: list[str], feats: Features,
+              split_rule: str, seed: int, n_train: int) -> pd.DataFrame:
+    """Scores every fitted head on the evaluated images and writes comparison.csv,
+    predictions.csv, reports/ and models/ under ``out``.
+
+    macro-F1 has one definition: the unweighted mean of the per-class F1 over the model's
+    classes (``class_names``), read from the same classification report that is written.
+    """
+    for sub in ("reports", "models"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
     y_eval = y[eval_idx]
     pred = pd.DataFrame({"path": man["path"].to_numpy()[eval_idx], "label": y_eval})
     rows = []
-    fitted = {name: fitted[name] for name in models}
     for name, model in fitted.items():
+        if list(model.classes_) != class_names:
+            raise RuntimeError(f"head {name} learnt classes {list(model.classes_)}, not {class_names}")
         labels, score = scores(model, X[eval_idx])
         pred[name] = labels
         pred[f"{name}_score"] = np.round(score.astype(float), 6)
-        folds_acc = np.array([cv_scores[name][k] for k in sorted(cv_scores[name])])
+        decision = decision_values(model, X[eval_idx], labels)
+        if decision is not None:
+            pred[f"{name}_decision"] = np.round(decision.astype(float), 6)
+        report = classification_report(y_eval, labels, labels=class_names, zero_division=0, output_dict=True)
+        report_txt = classification_report(y_eval, labels, labels=class_names, zero_division=0, digits=4)
+        folds_score = cv_scores[name]
         rows.append({
             "head": name,
             "accuracy": accuracy_score(y_eval, labels),
             "accuracy_no_dups": (accuracy_score(y_eval[~leaked], labels[~leaked]) if (~leaked).any()
                                  else float("nan")),
-            "balanced_accuracy": balanced_accuracy_score(y_eval, labels),
-            "macro_f1": f1_score(y_eval, labels, average="macro"),
-            "cv_mean": float(folds_acc.mean()),
-            "cv_std": float(folds_acc.std()),
-            "n_train": len(train_idx),
+            "balanced_accuracy": cv_score(y_eval, labels),
+            "macro_f1": float(report["macro avg"]["f1-score"]),
+            "cv_mean": float(folds_score.mean()),
+            "cv_std": float(folds_score.std()),
+            "n_train": n_train,
             "n_eval": len(eval_idx),
             "n_eval_no_dups": int((~leaked).sum()),
             "fit_seconds": round(fit_seconds[name], 3),
             "cv_seconds": round(cv_seconds[name], 3),
         })
-        report_txt = classification_report(y_eval, labels, labels=class_names, zero_division=0, digits=4)
-        report = classification_report(y_eval, labels, labels=class_names, zero_division=0, output_dict=True)
         (out / "reports" / f"{name}.txt").write_text(
             f"head: {name}\nfeatures: {feats.key}\nevaluated on {len(eval_idx)} images ({split_rule})\n\n"
             + report_txt, encoding="utf-8")
         write_json(out / "reports" / f"{name}.json", report)
-        save_model(out / "models" / f"{name}.joblib", {
+        save_model(out / "models" / f"{name}{MODEL_SUFFIX}", {
             "model": model, "head": name, "class_names": class_names,
             "features_key": feats.key, "settings": _settings_of(feats.meta),
-            "seed": seed, "cv_mean": float(folds_acc.mean()),
+            "seed": seed, "cv_mean": float(folds_score.mean()), "cv_metric": CV_METRIC,
             "sklearn": sklearn.__version__,
         })
     comparison = pd.DataFrame(rows)
     write_csv(out / "comparison.csv", list(comparison.columns), comparison.itertuples(index=False))
     pred = pred.sort_values("path", kind="stable")
     write_csv(out / "predictions.csv", list(pred.columns), pred.itertuples(index=False))
-
-    from .figures import write_figures
-
-    figures = write_figures(out / "figures", fitted, X[eval_idx], y_eval, class_names)
-    write_json(out / "run.json", {
-        "features_key": feats.key,
-        "features_folder": str(feats.folder.resolve()),
-        "extraction": _settings_of(feats.meta),
-        "weights_fallback": feats.meta.get("weights_fallback"),
-        "heads": list(models),
-        "seed": seed, "test_size": test_size, "folds": folds, "jobs": n_jobs,
-        "split_rule": split_rule,
-        "groups": groups,
-        "duplicates": {"threshold": dups.threshold if np.isfinite(dups.threshold) else None,
-                       "rule": dups.rule,
-                       "pairs": len(dups.pairs), "eval_with_train_duplicate": int(leaked.sum())},
-        "n_images": len(man), "n_train": len(train_idx), "n_eval": len(eval_idx),
-        "class_names": class_names,
-        "figures": figures,
-        "seconds": round(time.perf_counter() - t_start, 3),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": {"python": platform.python_version(), "numpy": np.__version__,
-                     "pandas": pd.__version__, "scikit-learn": sklearn.__version__,
-                     "joblib": joblib.__version__},
-    })
     return comparison
+
+
+def _versions() -> dict:
+    import skops
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__,
+            "scikit-learn": sklearn.__version__, "joblib": joblib.__version__,
+            "skops": skops.__version__}
 
 
 def _settings_of(meta: dict) -> dict:

@@ -263,34 +263,24 @@ def find_duplicates(X, sha, threshold="auto", block: int = BLOCK) -> Duplicates:
     return Duplicates(pairs, float(t), rule, nn, n)
 
 
-def group_roles(role: pd.Series, cluster: np.ndarray, manifest: pd.DataFrame,
+def group_roles(manifest: pd.DataFrame, cluster: np.ndarray, test_size: float,
                 seed: int) -> tuple[pd.Series, int]:
-    """Puts every duplicate cluster on one side of a seeded hold-out (``GROUPS=dups``).
+    """The hold-out of ``GROUPS=dups``: whole duplicate clusters, in a balanced share.
 
-    A cluster whose members were split between ``train`` and ``eval`` moves, as a whole, to the
-    side of the member that comes first in the hold-out's own seeded hash order, so the choice is
-    reproducible. Split folders are the user's decision and are left as they are (the leakage
-    then shows in ``accuracy_no_dups`` and in ``make audit``).
+    Each cluster (joined with the exact copies of its members) goes to one side as a whole, by
+    the rule of :func:`classify.data.balanced_holdout`: the evaluated share stays close to
+    ``test_size`` overall and per class, and no class loses its training images (a class that is
+    one cluster stays in training). Split folders are the user's decision and are left as they
+    are (the leakage then shows in ``accuracy_no_dups`` and in ``make audit``).
 
     Returns:
-        (the new roles, how many images changed side).
+        (the roles, how many images are on another side than in the plain hold-out).
     """
-    if (manifest["split"].astype(str) != "").any():
-        return role, 0
-    from .data import _rank
+    from .data import assign_split
 
-    values = role.to_numpy().copy()
-    sha = manifest["sha256"].astype(str).to_numpy()
-    paths = manifest["path"].astype(str).to_numpy()
-    moved = 0
-    for members in pd.Series(np.arange(len(values))).groupby(np.asarray(cluster)).groups.values():
-        members = np.asarray(members)
-        if len(members) < 2 or len(set(values[members]) - {""}) < 2:
-            continue
-        first = min(members, key=lambda i: _rank(seed, sha[i], paths[i]))
-        moved += int((values[members] != values[first]).sum())
-        values[members] = values[first]
-    return pd.Series(values, index=role.index), moved
+    plain, _ = assign_split(manifest, test_size, seed)
+    role, _ = assign_split(manifest, test_size, seed, units=np.asarray(cluster))
+    return role, int((role != plain).sum())
 
 
 def cached_duplicates(X, sha, threshold="auto", cache_dir=None, block: int = BLOCK) -> Duplicates:

@@ -24,7 +24,8 @@ def _save(fig, path: Path) -> str:
 
 def write_figures(folder: Path, models: dict, X_eval: np.ndarray, y_eval: np.ndarray,
                   class_names: list[str]) -> list[str]:
-    """Writes confusion_matrices.png, roc.png (two classes) and mlp_history.png (MLP head).
+    """Writes confusion_matrices.png, roc.png (two classes, both evaluated) and mlp_history.png
+    (MLP head).
 
     Returns:
         The file names written.
@@ -43,7 +44,7 @@ def write_figures(folder: Path, models: dict, X_eval: np.ndarray, y_eval: np.nda
     fig.suptitle("Confusion matrices on the evaluated images (rows: true, columns: predicted)")
     written.append(_save(fig, folder / "confusion_matrices.png"))
 
-    if len(class_names) == 2:
+    if len(class_names) == 2 and len(set(np.asarray(y_eval))) == 2:  # a ROC needs both classes
         fig, ax = plt.subplots(figsize=(5, 5))
         y_bin = (np.asarray(y_eval) == class_names[1]).astype(int)
         for name, model in models.items():

@@ -75,11 +75,91 @@ class GramRBFSVC(ClassifierMixin, BaseEstimator):
         return self._blocks(X, "predict")
 
 
+class CalibratedSVC(ClassifierMixin, BaseEstimator):
+    """:class:`GramRBFSVC` with probabilities calibrated on held-out folds (Platt's sigmoid).
+
+    ``SVC(probability=True)`` is deprecated in scikit-learn; this does the same job with
+    :class:`~sklearn.calibration.CalibratedClassifierCV` (``method="sigmoid"``,
+    ``ensemble=False``): the SVM's decision values on ``folds`` held-out folds fit the sigmoid,
+    and the SVM used for predictions is fitted on all the data. The folds are stratified and keep
+    identical rows (exact copies of an image have identical embeddings) in one fold, and are
+    lowered to what the smallest class allows. ``predict`` returns the most probable class, so
+    a label and its score always agree.
+
+    Args:
+        C: regularisation of the SVM.
+        gamma: "scale" or a positive float, as in :class:`GramRBFSVC`.
+        folds: calibration folds (at most; fewer when a class is smaller).
+        random_state: seeds the SVM and the calibration folds.
+    """
+
+    def __init__(self, C: float = 1.0, gamma="scale", folds: int = 3, random_state=None):
+        self.C = C
+        self.gamma = gamma
+        self.folds = folds
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        from sklearn.calibration import CalibratedClassifierCV
+
+        y = np.asarray(y)
+        self.classes_ = unique_labels(y)
+        svm = GramRBFSVC(C=self.C, gamma=self.gamma, random_state=self.random_state)
+        folds = self._calibration_folds(X, y)
+        if folds is None:  # a class of one distinct image: nothing to hold out
+            from sklearn.frozen import FrozenEstimator
+
+            every = np.arange(len(y))
+            self.calibrated_ = CalibratedClassifierCV(FrozenEstimator(svm.fit(X, y)), method="sigmoid",
+                                                      cv=[(every, every)]).fit(X, y)
+        else:
+            self.calibrated_ = CalibratedClassifierCV(svm, method="sigmoid", ensemble=False,
+                                                      cv=folds).fit(X, y)
+        self.n_features_in_ = np.asarray(X).shape[1]
+        return self
+
+    def _calibration_folds(self, X, y):
+        """Stratified folds over groups of identical rows, as many as the smallest class allows.
+
+        Returns None when a class has a single distinct row: the sigmoid is then fitted on the
+        training rows' own decision values (in-sample, over-confident). This happens only in CV
+        folds of tiny classes; the saved heads have at least 2 images per class (see
+        :func:`classify.data.cv_folds`).
+
+        Raises:
+            ValueError: no folds give every class training rows.
+        """
+        from .data import stratified_group_folds
+
+        rows = np.unique(np.asarray(X, np.float32), axis=0, return_inverse=True)[1].ravel()
+        smallest = min(len(np.unique(rows[y == c])) for c in self.classes_)
+        if smallest < 2:
+            return None
+        for k in range(min(self.folds, smallest), 1, -1):
+            splits, _ = stratified_group_folds(y, rows, k, self.random_state or 0)
+            if all(len(np.unique(y[tr])) == len(self.classes_) for tr, _ in splits):
+                return splits
+        raise ValueError("no calibration folds give every class training images; add images to "
+                         "the smallest class")
+
+    def predict_proba(self, X):
+        check_is_fitted(self, "calibrated_")
+        return self.calibrated_.predict_proba(X)
+
+    def predict(self, X):
+        return self.classes_[self.predict_proba(X).argmax(1)]
+
+    def decision_function(self, X):
+        """The SVM's raw decision values (margins), as ``SVC.decision_function`` gives them."""
+        check_is_fitted(self, "calibrated_")
+        return self.calibrated_.calibrated_classifiers_[0].estimator.decision_function(X)
+
+
 def make_heads(seed: int) -> dict:
     """Returns the registry of heads, each a fresh unfitted pipeline seeded by ``seed``."""
     return {
         "logreg": make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed)),
-        "svm": make_pipeline(StandardScaler(), GramRBFSVC(C=1.0, random_state=seed)),
+        "svm": make_pipeline(StandardScaler(), CalibratedSVC(C=1.0, random_state=seed)),
         "mlp": make_pipeline(StandardScaler(), MLPClassifier(
             hidden_layer_sizes=(128,), activation="relu", early_stopping=True,
             validation_fraction=0.1, n_iter_no_change=10, max_iter=200, random_state=seed)),
@@ -106,27 +186,31 @@ def select_heads(spec: str, seed: int) -> dict:
 
 
 def scores(model, X) -> tuple[np.ndarray, np.ndarray]:
-    """Predicts and returns (labels, score of the predicted class, per row).
+    """Predicts and returns (labels, calibrated probability of the predicted class, per row).
 
-    The score is the predicted class's probability for heads that have ``predict_proba``
-    (logreg, mlp), and the SVM's decision value otherwise (a signed distance from the margin:
-    larger is surer, not a probability).
+    Every head gives probabilities (logreg and mlp natively, the SVM through
+    :class:`CalibratedSVC`), so a score means the same thing in every column.
     """
-    if hasattr(model, "predict_proba"):
-        proba = model.predict_proba(X)
-        idx = proba.argmax(1)
-        return model.classes_[idx], proba[np.arange(len(idx)), idx]
-    dec = model.decision_function(X)
+    proba = model.predict_proba(X)
+    idx = proba.argmax(1)
+    return model.classes_[idx], proba[np.arange(len(idx)), idx]
+
+
+def decision_values(model, X, labels) -> np.ndarray | None:
+    """The raw decision value behind each row's predicted label, or None for heads without one.
+
+    Two classes: the signed value for the second class (positive means it). More classes: the
+    one-vs-rest value of the predicted class. Larger is surer; it is not a probability.
+    """
+    if not isinstance(model[-1] if hasattr(model, "steps") else model, CalibratedSVC):
+        return None
+    dec = np.asarray(model.decision_function(X))
     if dec.ndim == 1:
-        labels = model.classes_[(dec > 0).astype(int)]
-        return labels, np.abs(dec)
-    labels = model.predict(X)
+        return dec
     idx = np.searchsorted(model.classes_, labels)
-    return labels, dec[np.arange(len(idx)), idx]
+    return dec[np.arange(len(idx)), idx]
 
 
 def positive_scores(model, X) -> np.ndarray:
-    """A continuous score for the second class (for ROC curves of two-class problems)."""
-    if hasattr(model, "predict_proba"):
-        return model.predict_proba(X)[:, 1]
-    return model.decision_function(X)
+    """The probability of the second class (for ROC curves of two-class problems)."""
+    return model.predict_proba(X)[:, 1]

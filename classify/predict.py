@@ -73,14 +73,22 @@ def models_dir(out_dir) -> Path:
 
 def available_heads(out_dir) -> list[str]:
     """The heads with a saved model (and its sidecar) under ``OUT/models/``."""
+    from .compare import MODEL_SUFFIX
+
     folder = models_dir(out_dir)
     if not folder.is_dir():
         return []
-    return sorted(p.stem for p in folder.glob("*.joblib")
+    return sorted(p.stem for p in folder.glob(f"*{MODEL_SUFFIX}")
                   if not p.name.startswith(".") and p.with_suffix(".json").is_file())
 
 
 def _no_models(out_dir) -> DataError:
+    old = sorted(p.name for p in models_dir(out_dir).glob("*.joblib")) if models_dir(out_dir).is_dir() else []
+    if old:
+        return DataError(
+            f"{models_dir(out_dir)} holds only old model files ({', '.join(old)}): they are pickles, "
+            "which run code when loaded, so this version never opens them; run make compare "
+            f"OUT={out_dir} to re-create them as .skops files")
     return DataError(
         f"no saved models in {models_dir(out_dir)} yet; make them first with: "
         f"make features && make compare OUT={out_dir} (with the IN, FEATURES and extraction "
@@ -89,7 +97,8 @@ def _no_models(out_dir) -> DataError:
 
 
 def best_head(out_dir) -> str:
-    """The saved head with the best cross-validated score (``cv_mean`` of ``comparison.csv``).
+    """The saved head with the best cross-validated score (``cv_mean`` of ``comparison.csv``,
+    the balanced accuracy of the CV folds).
 
     Ties go to the first row of ``comparison.csv``. Without ``comparison.csv`` the ``cv_mean``
     recorded in each model's sidecar JSON is used.
@@ -121,12 +130,12 @@ def best_head(out_dir) -> str:
 
 
 def load_head(out_dir, head: str | None = None) -> dict:
-    """Loads ``OUT/models/<head>.joblib`` (default: :func:`best_head`) through ``load_model``.
+    """Loads ``OUT/models/<head>.skops`` (default: :func:`best_head`) through ``load_model``.
 
     Raises:
         DataError: no models, an unknown head, or a file this tool did not write.
     """
-    from .compare import load_model
+    from .compare import MODEL_SUFFIX, load_model
 
     heads = available_heads(out_dir)
     if not heads:
@@ -135,10 +144,10 @@ def load_head(out_dir, head: str | None = None) -> dict:
     if name not in heads:
         raise DataError(f"HEAD={name!r} has no saved model in {models_dir(out_dir)}; "
                         f"saved heads: {', '.join(heads)} (or leave HEAD empty for the best)")
-    bundle = load_model(models_dir(out_dir) / f"{name}.joblib")
+    bundle = load_model(models_dir(out_dir) / f"{name}{MODEL_SUFFIX}")
     missing = {"model", "head", "class_names", "features_key", "settings"} - set(bundle)
     if missing:
-        raise DataError(f"{models_dir(out_dir) / (name + '.joblib')} lacks {sorted(missing)}; "
+        raise DataError(f"{models_dir(out_dir) / (name + MODEL_SUFFIX)} lacks {sorted(missing)}; "
                         "run make compare again to re-create it")
     return bundle
 
@@ -212,7 +221,7 @@ def _cached_vectors(features_dir, key: str, log):
     for folder in folders:
         try:
             emb, manifest, _ = open_cache(folder, mmap=True)
-        except (FileNotFoundError, CacheError) as err:
+        except (OSError, CacheError) as err:
             log(f"warning: ignoring the cache {folder} ({err})")
             continue
         store.add_cache(emb, manifest["sha256"].tolist())
@@ -258,8 +267,8 @@ def predict_images(images, features_dir="features", out_dir="out", head: str | N
 
     Returns:
         A DataFrame ``path, head, label, score, error`` with one row per file: ``label`` and
-        ``score`` (as in ``predictions.csv``: the predicted class's probability, or the SVM's
-        decision value) are empty and ``error`` says why when the file could not be classified.
+        ``score`` (as in ``predictions.csv``: the predicted class's calibrated probability) are
+        empty and ``error`` says why when the file could not be classified.
         ``df.attrs`` holds ``head``, ``features_key``, ``cached``, ``embedded`` and, when the
         backbone could not be built, ``weights_error``.
 
@@ -386,7 +395,7 @@ def export_keras(out_dir, path, head: str | None = None, check: int = 8, log=pri
     StandardScaler and LogisticRegression fold exactly into ``softmax(W x + b)``.
 
     Args:
-        out_dir: OUT, holding ``models/<head>.joblib``.
+        out_dir: OUT, holding ``models/<head>.skops``.
         path: the ``.keras`` file to write.
         head: the head (default: the best cross-validated one).
         check: random images (one colour each, plus noise) on which the reloaded file is

@@ -90,15 +90,24 @@ def _fmt(value) -> str:
     return str(value)
 
 
+# Columns of names, not numbers: shown as written (a class "1.10" is not the number 1.1).
+TEXT_COLUMNS = {"class", "label", "labels", "suggested_label", "path", "paths", "head", "split",
+                "role", "sha256", "label_a", "label_b", "path_a", "path_b", "split_a", "split_b"}
+
+
 def table(df: pd.DataFrame, cell=None, cls: str = "") -> str:
-    """An HTML table of ``df``; ``cell(column, value)`` may return HTML for a cell."""
+    """An HTML table of ``df``; ``cell(column, value)`` may return HTML for a cell.
+
+    Numbers are rounded for reading, except in :data:`TEXT_COLUMNS`, which hold names.
+    """
     head = "".join(f"<th>{esc(c).replace('_', '_<wbr>')}</th>" for c in df.columns)
     body = []
     for row in df.itertuples(index=False):
         cells = []
         for col, value in zip(df.columns, row):
             inner = cell(col, value) if cell else None
-            cells.append(f"<td>{inner if inner is not None else esc(_fmt(value))}</td>")
+            shown = value if col in TEXT_COLUMNS else _fmt(value)
+            cells.append(f"<td>{inner if inner is not None else esc(shown)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (f'<div class="tw"><table class="{cls}"><thead><tr>{head}</tr></thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
@@ -202,6 +211,7 @@ def section_run(run: dict, meta: dict, features_folder: Path | None) -> str:
             '<div class="banner" role="alert"><strong>Random weights.</strong> These embeddings come '
             f"from a randomly initialised backbone, not ImageNet weights{why}. Scores show what random "
             "convolutional features can do, not what pretrained features can.</div>")
+    parts.append(label_conflicts_note(run.get("label_conflicts")))
     settings = [
         ("features key", f"<code>{esc(run.get('features_key', ''))}</code>"),
         ("features folder", f"<code>{esc(features_folder or run.get('features_folder', ''))}</code>"),
@@ -236,6 +246,18 @@ def section_run(run: dict, meta: dict, features_folder: Path | None) -> str:
         right += "<h3>Versions</h3>" + kv_table((k, esc(v)) for k, v in versions.items())
     parts.append(f"<div>{right}</div></div>")
     return "".join(parts)
+
+
+def label_conflicts_note(conflicts) -> str:
+    """A warning with a table of the files filed under more than one label (run.json), or ""."""
+    if not isinstance(conflicts, list) or not conflicts:
+        return ""
+    rows = [{"sha256": str(c.get("sha256", ""))[:12], "labels": ", ".join(map(str, c.get("labels", []))),
+             "paths": ", ".join(map(str, c.get("paths", [])))} for c in conflicts if isinstance(c, dict)]
+    return (f'<p class="warn">Label conflicts: {len(rows)} file(s) are filed under more than one '
+            "label (the same content, by SHA-256). Their copies are kept together on one side of "
+            "every split, but at most one label is right: fix or remove the others.</p>"
+            + table(pd.DataFrame(rows, columns=["sha256", "labels", "paths"])))
 
 
 def section_data(manifest: pd.DataFrame | None, split: pd.DataFrame | None, rejected: pd.DataFrame | None,
@@ -363,7 +385,8 @@ def section_comparison(out: Path, comparison: pd.DataFrame | None, heads: list[s
 
     parts = [table(comparison, cell, cls="num"),
              "<p class=\"note\">accuracy, balanced accuracy and macro F1 on the evaluated images; "
-             "cv_mean and cv_std: cross-validated accuracy on the training part; seconds are timings, "
+             "cv_mean and cv_std: cross-validated balanced accuracy on the training part (it picks the "
+             "best head); seconds are timings, "
              "not results.</p>"]
     for head in heads:
         txt = out / "reports" / f"{head}.txt"
@@ -439,8 +462,8 @@ def section_gallery(errors: pd.DataFrame, pred: pd.DataFrame | None, heads: list
     cap = (f" Showing the first {len(shown)} of {len(errors)} (the cap is {max_gallery}), those the "
            "most heads got wrong first." if len(errors) > len(shown) else "")
     parts = [f"<p>{len(errors)} of {len(pred)} evaluated images were misclassified by at least one "
-             f"head.{cap} Red: a wrong prediction. Scores: probability of the predicted class for "
-             "logreg and mlp; for svm the decision value (larger is surer).</p><div class=\"gallery\">"]
+             f"head.{cap} Red: a wrong prediction. Scores: the calibrated probability of the predicted "
+             "class, for every head.</p><div class=\"gallery\">"]
     for row in shown.to_dict("records"):
         lines = []
         for h in present:

@@ -77,7 +77,7 @@ def input_id(in_dir, dataset: str | None = None) -> str:
         ValueError: ``dataset`` is not a plain folder name.
     """
     if dataset:
-        if not _DATASET_NAME.match(dataset) or dataset in (".", ".."):
+        if not _DATASET_NAME.fullmatch(dataset) or dataset in (".", ".."):
             raise ValueError(
                 "DATASET must be a plain folder name of letters, digits, '.', '_' and '-' (up to "
                 f"100, not starting with '.' or '-'); received {dataset!r}")
@@ -135,13 +135,21 @@ def write_json(path: Path, obj) -> None:
 
 
 def write_csv(path: Path, header: list[str], rows) -> None:
-    """Writes a UTF-8 CSV atomically (quoted as needed, so commas and quotes in paths survive)."""
+    """Writes a UTF-8 CSV atomically (quoted as needed, so commas and quotes in paths survive).
+
+    Lines end in ``\n``; the csv module then does not quote a field holding a lone ``\r`` (a
+    legal character in a file name), which readers take for a line break, so such a row is
+    written with every field quoted.
+    """
     import io
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
+    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
     writer.writerow(header)
-    writer.writerows(rows)
+    for row in rows:
+        has_cr = any(isinstance(v, str) and "\r" in v for v in row)
+        (quoted if has_cr else writer).writerow(row)
     atomic_write(Path(path), lambda fh: fh.write(buf.getvalue().encode("utf-8")))
 
 
@@ -289,15 +297,59 @@ def _own(kind: str, key: str, name: str) -> bool:
 
 
 def _fill(path: Path, n: int, dim: int, rows_of) -> None:
-    """Writes an (n, dim) float32 ``.npy`` block by block: ``rows_of(start, stop)`` gives each."""
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, dim))
-    for start in range(0, n, 65536):
-        stop = min(n, start + 65536)
-        out[start:stop] = rows_of(start, stop)
-    out.flush()
-    del out
-    with open(path, "rb+") as fh:
+    """Writes an (n, dim) float32 ``.npy`` block by block: ``rows_of(start, stop)`` gives each.
+
+    Plain writes, not a memory map: a full disk is an ``OSError`` here (through a map it is a
+    SIGBUS that kills the process without a word), and the written pages are not counted in
+    this process's resident memory.
+    """
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+              "fortran_order": False, "shape": (n, dim)}
+    with open(path, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        for start in range(0, n, 65536):
+            stop = min(n, start + 65536)
+            block = np.ascontiguousarray(rows_of(start, stop), dtype=np.float32)
+            if block.shape != (stop - start, dim):
+                raise ValueError(f"rows {start}:{stop} have shape {block.shape}, expected "
+                                 f"({stop - start}, {dim})")
+            fh.write(memoryview(block).cast("B"))
+        fh.flush()
         os.fsync(fh.fileno())
+
+
+def embeddings_stamp(folder) -> list[int]:
+    """``[size, mtime_ns]`` of a cache's embeddings.npy (meta.json records it when written)."""
+    st = os.stat(Path(folder) / "embeddings.npy")
+    return [st.st_size, st.st_mtime_ns]
+
+
+def untouched(folder, meta: dict) -> bool:
+    """True when embeddings.npy is the file this tool wrote (same size and modification time).
+
+    A vector edited or damaged in place since then makes it False, and the rows are checked.
+    """
+    try:
+        return meta.get("embeddings_stamp") == embeddings_stamp(folder)
+    except OSError:
+        return False
+
+
+def non_finite_rows(folder, block: int = 16384) -> np.ndarray:
+    """Rows of a cache's embeddings.npy with NaN or infinite values, read block by block.
+
+    Plain reads, not a memory map, so checking a large cache does not grow resident memory.
+    """
+    bad = []
+    with open(Path(folder) / "embeddings.npy", "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        (n, dim), _, dtype = reader(fh)
+        for start in range(0, n, block):
+            rows = np.fromfile(fh, dtype=dtype, count=min(block, n - start) * dim).reshape(-1, dim)
+            bad.append(np.flatnonzero(~np.isfinite(rows).all(axis=1)) + start)
+    return np.concatenate(bad) if bad else np.zeros(0, np.int64)
 
 
 def write_cache(root: Path, key: str, emb, rows, meta: dict, rejected: list[tuple[str, str]],
@@ -307,8 +359,10 @@ def write_cache(root: Path, key: str, emb, rows, meta: dict, rejected: list[tupl
     Args:
         root: ``FEATURES/<input-id>``.
         key: the setting's key.
-        emb: the (N, D) vectors, or a function ``(start, stop) -> rows`` (then ``dim`` is needed),
-            so a large cache is written block by block without a second copy in memory.
+        emb: the (N, D) vectors; or a function ``(start, stop) -> rows`` (then ``dim`` is
+            needed), so a large cache is written block by block without a second copy in
+            memory; or the path of an embeddings.npy that already holds exactly these rows,
+            which is hard-linked (copied where links are not possible), not rewritten.
         rows: the manifest: a DataFrame or a list of dicts with :data:`MANIFEST_COLUMNS` (at
             least path, label, split, sha256).
         meta: written as meta.json.
@@ -321,7 +375,9 @@ def write_cache(root: Path, key: str, emb, rows, meta: dict, rejected: list[tupl
     final = root / key
     frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
     columns = [c for c in MANIFEST_COLUMNS if c in frame.columns] or REQUIRED_COLUMNS
-    if callable(emb):
+    if isinstance(emb, Path):
+        n, rows_of = len(frame), None
+    elif callable(emb):
         n, rows_of = len(frame), emb
     else:
         arr = np.asarray(emb, dtype=np.float32)
@@ -331,7 +387,11 @@ def write_cache(root: Path, key: str, emb, rows, meta: dict, rejected: list[tupl
         root.mkdir(parents=True, exist_ok=True)
         tmp = root / _temp_name("tmp", key)
         tmp.mkdir()
-        _fill(tmp / "embeddings.npy", n, dim, rows_of)
+        if rows_of is None:
+            _link_or_copy(emb, tmp / "embeddings.npy")
+        else:
+            _fill(tmp / "embeddings.npy", n, dim, rows_of)
+        meta = dict(meta, embeddings_stamp=embeddings_stamp(tmp))
         write_csv(tmp / "manifest.csv", columns, frame[columns].itertuples(index=False, name=None))
         write_csv(tmp / "rejected.csv", ["path", "reason"], rejected)
         write_json(tmp / "meta.json", meta)
@@ -350,6 +410,13 @@ def write_cache(root: Path, key: str, emb, rows, meta: dict, rejected: list[tupl
         if tmp is not None and tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 def recover(root: Path, key: str) -> list[str]:
@@ -379,41 +446,58 @@ def recover(root: Path, key: str) -> list[str]:
 class Shards:
     """Finished work of a run, under ``<input-id>/.partial/<key>/`` until the cache is written.
 
-    Each shard holds the vectors embedded since the last one (``sha256``, ``emb``) and the hashes
-    of every file read since then (``path``, ``size``, ``mtime_ns``, ``path_sha256``), so a
-    resumed run neither embeds nor hashes those files again.
+    Each shard holds the vectors embedded since the last one (``sha256``, ``emb``), the hashes
+    of every file read since then (``path``, ``size``, ``mtime_ns``, ``path_sha256``), and the
+    key and input folder it belongs to. A resumed run takes the vectors of shards of its key
+    (vectors are identified by content) and the hashes only of shards of its own input folder
+    (a path, size and modification time say nothing of another folder's files).
     """
 
-    def __init__(self, root: Path, key: str, dim: int | None = None):
+    def __init__(self, root: Path, key: str, dim: int | None = None, input_dir: str = ""):
         self.folder = Path(root) / ".partial" / key
+        self.key = key
         self.dim = dim
+        self.input = os.path.abspath(input_dir) if input_dir else ""
         self._run = f"{int(time.time())}-{uuid.uuid4().hex[:6]}"
         self._count = 0
+
+    def _read(self, path: Path):
+        """(sha256, emb, seen or None) of one shard; raises CacheError when it is not usable."""
+        with np.load(path, allow_pickle=False) as data:
+            shas, emb = data["sha256"], data["emb"]
+            key = str(data["key"]) if "key" in data else "(not recorded)"
+            source = str(data["input"]) if "input" in data else ""
+            seen = [data[k] for k in ("path", "size", "mtime_ns", "path_sha256")] \
+                if "path" in data and source and source == self.input else None
+        if key != self.key:
+            raise CacheError(f"it belongs to the setting {key}, not {self.key}")
+        if emb.ndim != 2 or emb.shape[0] != shas.shape[0] or emb.dtype != np.float32:
+            raise CacheError(f"{shas.shape[0]} hashes for embeddings of shape {emb.shape}")
+        if emb.shape[0] and self.dim is not None and emb.shape[1] != self.dim:
+            raise CacheError(f"vectors {emb.shape[1]} wide, expected {self.dim}")
+        if not np.isfinite(emb).all():
+            raise CacheError("NaN or infinite values")
+        return shas, emb, seen
 
     def load(self) -> tuple[dict[str, np.ndarray], dict[tuple[str, int, int], str], list[str]]:
         """Returns ({sha256: vector}, {(path, size, mtime_ns): sha256}, [warnings]).
 
-        Damaged shards are deleted (their images are read and embedded again).
+        Unusable shards (damaged, of another key or none recorded, another width than the
+        cache's) are deleted: their images are read and embedded again.
         """
         vectors, hashes, notes = {}, {}, []
         if not self.folder.is_dir():
             return vectors, hashes, notes
         for path in sorted(self.folder.glob("*.npz")):
             try:
-                with np.load(path, allow_pickle=False) as data:
-                    shas, emb = data["sha256"], data["emb"]
-                    seen = [data[k] for k in ("path", "size", "mtime_ns", "path_sha256")] \
-                        if "path" in data else None
-                if emb.ndim != 2 or emb.shape[0] != shas.shape[0] or emb.dtype != np.float32:
-                    raise CacheError(f"{shas.shape[0]} hashes for embeddings of shape {emb.shape}")
-                if self.dim is not None and emb.shape[0] and emb.shape[1] != self.dim:
-                    raise CacheError(f"width {emb.shape[1]}, expected {self.dim}")
-                if not np.isfinite(emb).all():
-                    raise CacheError("NaN or infinite values")
+                shas, emb, seen = self._read(path)
             except Exception as err:
-                notes.append(f"damaged partial file {path.name} ({err}); its images are computed again")
-                path.unlink(missing_ok=True)
+                notes.append(f"unusable partial file {path.name} ({err}); its images are computed again")
+                with contextlib.suppress(OSError):
+                    path.unlink()
                 continue
+            if emb.shape[0] and self.dim is None:
+                self.dim = int(emb.shape[1])
             for sha, row in zip(shas.tolist(), emb):
                 vectors[sha] = row
             if seen is not None:
@@ -422,7 +506,7 @@ class Shards:
         return vectors, hashes, notes
 
     def save(self, shas: list[str], emb: np.ndarray | None, seen: list[tuple[str, int, int, str]]) -> None:
-        """Writes one shard atomically: vectors by hash and the hashes of the files read.
+        """Writes one shard atomically: vectors by hash, the hashes of the files read, key, input.
 
         Raises:
             CacheWriteError: the shard cannot be written.
@@ -438,6 +522,7 @@ class Shards:
             "sha256": np.asarray(shas, dtype="U64"), "emb": np.asarray(emb, np.float32),
             "path": np.asarray(cols[0], dtype=str), "size": np.asarray(cols[1], np.int64),
             "mtime_ns": np.asarray(cols[2], np.int64), "path_sha256": np.asarray(cols[3], dtype="U64"),
+            "key": np.asarray(self.key), "input": np.asarray(self.input),
         }
         try:
             self.folder.mkdir(parents=True, exist_ok=True)

@@ -91,13 +91,16 @@ def stored_name(name: str) -> str:
     """The text a file-system name is stored as: itself, or with undecodable bytes as ``\\xNN``.
 
     Python hands out a name that is not valid UTF-8 with its bad bytes as lone surrogates; those
-    cannot be written to a UTF-8 CSV, so each becomes the four characters ``\\xNN``.
+    cannot be written to a UTF-8 CSV, so each becomes the four characters ``\\xNN``. In such a
+    name a literal backslash becomes ``\\x5c`` too, so every backslash of the stored text starts
+    an escape and :func:`fs_path` can undo it exactly.
     """
     try:
         name.encode("utf-8")
         return name
     except UnicodeEncodeError:
-        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raw = name.encode("utf-8", "surrogateescape").replace(b"\\", b"\\x5c")
+        return raw.decode("utf-8", "backslashreplace")
 
 
 _ESCAPED = re.compile(rb"\\x([0-9a-f]{2})")
@@ -146,15 +149,23 @@ def _scandir(path):
         return sorted(it, key=lambda e: e.name)
 
 
-def walk_files(folder: Path, unreadable: list | None = None):
+def _encloses(outer: str, inner: str) -> bool:
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
+
+
+def walk_files(folder: Path, unreadable: list | None = None, root: Path | None = None):
     """Yields every visible file below ``folder``, following folder links once (no loops).
 
     Args:
         folder: where to start.
         unreadable: when given, ``(folder, reason)`` is appended for every folder that cannot be
             listed (permissions, I/O errors), so its files are reported rather than lost silently.
+        root: the input folder, when walking a class folder: a link to it or to a folder that
+            holds it is not followed (it would list every class again under this one), and is
+            reported in ``unreadable``.
     """
     seen = set()
+    top = os.path.realpath(root) if root is not None else None
     stack = [folder]
     while stack:
         current = stack.pop()
@@ -179,6 +190,12 @@ def walk_files(folder: Path, unreadable: list | None = None):
                 is_dir = entry.is_dir(follow_symlinks=True)
             except OSError:
                 is_dir = False
+            if is_dir and top is not None and entry.is_symlink() \
+                    and _encloses(os.path.realpath(path), top):
+                if unreadable is not None:
+                    unreadable.append((path, "folder link to the input folder or above it (a loop): "
+                                             "not followed"))
+                continue
             if is_dir:
                 stack.append(path)
             else:
@@ -248,7 +265,7 @@ def list_images(root: str | os.PathLike, progress: bool = False) -> Listing:
                mininterval=0.5 if sys.stderr.isatty() else 15)
     for split, label, folder in _class_folders(root, layout, unreadable):
         found = 0
-        for path in walk_files(folder, unreadable):
+        for path in walk_files(folder, unreadable, root=root):
             bar.update(1)
             rel = _rel(path, root)
             try:

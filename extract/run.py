@@ -160,12 +160,13 @@ class VectorStore:
         self._index: dict[str, tuple[int, int]] = {}
         self._loose: dict[str, np.ndarray] = {}
 
-    def add_cache(self, emb: np.ndarray, shas: Iterable[str]) -> None:
-        """Adds a (memory-mapped) cache: row i is the vector of ``shas[i]``."""
+    def add_cache(self, emb: np.ndarray, shas: Iterable[str], skip=()) -> None:
+        """Adds a (memory-mapped) cache: row i is the vector of ``shas[i]``, except rows in ``skip``."""
         source = len(self._arrays)
         self._arrays.append(emb)
         for row, sha in enumerate(shas):
-            self._index.setdefault(sha, (source, row))
+            if row not in skip:
+                self._index.setdefault(sha, (source, row))
 
     def add(self, sha: str, vector: np.ndarray) -> None:
         self._loose[sha] = vector
@@ -209,6 +210,7 @@ class Plan:
     shards: cache.Shards
     todo: list[files.Candidate]  # files to read
     unchanged: bool  # the previous cache already says everything this run would write
+    previous_clean: bool = False  # the previous vectors are as written, or checked finite
 
 
 def _previous(folder: Path, log):
@@ -216,19 +218,38 @@ def _previous(folder: Path, log):
         return None
     try:
         return cache.open_cache(folder, mmap=True, check_values=False)
-    except (FileNotFoundError, cache.CacheError) as err:
+    except (OSError, cache.CacheError) as err:
         log(f"warning: ignoring the damaged cache {folder} ({err}); its images are computed again")
         return None
 
 
-def _same_files(listing: files.Listing, manifest) -> bool:
-    """True when the listing has exactly the manifest's paths, sizes and modification times."""
-    cands = listing.candidates
-    if len(cands) != len(manifest) or "size" not in manifest or "mtime_ns" not in manifest:
+def _made_from(meta: dict, in_dir) -> bool:
+    """True when a cache's meta.json records ``in_dir`` as its input folder."""
+    return meta.get("input") == os.path.abspath(in_dir)
+
+
+def _accounted(manifest, meta: dict) -> list[tuple[str, str, str]]:
+    """(path, size, mtime_ns) of every file a cache accounts for, as text, sorted by path.
+
+    The manifest's rows and the files rejected for their content (``rejected_files``), so a
+    broken file does not make every later run read it again.
+    """
+    rows = list(zip(manifest["path"].tolist(), manifest["size"].tolist(), manifest["mtime_ns"].tolist()))
+    extra = meta.get("rejected_files") or []
+    if extra:
+        rows = sorted(rows + [(e[0], str(e[1]), str(e[2])) for e in extra])
+    return rows
+
+
+def _nothing_changed(listing: files.Listing, folder: Path, previous) -> bool:
+    """True when the listing has exactly the files, sizes, times and rejections the cache has."""
+    _, manifest, meta = previous
+    if "size" not in manifest or "mtime_ns" not in manifest:
         return False
-    return (manifest["path"].tolist() == [c.path for c in cands]
-            and manifest["size"].tolist() == [str(c.size) for c in cands]
-            and manifest["mtime_ns"].tolist() == [str(c.mtime_ns) for c in cands])
+    if _accounted(manifest, meta) != [(c.path, str(c.size), str(c.mtime_ns)) for c in listing.candidates]:
+        return False
+    lasting = [(e[0], e[4]) for e in meta.get("rejected_files") or []]
+    return _same_rejections(folder, sorted(list(listing.rejected) + lasting))
 
 
 def _same_rejections(folder: Path, rejected: list) -> bool:
@@ -237,6 +258,36 @@ def _same_rejections(folder: Path, rejected: list) -> bool:
             {"path": p, "reason": r} for p, r in rejected]
     except (OSError, ValueError):
         return False
+
+
+def _known_hashes(listing: files.Listing, previous) -> dict[str, str]:
+    """path -> sha256 of the listed files whose path, size and time match the cache's record."""
+    _, manifest, meta = previous
+    if "size" not in manifest or "mtime_ns" not in manifest:
+        return {}
+    stamp = {(p, s, m): h for p, s, m, h in zip(manifest["path"], manifest["size"],
+                                                  manifest["mtime_ns"], manifest["sha256"])}
+    stamp.update({(e[0], str(e[1]), str(e[2])): e[3] for e in meta.get("rejected_files") or []})
+    return {c.path: stamp[k] for c in listing.candidates
+            if (k := (c.path, str(c.size), str(c.mtime_ns))) in stamp}
+
+
+def _reuse(store: VectorStore, folder: Path, opened, log) -> bool:
+    """Adds a cache's vectors to ``store``; rows with NaN or infinite values are left out.
+
+    The rows are checked only when embeddings.npy is not the file this tool wrote (edited or
+    damaged since): their images are then embedded again rather than trusted or copied.
+
+    Returns:
+        True when every row was usable.
+    """
+    emb, manifest, meta = opened
+    bad = () if cache.untouched(folder, meta) else set(cache.non_finite_rows(folder).tolist())
+    if bad:
+        log(f"warning: {len(bad)} vectors in {folder} have NaN or infinite values; those images "
+            "are embedded again")
+    store.add_cache(emb, manifest["sha256"].tolist(), skip=bad)
+    return not bad
 
 
 def plan(in_dir, features, root: Path, key: str, log=print, progress: bool = False) -> Plan:
@@ -252,22 +303,19 @@ def plan(in_dir, features, root: Path, key: str, log=print, progress: bool = Fal
     listing = files.list_images(in_dir, progress=progress)
     folder = root / key
     previous = _previous(folder, log)
-    shards = cache.Shards(root, key, dim=None if previous is None else previous[0].shape[1])
-    if previous is not None and _same_files(listing, previous[1]) \
-            and _same_rejections(folder, listing.rejected) and not shards.folder.exists():
+    shards = cache.Shards(root, key, dim=None if previous is None else previous[0].shape[1],
+                          input_dir=str(in_dir))
+    # (path, size, mtime) says nothing about content in another folder (DATASET=, a moved input)
+    own = previous is not None and _made_from(previous[2], in_dir)
+    if own and cache.untouched(folder, previous[2]) and not shards.folder.exists() \
+            and _nothing_changed(listing, folder, previous):
         return Plan(str(in_dir), root, folder, listing, previous, {}, {}, VectorStore(), shards,
-                    [], unchanged=True)
-    store, sha = VectorStore(), {}
-    failed = {}
+                    [], unchanged=True, previous_clean=True)
+    store, sha, failed, clean = VectorStore(), {}, {}, False
     if previous is not None:
-        emb, manifest, meta = previous
-        store.add_cache(emb, manifest["sha256"].tolist())
-        if "size" in manifest and "mtime_ns" in manifest:
-            stamp = {(p, s, m): h for p, s, m, h in zip(manifest["path"], manifest["size"],
-                                                          manifest["mtime_ns"], manifest["sha256"])}
-            sha = {c.path: stamp[(c.path, str(c.size), str(c.mtime_ns))] for c in listing.candidates
-                   if (c.path, str(c.size), str(c.mtime_ns)) in stamp}
-        failed = dict(meta.get("rejected_sha256", {}))
+        clean = _reuse(store, folder, previous, log)
+        failed = dict(previous[2].get("rejected_sha256", {}))
+        sha = _known_hashes(listing, previous) if own else {}
     resumed, hashed, notes = shards.load()
     for note in notes:
         log(f"warning: {note}")
@@ -284,14 +332,15 @@ def plan(in_dir, features, root: Path, key: str, log=print, progress: bool = Fal
     if todo:
         for other in cache.caches_of_key(features, key, exclude=folder):
             try:
-                emb, manifest, _ = cache.open_cache(other, mmap=True, check_values=False)
-            except (FileNotFoundError, cache.CacheError):
+                opened = cache.open_cache(other, mmap=True, check_values=False)
+            except (OSError, cache.CacheError) as err:  # damaged, or another user's, unreadable
+                log(f"warning: not reusing vectors from {other} ({err})")
                 continue
-            if emb.shape[1] == (store.dim() or emb.shape[1]):
-                store.add_cache(emb, manifest["sha256"].tolist())
+            if opened[0].shape[1] == (store.dim() or opened[0].shape[1]):
+                _reuse(store, other, opened, log)
         todo = [c for c in todo if not (c.path in sha and sha[c.path] in store)]
     return Plan(str(in_dir), root, folder, listing, previous, sha, failed, store, shards, todo,
-                unchanged=False)
+                unchanged=False, previous_clean=clean)
 
 
 # --------------------------------------------------------------------------- compute
@@ -405,20 +454,22 @@ def assemble(p: Plan, done: Computed, settings: Settings, t0: float, batch: int,
     """
     listing = p.listing
     if p.unchanged:
-        n = len(listing.candidates)
-        return Summary(settings.key, str(p.folder), n, 0, n, len(listing.rejected),
+        n, lasting = len(p.previous[1]), len(p.previous[2].get("rejected_files") or [])
+        return Summary(settings.key, str(p.folder), n, 0, n, len(listing.rejected) + lasting,
                        len(listing.skipped), time.perf_counter() - t0, done.device)
-    keep, shas, rejected, remembered = [], [], list(listing.rejected), {}
+    keep, shas, rejected, remembered, lasting = [], [], list(listing.rejected), {}, []
     for cand in listing.candidates:
         sha = p.sha.get(cand.path, "")
         if cand.path in done.errors:
-            reason, lasting, sha = done.errors[cand.path]
+            reason, is_lasting, sha = done.errors[cand.path]
             rejected.append((cand.path, reason))
-            if lasting and sha:
+            if is_lasting and sha:
                 remembered[sha] = reason
+                lasting.append([cand.path, cand.size, cand.mtime_ns, sha, reason])
         elif sha in p.failed:
             rejected.append((cand.path, p.failed[sha]))
             remembered[sha] = p.failed[sha]
+            lasting.append([cand.path, cand.size, cand.mtime_ns, sha, p.failed[sha]])
         elif sha and sha in p.store:
             keep.append(cand)
             shas.append(sha)
@@ -438,23 +489,29 @@ def assemble(p: Plan, done: Computed, settings: Settings, t0: float, batch: int,
         "path": [c.path for c in keep], "label": [c.label for c in keep],
         "split": [c.split for c in keep], "sha256": shas,
         "size": [c.size for c in keep], "mtime_ns": [c.mtime_ns for c in keep]})
-    if not computed and _unchanged(p, manifest, rejected):
+    if not computed and _unchanged(p, manifest, rejected, lasting):
         p.shards.clear()
         return Summary(settings.key, str(p.folder), len(keep), 0, len(keep), len(rejected),
                        len(listing.skipped), time.perf_counter() - t0, done.device)
     meta = _meta(p, settings, manifest, computed, len(keep) - computed, rejected, remembered,
                  time.perf_counter() - t0, done.device, batch)
+    meta["rejected_files"] = lasting
     meta.update(extra_meta or {})
-    cache.write_cache(p.root, settings.key, lambda a, b: p.store.rows(shas[a:b]), manifest, meta,
-                      rejected, dim=p.store.dim())
+    same_rows = (not computed and p.previous_clean and p.previous is not None
+                 and p.previous[1]["sha256"].tolist() == shas)
+    vectors = p.folder / "embeddings.npy" if same_rows else (lambda a, b: p.store.rows(shas[a:b]))
+    cache.write_cache(p.root, settings.key, vectors, manifest, meta, rejected, dim=p.store.dim())
     p.shards.clear()
     return Summary(settings.key, str(p.folder), len(keep), computed, len(keep) - computed,
                    len(rejected), len(listing.skipped), time.perf_counter() - t0, done.device)
 
 
-def _unchanged(p: Plan, manifest, rejected: list) -> bool:
-    """True when the previous cache already holds exactly these rows and rejections."""
-    if p.previous is None:
+def _unchanged(p: Plan, manifest, rejected: list, lasting: list) -> bool:
+    """True when the previous cache already holds exactly these rows, rejections and vectors."""
+    if p.previous is None or not _made_from(p.previous[2], p.in_dir):
+        return False
+    meta = p.previous[2]
+    if not cache.untouched(p.folder, meta) or (meta.get("rejected_files") or []) != lasting:
         return False
     old = p.previous[1]
     if len(old) != len(manifest) or list(old.columns) != list(manifest.columns):

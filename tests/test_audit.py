@@ -153,18 +153,18 @@ def test_threshold_rejects_nonsense():
 
 
 def test_group_roles_keeps_clusters_on_one_side():
-    man = pd.DataFrame({"path": [f"c/{k}.png" for k in range(8)], "label": ["c"] * 8,
-                        "split": [""] * 8, "sha256": [f"{k:064x}" for k in range(8)]})
-    role = pd.Series(["train", "eval", "train", "eval", "train", "train", "eval", "train"])
-    cluster = np.array([0, 0, 1, 1, 2, 3, 4, 5])
-    new, moved = group_roles(role, cluster, man, seed=42)
-    assert moved == 2
-    for c in np.unique(cluster):
-        assert new[cluster == c].nunique() == 1
-    assert (new[cluster >= 2] == role[cluster >= 2]).all()
+    man = pd.DataFrame({"path": [f"c/{k}.png" for k in range(20)], "label": ["c"] * 10 + ["d"] * 10,
+                        "split": [""] * 20, "sha256": [f"{k:064x}" for k in range(20)]})
+    cluster = np.array([0, 0, 1, 1, 1, 2, 3, 4, 5, 6] + list(range(7, 17)))
+    for seed in range(20):
+        new, moved = group_roles(man, cluster, 0.3, seed=seed)
+        for c in np.unique(cluster):
+            assert new[cluster == c].nunique() == 1
+        assert (new[man.label == "c"] == "eval").sum() == 3 == (new[man.label == "d"] == "eval").sum()
+        assert 0 <= moved <= 6
     # split folders are the user's: left alone
-    man_split = man.assign(split=["train"] * 4 + ["test"] * 4)
-    assert group_roles(role, cluster, man_split, seed=42)[1] == 0
+    man_split = man.assign(split=["train"] * 16 + ["test"] * 4)
+    assert group_roles(man_split, cluster, 0.3, seed=42)[1] == 0
 
 
 # --- on extracted features (WEIGHTS=none) -----------------------------------------------------

@@ -53,7 +53,7 @@ def test_compare_writes_every_output_and_heads_score_well(cached, tmp_path):
         assert "precision" in (out / "reports" / f"{head}.txt").read_text()
         report = json.loads((out / "reports" / f"{head}.json").read_text())
         assert set(report) >= {"red", "blue", "accuracy", "macro avg"}
-        assert (out / "models" / f"{head}.joblib").stat().st_size > 0
+        assert (out / "models" / f"{head}.skops").stat().st_size > 0
     for fig in ("confusion_matrices.png", "roc.png", "mlp_history.png"):
         assert (out / "figures" / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     run = json.loads((out / "run.json").read_text())
@@ -61,7 +61,7 @@ def test_compare_writes_every_output_and_heads_score_well(cached, tmp_path):
     assert "scikit-learn" in run["versions"]
     pred = pd.read_csv(out / "predictions.csv", keep_default_na=False)
     assert list(pred.columns) == ["path", "label", "logreg", "logreg_score", "svm", "svm_score",
-                                  "mlp", "mlp_score"]
+                                  "svm_decision", "mlp", "mlp_score"]
     labels = {r["path"]: r["label"] for r in read_cache(cache_folder(cached / "features", cached / "flat", S64.key))[1]}
     assert all(labels[p] == l for p, l in zip(pred["path"], pred["label"]))
     assert pred["path"].is_unique and len(pred) == int(comp["n_eval"].iloc[0])
@@ -201,14 +201,14 @@ def test_models_load_only_when_written_by_this_tool(cached, tmp_path):
 
     out = tmp_path / "out"
     _compare(cached / "features", out, heads="logreg")
-    bundle = load_model(out / "models" / "logreg.joblib")
+    bundle = load_model(out / "models" / "logreg.skops")
     assert bundle["class_names"] == ["blue", "red"] and bundle["features_key"] == S64.key
     emb, _, _ = read_cache(cache_folder(cached / "features", cached / "flat", S64.key))
     assert set(bundle["model"].predict(emb)) <= {"blue", "red"}
-    with open(out / "models" / "logreg.joblib", "ab") as fh:
+    with open(out / "models" / "logreg.skops", "ab") as fh:
         fh.write(b"tampered")
     with pytest.raises(DataError, match="refusing to load"):
-        load_model(out / "models" / "logreg.joblib")
+        load_model(out / "models" / "logreg.skops")
 
 
 def test_gram_svc_matches_sklearn_svc():
@@ -268,8 +268,8 @@ def test_copies_of_a_file_land_on_one_side_of_the_holdout():
 def test_stale_outputs_of_other_heads_are_removed(cached, tmp_path):
     out = tmp_path / "out"
     _compare(cached / "features", out)
-    assert (out / "models" / "mlp.joblib").exists() and (out / "figures" / "mlp_history.png").exists()
+    assert (out / "models" / "mlp.skops").exists() and (out / "figures" / "mlp_history.png").exists()
     _compare(cached / "features", out, heads="logreg")
-    assert sorted(p.name for p in (out / "models").iterdir()) == ["logreg.joblib", "logreg.json"]
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["logreg.json", "logreg.skops"]
     assert not (out / "figures" / "mlp_history.png").exists()
     assert sorted(p.name for p in (out / "reports").iterdir()) == ["logreg.json", "logreg.txt"]

@@ -172,7 +172,7 @@ def test_resume_uses_finished_batches(two_class, tmp_path):
     logs = []
     s = extract_features(two_class, features, S64, progress=False, log=logs.append)
     assert (s.computed, s.reused) == (13, 7)
-    assert any("damaged partial file junk.npz" in m for m in logs)
+    assert any("unusable partial file junk.npz" in m for m in logs)
     emb, rows, _ = _manifest(folder)
     for i, r in enumerate(rows):
         np.testing.assert_allclose(emb[i], by_sha[r["sha256"]], rtol=1e-4, atol=1e-5)

@@ -65,7 +65,7 @@ def test_features_then_compare(tmp_path):
     labels = {row["path"]: row["label"] for row in read_cache(folder)[1]}
     assert all(labels[p] == label for p, label in zip(pred["path"], pred["label"]))
     for name in ("logreg", "svm", "mlp"):
-        assert (out / "models" / f"{name}.joblib").exists()
+        assert (out / "models" / f"{name}.skops").exists()
         assert (out / "reports" / f"{name}.txt").exists()
 
     r = run_make("compare", *args, "HEADS=logreg,tree")

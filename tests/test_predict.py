@@ -171,12 +171,12 @@ def test_unreadable_files_get_their_own_rows(trained, tmp_path):
 
 def _save_variant(trained, tmp_path, **settings):
     """A copy of the logreg head whose recorded extraction settings are changed."""
-    bundle = load_model(trained / "out" / "models" / "logreg.joblib")
+    bundle = load_model(trained / "out" / "models" / "logreg.skops")
     bundle["settings"] = dict(bundle["settings"], **settings)
     bundle["features_key"] = bundle["settings"]["key"]
     out = tmp_path / "out"
     (out / "models").mkdir(parents=True)
-    save_model(out / "models" / "logreg.joblib", bundle)
+    save_model(out / "models" / "logreg.skops", bundle)
     return out
 
 

@@ -1,0 +1,315 @@
+"""Stage 2's splits and folds: copies stay together, groups are balanced, classes exist on both
+sides, and small data gives a message instead of a scikit-learn traceback (issue 12)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from extract import Settings
+from extract.cache import write_cache
+
+S64 = Settings(weights="none", size=64)
+
+
+def quiet(*_args, **_kw):
+    pass
+
+
+def fake_cache(folder, labels, shas=None, splits=None, X=None, dim: int = 16, seed: int = 0):
+    """Writes a cache of ``labels`` (one row each) with separable random embeddings, as the
+    input ``DATASET=fake`` under the cache root ``folder``."""
+    rng = np.random.default_rng(seed)
+    classes = sorted(set(labels))
+    if X is None:
+        centres = rng.normal(0, 3, (len(classes), dim))
+        X = np.stack([centres[classes.index(lab)] + rng.normal(0, 1, dim) for lab in labels])
+    shas = shas or [f"{i:064x}" for i in range(len(labels))]
+    splits = splits or [""] * len(labels)
+    rows = [{"path": f"{sp + '/' if sp else ''}{lab}/{i:03d}.png", "label": lab, "split": sp,
+             "sha256": sha, "size": 1, "mtime_ns": 1}
+            for i, (lab, sha, sp) in enumerate(zip(labels, shas, splits))]
+    X = np.asarray(X, np.float32)
+    # an exact copy has the exact embedding of its original
+    first = {}
+    for i, sha in enumerate(shas):
+        X[i] = X[first.setdefault(sha, i)]
+    write_cache(Path(folder) / "fake", S64.key, X, rows, {"dim": X.shape[1], "backbone": "vgg16", "weights": "none",
+                                           "image_size": 64, "pooling": "avg", "precision": "fp32",
+                                           "key": S64.key}, [])
+    return X, rows
+
+
+def run_compare(features, out, **kw):
+    from classify import compare
+
+    from conftest import only_cache
+
+    kw.setdefault("folds", 3)
+    kw.setdefault("jobs", 1)
+    kw.setdefault("log", quiet)
+    for name, value in only_cache(features).items():
+        kw.setdefault(name, value)
+    return compare(features, S64, out, **kw)
+
+
+# --- exact copies ---------------------------------------------------------------------------
+
+def test_exact_copies_share_one_role_and_one_fold(tmp_path):
+    labels = ["a"] * 20 + ["b"] * 20
+    shas = [f"{i:064x}" for i in range(40)]
+    for k in range(0, 40, 4):  # every fourth image is a copy of the next one
+        shas[k] = shas[k + 1]
+    shas[30] = shas[1]  # and a third copy filed under the other label: a label conflict
+    fake_cache(tmp_path / "f", labels, shas)
+    logs = []
+    run_compare(tmp_path / "f", tmp_path / "o", heads="logreg", log=logs.append)
+    split = pd.read_csv(tmp_path / "o" / "split.csv", keep_default_na=False, dtype=str)
+    assert list(split.columns) == ["path", "label", "role", "fold"]
+    split["sha256"] = shas
+    for _, group in split.groupby("sha256"):
+        assert group["role"].nunique() == 1 and group["fold"].nunique() == 1, group
+    assert (split.loc[split.role == "eval", "fold"] == "").all()
+    train_folds = split.loc[split.role == "train", "fold"]
+    assert set(train_folds) == {"0", "1", "2"}
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["label_conflicts"] == [{"sha256": shas[1], "labels": ["a", "b"],
+                                       "paths": ["a/000.png", "a/001.png", "b/030.png"]}]
+    assert any("label conflict" in m and "b/030.png" in m for m in logs)
+
+
+def test_copies_under_different_labels_stay_on_one_side_of_the_holdout():
+    from classify.data import assign_split
+
+    for seed in range(30):
+        shas = [f"{i:04d}" for i in range(24)]
+        shas[20] = shas[3]  # b/20 is the same file as a/3
+        man = pd.DataFrame({"path": [f"x/{i}" for i in range(24)], "label": ["a"] * 12 + ["b"] * 12,
+                            "split": "", "sha256": shas})
+        role, _ = assign_split(man, 0.25, seed=seed)
+        assert role[man["sha256"] == shas[3]].nunique() == 1, seed
+
+
+# --- GROUPS=dups ------------------------------------------------------------------------------
+
+def _quarter_copied(n_per_class=40, dim=32, seed=0):
+    """Two classes; a quarter of the images have a near copy (a tiny change of the vector)."""
+    rng = np.random.default_rng(seed)
+    labels, X = [], []
+    for c, lab in enumerate("ab"):
+        centre = rng.normal(0, 1, dim) + 2 * c
+        for i in range(n_per_class):
+            v = centre + rng.normal(0, 1, dim)
+            labels.append(lab)
+            X.append(v)
+            if i % 4 == 0:  # its resized copy
+                labels.append(lab)
+                X.append(v + rng.normal(0, 1e-3, dim))
+    return labels, np.array(X)
+
+
+@pytest.mark.parametrize("test_size", [0.2, 0.3])
+def test_groups_dups_keeps_the_evaluated_share_and_training_images(tmp_path, test_size):
+    labels, X = _quarter_copied()
+    fake_cache(tmp_path / "f", labels, X=X)
+    run_compare(tmp_path / "f", tmp_path / "o", heads="logreg", groups="dups", test_size=test_size)
+    split = pd.read_csv(tmp_path / "o" / "split.csv", keep_default_na=False, dtype=str)
+    share = (split.role == "eval").mean()
+    assert abs(share - test_size) <= 0.02, share
+    for lab, g in split.groupby("label"):
+        assert abs((g.role == "eval").mean() - test_size) <= 0.05, (lab, g.role.value_counts())
+    from classify.dups import find_duplicates
+
+    cluster = find_duplicates(X, [f"{i:064x}" for i in range(len(X))]).groups()
+    assert (np.bincount(cluster) == 2).sum() == 20  # the planted copies were found
+    for c in np.unique(cluster):
+        assert split.role[cluster == c].nunique() == 1 and split.fold[cluster == c].nunique() == 1
+
+
+def test_a_class_that_is_one_cluster_keeps_its_training_images():
+    from classify.dups import group_roles
+
+    man = pd.DataFrame({"path": [f"p{i}" for i in range(48)], "label": ["a"] * 40 + ["z"] * 8,
+                        "split": "", "sha256": [f"{i:064x}" for i in range(48)]})
+    cluster = np.arange(48)
+    cluster[40:] = 40  # every 'z' image is a near copy of the others
+    for seed in range(10):
+        role, _ = group_roles(man, cluster, 0.2, seed)
+        assert (role[man.label == "z"] == "train").all()
+        assert abs((role[man.label == "a"] == "eval").sum() - 8) <= 0
+
+
+def test_group_roles_leaves_split_folders_alone():
+    from classify.dups import group_roles
+
+    man = pd.DataFrame({"path": [f"p{i}" for i in range(8)], "label": ["c", "d"] * 4,
+                        "split": ["train"] * 6 + ["test"] * 2, "sha256": [f"{i:064x}" for i in range(8)]})
+    role, moved = group_roles(man, np.zeros(8, int), 0.2, 42)
+    assert moved == 0 and list(role) == ["train"] * 6 + ["eval"] * 2
+
+
+# --- class coverage -------------------------------------------------------------------------------
+
+def test_a_test_class_missing_from_train_is_refused(tmp_path):
+    from classify import DataError
+
+    labels = ["a"] * 8 + ["b"] * 8 + ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    splits = ["train"] * 16 + ["test"] * 9
+    fake_cache(tmp_path / "f", labels, splits=splits)
+    with pytest.raises(DataError, match=r"class 'c' has 3 evaluated images \(test/\) but no training "
+                                        r"images.*add images under IN/train/c/"):
+        run_compare(tmp_path / "f", tmp_path / "o")
+    assert not (tmp_path / "o" / "models").exists()
+
+
+def test_saved_class_names_are_the_models_classes(tmp_path):
+    from classify import load_model
+
+    # 'c' only in valid/ (not used when test/ exists), 'd' in train/ only
+    labels = ["a"] * 8 + ["b"] * 8 + ["d"] * 6 + ["a"] * 3 + ["b"] * 3 + ["c"] * 4
+    splits = ["train"] * 22 + ["test"] * 6 + ["valid"] * 4
+    fake_cache(tmp_path / "f", labels, splits=splits)
+    logs = []
+    table = run_compare(tmp_path / "f", tmp_path / "o", log=logs.append)
+    assert any("class 'd' has training images but none evaluated" in m for m in logs)
+    assert any("class 'c'" in m and "valid/" in m and "ignored" in m for m in logs)
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["class_names"] == ["a", "b", "d"]
+    for head in ("logreg", "svm", "mlp"):
+        bundle = load_model(tmp_path / "o" / "models" / f"{head}.skops")
+        assert bundle["class_names"] == list(bundle["model"].classes_) == ["a", "b", "d"]
+        report = json.loads((tmp_path / "o" / "reports" / f"{head}.json").read_text())
+        f1 = table.set_index("head").loc[head, "macro_f1"]
+        assert f1 == pytest.approx(report["macro avg"]["f1-score"])
+
+
+def test_macro_f1_has_one_definition(tmp_path):
+    """comparison.csv and reports/<head>.json agree when a head predicts a class absent from eval."""
+    labels = ["a"] * 12 + ["b"] * 12 + ["c"] * 12 + ["a"] * 4 + ["b"] * 4
+    splits = ["train"] * 36 + ["test"] * 8
+    rng = np.random.default_rng(1)
+    X = rng.normal(0, 1, (44, 8))  # no signal: heads also predict 'c'
+    fake_cache(tmp_path / "f", labels, splits=splits, X=X)
+    table = run_compare(tmp_path / "f", tmp_path / "o", heads="logreg,svm,mlp").set_index("head")
+    for head in table.index:
+        report = json.loads((tmp_path / "o" / "reports" / f"{head}.json").read_text())
+        assert table.loc[head, "macro_f1"] == pytest.approx(report["macro avg"]["f1-score"])
+
+
+# --- folds and small data ---------------------------------------------------------------------------
+
+def test_a_class_of_two_images_is_trained_on_with_a_warning(tmp_path):
+    fake_cache(tmp_path / "f", ["a"] * 10 + ["b"] * 2)
+    logs = []
+    table = run_compare(tmp_path / "f", tmp_path / "o", log=logs.append)
+    assert list(table["head"]) == ["logreg", "svm", "mlp"]
+    assert any("class 'b' has 2 images" in m for m in logs)
+    split = pd.read_csv(tmp_path / "o" / "split.csv", keep_default_na=False)
+    assert (split.loc[split.label == "b", "role"] == "train").all()
+
+
+def test_folds_follow_clusters_per_class_and_every_training_fold_has_every_class():
+    from classify.data import cv_folds
+
+    # class b: 6 images in 3 clusters, class a: 20 singletons; FOLDS=5 cannot be honoured
+    y = np.array(["a"] * 20 + ["b"] * 6)
+    groups = np.concatenate([np.arange(20), [20, 20, 21, 21, 22, 22]])
+    logs = []
+    folds, fold_of = cv_folds(y, groups, 5, seed=0, log=logs.append)
+    assert len(folds) == 3 and any("3 duplicate groups" in m for m in logs)
+    for tr, te in folds:
+        assert set(y[tr]) == {"a", "b"}
+        assert not set(groups[tr]) & set(groups[te])
+    assert sorted(set(fold_of)) == [0, 1, 2]
+
+
+def test_too_few_groups_give_a_clear_message():
+    from classify import DataError
+    from classify.data import cv_folds
+
+    y = np.array(["a"] * 10 + ["b"] * 4)
+    groups = np.concatenate([np.arange(10), [10, 10, 10, 10]])
+    with pytest.raises(DataError, match=r"class 'b'.*1 group.*at least 2"):
+        cv_folds(y, groups, 5, seed=0)
+
+
+def test_small_data_gives_a_message_not_a_traceback(tmp_path, capsys):
+    from classify.__main__ import main
+
+    fake_cache(tmp_path / "f", ["a", "a", "b", "b"])
+    rc = main(["compare", "--features", str(tmp_path / "f"), "--out", str(tmp_path / "o"),
+               "--weights", "none", "--size", "64", "--jobs", "1", "--dataset", "fake"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and "Traceback" not in err
+    assert "add images" in err
+
+
+def test_audit_sizes_the_mlp_validation_split_per_fold(tmp_path, monkeypatch):
+    import importlib
+
+    compare_module = importlib.import_module("classify.compare")
+    audit_module = importlib.import_module("classify.audit")
+    sized = []
+    real = compare_module._fit_small_validation
+
+    def spy(model, y_train):
+        sized.append(len(y_train))
+        return real(model, y_train)
+
+    monkeypatch.setattr(compare_module, "_fit_small_validation", spy)
+    labels = [c for c in "abc" for _ in range(10)]
+    fake_cache(tmp_path / "f", labels)
+    summary = audit_module.audit(tmp_path / "f", S64, tmp_path / "o", in_dir=tmp_path / "nowhere",
+                                 heads="mlp", folds=5, jobs=1, log=quiet,
+                                 dataset="fake")
+    k = summary["label_suspects"]["folds"]
+    assert k == 5 and 0 <= summary["scores"]["mlp"]["cv_mean"] <= 1
+    assert sized and 30 not in sized  # every fit of the out-of-fold pass sized on its own fold
+    assert sized.count(24) >= k  # the 5 out-of-fold fits train on 24 of the 30 rows
+
+
+def test_audit_reports_label_conflicts(tmp_path):
+    from classify.audit import audit
+
+    shas = [f"{i:064x}" for i in range(24)]
+    shas[20] = shas[3]
+    fake_cache(tmp_path / "f", ["a"] * 12 + ["b"] * 12, shas=shas)
+    logs = []
+    summary = audit(tmp_path / "f", S64, tmp_path / "o", in_dir=tmp_path / "nowhere", heads="logreg",
+                    folds=3, jobs=1, log=logs.append, dataset="fake")
+    assert summary["label_conflicts"] == [{"sha256": shas[3], "labels": ["a", "b"],
+                                           "paths": ["a/003.png", "b/020.png"]}]
+    assert any("label conflict" in m for m in logs)
+
+
+def test_groups_dups_on_images_with_resized_copies(tmp_path):
+    """The done-when case on real files: a quarter of the images have a resized JPEG copy."""
+    from PIL import Image
+
+    from extract import extract_features
+    from test_audit import shape_image
+
+    in_dir = tmp_path / "in"
+    for c, kind in enumerate(("ellipse", "rect")):
+        (in_dir / kind).mkdir(parents=True)
+        for i in range(24):
+            image = shape_image(700 + 100 * c + i, kind)
+            image.save(in_dir / kind / f"s_{i:03d}.png")
+            if i % 4 == 0:  # a quarter of the images (6 of 24 per class) have a resized copy
+                image.resize((48, 48), Image.BILINEAR).save(in_dir / kind / f"copy_{i:03d}.jpg", quality=85)
+    extract_features(in_dir, tmp_path / "features", S64, progress=False, log=quiet)
+    # A fixed threshold: on 60 images of which 12 pairs are copies, the auto rule's spread is too
+    # wide to find them (the copies measure 0.99845-0.99968, the other nearest neighbours <= 0.9974)
+    run_compare(tmp_path / "features", tmp_path / "o", heads="logreg", groups="dups", test_size=0.2,
+                dup_threshold=0.998)
+    split = pd.read_csv(tmp_path / "o" / "split.csv", keep_default_na=False, dtype=str)
+    assert len(split) == 60
+    assert abs((split.role == "eval").mean() - 0.2) <= 0.02
+    for kind in ("ellipse", "rect"):
+        assert ((split.label == kind) & (split.role == "train")).sum() >= 20
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["duplicates"]["pairs"] >= 10 and run["duplicates"]["eval_with_train_duplicate"] == 0
