@@ -10,7 +10,8 @@ manifests give equal splits; both are checked). Layout under ``OUT``::
     OUT/backbones.png       the heat map of cv_mean (and held-out accuracy) per cell
     OUT/ (the rest)         a copy of the best backbone's outputs (highest cv_mean of any head),
                             so `make report` and `make predict` work on OUT as after one backbone;
-                            run.json records ``backbones`` and ``best_backbone``.
+                            run.json records ``backbones`` and ``best_backbone``. The top level
+                            is written aside and swapped in whole (``classify.outdir.new_run``).
 """
 
 from __future__ import annotations
@@ -28,14 +29,12 @@ from extract.model import Settings
 
 from .compare import compare
 from .data import DataError, load_features
+from .outdir import RUN_OUTPUTS, new_run
 
 MATRIX_COLUMNS = ["backbone", "head", "accuracy", "balanced_accuracy", "macro_f1", "cv_mean", "cv_std"]
 # Columns of comparison.csv carried into backbones.csv when present (confidence intervals,
 # tests against the best head, verdicts).
 EXTRA_COLUMN = re.compile(r"(_ci_low|_ci_high)$|^p_vs_|^verdict$")
-# What the top level of OUT holds from one backbone's run (replaced by the best backbone's).
-RUN_OUTPUTS = ("comparison.csv", "predictions.csv", "split.csv", "run.json", "reports", "models",
-               "figures")
 
 
 def settings_for(backbones: list[str], weights: str, size: int | None, pooling: str,
@@ -110,19 +109,13 @@ def same_split(out: Path, backbones: list[str]) -> bool:
     return all(s.equals(splits[0]) for s in splits[1:])
 
 
-def publish_best(out: Path, best: str) -> None:
-    """Replaces the top-level run outputs of ``out`` with a copy of ``out/<best>``'s."""
-    for name in RUN_OUTPUTS:
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-        source = out / best / name
-        if source.is_dir():
-            shutil.copytree(source, target)
-        elif source.is_file():
-            shutil.copy2(source, target)
+def copy_run(source: Path, target: Path) -> None:
+    """Copies the run outputs (``classify.outdir.RUN_OUTPUTS``) of ``source`` into ``target``."""
+    for name in sorted(RUN_OUTPUTS):
+        if (source / name).is_dir():
+            shutil.copytree(source / name, target / name)
+        elif (source / name).is_file():
+            shutil.copy2(source / name, target / name)
 
 
 def remove_stale_backbones(out: Path, backbones: list[str]) -> None:
@@ -209,11 +202,12 @@ def compare_backbones(features_dir, settings_list: list[Settings], out_dir, in_d
     matrix = matrix_table(tables, settings_list)
     best = best_backbone(matrix)
     remove_stale_backbones(out, names)
-    publish_best(out, best)
-    write_csv(out / "backbones.csv", list(matrix.columns), matrix.itertuples(index=False))
-    write_heatmap(matrix, out / "backbones.png")
-    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
-    run.update({"backbones": names, "best_backbone": best, "same_split": split_equal,
-                "backbone_outputs": {n: f"{n}/" for n in names}})
-    write_json(out / "run.json", run)
+    with new_run(out) as run_dir:  # the top level is swapped in whole; OUT/<backbone>/ carry over
+        copy_run(out / best, run_dir)
+        write_csv(run_dir / "backbones.csv", list(matrix.columns), matrix.itertuples(index=False))
+        write_heatmap(matrix, run_dir / "backbones.png")
+        run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        run.update({"backbones": names, "best_backbone": best, "same_split": split_equal,
+                    "backbone_outputs": {n: f"{n}/" for n in names}})
+        write_json(run_dir / "run.json", run)
     return matrix
