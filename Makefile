@@ -9,9 +9,11 @@ IN ?= in##             images: IN/<class>/**/<image> or IN/<split>/<class>/**/<i
 FEATURES ?= features## cache root: FEATURES/<input-id>/<key>/embeddings.npy, manifest.csv, meta.json, rejected.csv
 DATASET ?=##           name of the input's folder under FEATURES (empty: IN's name and a hash of its path)
 OUT ?= out##           where stage 2 writes comparison.csv, predictions.csv, reports/, models/, figures/
-BACKBONE ?= vgg16##    backbone from keras.applications
+BACKBONE ?= vgg16##    backbone from keras.applications (`make weights` lists them all)
+BACKBONES ?=##         several backbones, comma-separated (e.g. vgg16,convnexttiny): features and compare run each
+LAYER ?=##             pool this intermediate layer instead of the last block (e.g. block4_pool); part of the key
 WEIGHTS ?= imagenet##  imagenet, none (random init, offline tests) or a path to a weights .h5 file
-SIZE ?= 224##          images are centre-cropped to a square and resized to SIZE x SIZE pixels
+SIZE ?=##              side in pixels of the centre square the images are resized to (empty: the backbone's own, 224 for vgg16)
 POOLING ?= avg##       global pooling of the last feature map: avg or max
 BATCH ?= 32##          images per model call
 PRECISION ?= fp32##    fp32, bf16, fp16 (Keras mixed precision; stored embeddings are float32), or auto: the fastest that agrees with fp32 on this machine
@@ -34,10 +36,12 @@ VENV ?= .venv##        the virtualenv that setup creates
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRACT_ARGS = --in "$(IN)" --features "$(FEATURES)" --dataset "$(DATASET)" --backbone $(BACKBONE) --weights "$(WEIGHTS)" \
-	--size $(SIZE) --pooling $(POOLING) --precision $(PRECISION)
+	$(if $(strip $(SIZE)),--size $(SIZE)) $(if $(strip $(LAYER)),--layer $(LAYER)) --pooling $(POOLING) \
+	--precision $(PRECISION)
+BACKBONES_ARG = $(if $(strip $(BACKBONES)),--backbones $(BACKBONES))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help setup setup-ray features compare audit report predict demo test test-deps bench clean clean-features
+.PHONY: help setup setup-ray features weights compare audit report predict demo test test-deps bench clean clean-features
 
 help: ## list every target and variable
 	@echo "Targets:"
@@ -63,12 +67,15 @@ setup-ray: $(RAY_STAMP) ## install the optional Ray engine (requirements-ray.txt
 
 ENGINE_SETUP = $(if $(filter ray,$(ENGINE)),setup-ray)
 
-features: setup $(ENGINE_SETUP) ## stage 1: embed new or changed images of IN into FEATURES/<input-id>/<key>/
-	$(PY) -m extract $(EXTRACT_ARGS) --batch $(BATCH) --strict $(STRICT) --max-pixels $(MAX_PIXELS) \
+features: setup $(ENGINE_SETUP) ## stage 1: embed new or changed images of IN into FEATURES/<input-id>/<key>/ (one pass per BACKBONES entry)
+	$(PY) -m extract $(EXTRACT_ARGS) $(BACKBONES_ARG) --batch $(BATCH) --strict $(STRICT) --max-pixels $(MAX_PIXELS) \
 		--engine $(ENGINE)
 
-compare: setup $(ENGINE_SETUP) ## stage 2: train, cross-validate and compare HEADS on the cached embeddings
-	$(PY) -m classify compare $(EXTRACT_ARGS) --out "$(OUT)" --heads $(HEADS) --seed $(SEED) \
+weights: setup ## list each backbone's ImageNet weights file, whether Keras' cache has it, where to copy it
+	$(PY) -m extract.weights
+
+compare: setup $(ENGINE_SETUP) ## stage 2: compare HEADS on the cached embeddings (with BACKBONES: every head on every backbone)
+	$(PY) -m classify compare $(EXTRACT_ARGS) $(BACKBONES_ARG) --out "$(OUT)" --heads $(HEADS) --seed $(SEED) \
 		--test-size $(TEST_SIZE) --folds $(FOLDS) --jobs $(JOBS) --groups $(GROUPS) \
 		--dup-threshold $(DUP_THRESHOLD) --engine $(ENGINE) --repeats $(REPEATS)
 
@@ -84,8 +91,9 @@ predict: setup ## classify IMAGES with a saved head (HEAD, default the best) -> 
 	$(PY) -m classify.predict --features "$(FEATURES)" --out "$(OUT)" --head "$(HEAD)" --batch $(BATCH) \
 		--max-pixels $(MAX_PIXELS) -- $(IMAGES)
 
-bench: setup ## measure extraction and comparison speed -> bench/results.json, BENCHMARKS.md
+bench: setup ## measure extraction, comparison and every backbone's speed -> bench/*.json, BENCHMARKS.md
 	$(PY) -m bench
+	$(PY) -m bench.backbones
 
 DEMO ?= demo##          where `make demo` writes its input, features and outputs
 demo: setup ## the embedded default: scikit-learn's digits as PNGs -> features -> compare (offline-safe)

@@ -478,4 +478,9 @@ def write_results(results: dict, json_path: Path, md_path: Path) -> None:
     json_path = Path(json_path)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    previous = Path(md_path).read_text(encoding="utf-8") if Path(md_path).is_file() else ""
     Path(md_path).write_text(markdown(results) + "\n", encoding="utf-8")
+    from .backbones import BEGIN, END, replace_section
+
+    if BEGIN in previous and END in previous:  # keep the backbones section of bench.backbones
+        replace_section(Path(md_path), BEGIN + previous.split(BEGIN, 1)[1].split(END, 1)[0] + END)

@@ -16,7 +16,33 @@ def parse(argv=None) -> argparse.Namespace:
     add_heads_args(c)
     c.add_argument("--groups", choices=["none", "dups"], default="none",
                    help="dups: keep each duplicate cluster on one side of every split (GROUPS)")
+    c.add_argument("--backbones", default="",
+                   help="compare every head on each of these comma-separated backbones: "
+                        "OUT/backbones.csv, OUT/<backbone>/ (BACKBONES; overrides --backbone)")
     return p.parse_args(argv)
+
+
+def compare_matrix(args: argparse.Namespace) -> int:
+    """``compare --backbones a,b``: every head on every backbone; prints the matrix."""
+    from extract.backbones import parse_list
+
+    from .compare import format_table
+    from .matrix import compare_backbones, settings_for
+
+    settings_list = settings_for(parse_list(args.backbones), args.weights, args.size, args.pooling,
+                                 args.precision, args.layer or None, args.features)
+    with engine(args.engine):
+        matrix = compare_backbones(args.features, settings_list, args.out, in_dir=args.in_dir,
+                                   fallback_none=args.weights_fallback == "none",
+                                   dataset=args.dataset or None, heads=args.heads, seed=args.seed,
+                                   test_size=args.test_size, folds=args.folds,
+                                   jobs=args.jobs or None, groups=args.groups,
+                                   dup_threshold=args.dup_threshold)
+    print()
+    print(format_table(matrix.drop(columns=["features_key"])))
+    print(f"\noutputs in {args.out}/: backbones.csv, backbones.png, <backbone>/ for each backbone; "
+          "the rest is a copy of the best backbone's outputs")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -24,6 +50,8 @@ def main(argv=None) -> int:
     from .data import DataError
 
     try:
+        if args.command == "compare" and args.backbones:
+            return compare_matrix(args)
         if args.command == "compare":
             from .compare import compare, format_table
 

@@ -14,7 +14,8 @@ def add_features_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="out", help="output folder (OUT)")
     p.add_argument("--backbone", default="vgg16", help="BACKBONE")
     p.add_argument("--weights", default="imagenet", help="WEIGHTS")
-    p.add_argument("--size", type=int, default=224, help="SIZE")
+    p.add_argument("--size", type=int, default=None, help="SIZE (default: the backbone's own input size)")
+    p.add_argument("--layer", default="", help="LAYER (empty: the last block)")
     p.add_argument("--pooling", default="avg", help="POOLING")
     p.add_argument("--precision", default="fp32", help="PRECISION")
     p.add_argument("--weights-fallback", choices=["none"], default=None,
@@ -26,7 +27,8 @@ def settings_from(args):
     from extract.model import Settings
     from extract.precision import resolved_without_calibrating
 
-    settings = Settings(args.backbone, args.weights, args.size, args.pooling, args.precision)
+    settings = Settings(args.backbone, args.weights, args.size, args.pooling, args.precision,
+                        getattr(args, "layer", "") or None)  # callers' own namespaces may lack it
     return resolved_without_calibrating(settings, args.features)
 
 

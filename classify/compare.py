@@ -491,4 +491,4 @@ def _versions() -> dict:
 
 def _settings_of(meta: dict) -> dict:
     return {k: meta.get(k) for k in ("backbone", "weights", "weights_tag", "image_size", "pooling",
-                                     "precision", "dim", "key")}
+                                     "layer", "precision", "dim", "key")}

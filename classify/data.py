@@ -40,7 +40,8 @@ def features_command(settings: Settings, in_dir: str = "in", features: str = "fe
     """The ``make features`` command that creates the cache of ``settings``."""
     return (f"make features IN={in_dir} FEATURES={features} BACKBONE={settings.backbone} "
             f"WEIGHTS={settings.weights} SIZE={settings.size} POOLING={settings.pooling} "
-            f"PRECISION={settings.precision}" + (f" DATASET={dataset}" if dataset else ""))
+            f"PRECISION={settings.precision}" + (f" LAYER={settings.layer}" if settings.layer else "")
+            + (f" DATASET={dataset}" if dataset else ""))
 
 
 def _imported_folder(root: Path) -> Path:
@@ -100,7 +101,7 @@ def load_features(features_dir, settings: Settings, in_dir: str = "in",
     else:
         folder = root / settings.key
         if fallback_none and not folder.is_dir() and settings.weights == "imagenet":
-            alt = Settings(settings.backbone, "none", settings.size, settings.pooling, settings.precision)
+            alt = dataclasses.replace(settings, weights="none")
             if (root / alt.key).is_dir():
                 settings, folder = alt, root / alt.key
         if not folder.is_dir():

@@ -155,7 +155,8 @@ def load_head(out_dir, head: str | None = None) -> dict:
 def _needs(bundle: dict) -> str:
     rec = bundle.get("settings") or {}
     return (f"BACKBONE={rec.get('backbone')} WEIGHTS={rec.get('weights')} SIZE={rec.get('image_size')} "
-            f"POOLING={rec.get('pooling')} PRECISION={rec.get('precision')}")
+            f"POOLING={rec.get('pooling')} PRECISION={rec.get('precision')}"
+            + (f" LAYER={rec['layer']}" if rec.get("layer") else ""))
 
 
 def settings_of(bundle: dict) -> Settings:
@@ -191,7 +192,8 @@ def settings_of(bundle: dict) -> Settings:
             raise refuse(f"the weights file {weights} no longer exists")
     try:
         settings = Settings(str(rec["backbone"]), str(weights), int(rec["image_size"]),
-                            str(rec["pooling"]), str(rec.get("precision") or "fp32")).check()
+                            str(rec["pooling"]), str(rec.get("precision") or "fp32"),
+                            rec.get("layer") or None).check()
     except (KeyError, TypeError, ValueError, WeightsUnavailable) as err:
         raise refuse(f"they are not valid settings ({err})") from None
     if rec.get("weights_tag") and settings.weights_tag != rec["weights_tag"]:

@@ -30,6 +30,7 @@ SECTIONS = [
     ("run", "The run"),
     ("data", "The data"),
     ("embedding", "Embedding map"),
+    ("backbones", "Backbones x heads"),  # only for `make compare BACKBONES=...` runs
     ("comparison", "Comparison"),
     ("figures", "Figures"),
     ("gallery", "Misclassified images"),
@@ -395,6 +396,30 @@ def section_comparison(out: Path, comparison: pd.DataFrame | None, heads: list[s
     return "".join(parts)
 
 
+def section_backbones(out: Path, run: dict) -> str | None:
+    """The backbone x head matrix of a ``BACKBONES`` run (None when OUT holds one backbone's run)."""
+    matrix = _read_csv(out / "backbones.csv")
+    if not run.get("backbones") or matrix is None:
+        return None
+    best = run.get("best_backbone", "")
+    parts = [f"<p>Every head on every backbone, on the same images, split and folds. The best "
+             f"cross-validated cell is on <strong>{esc(best)}</strong>: the other sections of this "
+             "page show its run; each backbone's full outputs are in <code>OUT/&lt;backbone&gt;/</code> "
+             f"(<code>make report OUT={esc(out / best)}</code> writes the page of one).</p>"]
+    if run.get("same_split") is False:
+        parts.append('<p class="warn">The backbones\' splits differ (GROUPS=dups draws each '
+                     "backbone's duplicate clusters from its own embeddings).</p>")
+    heat = out / "backbones.png"
+    if heat.is_file():
+        image = img_tag(data_uri(heat.read_bytes(), "image/png"), "heat map of the backbone x head matrix", "fig")
+        parts.append(f"<figure>{image}<figcaption>cv_mean (± cv_std) and held-out accuracy of every head on every "
+                     "backbone <code>backbones.png</code></figcaption></figure>")
+    parts.append(table(matrix, cls="num"))
+    parts.append('<p class="note"><code>backbones.csv</code>: one row per backbone and head; '
+                 "dim is the embedding dimension, features_key the cache it was read from.</p>")
+    return "".join(parts)
+
+
 def section_figures(out: Path) -> str:
     folder = out / "figures"
     pngs = sorted(folder.glob("*.png")) if folder.is_dir() else []
@@ -710,6 +735,7 @@ def build_report(in_dir, features_dir, out_dir, max_gallery: int = MAX_GALLERY, 
         "run": section_run(run, meta, folder),
         "data": section_data(manifest, split, rejected, meta),
         "embedding": section_embedding(X, manifest, set(errors["path"]) if len(errors) else set(), seed, max_tsne),
+        "backbones": section_backbones(out, run),
         "comparison": section_comparison(out, comparison, heads),
         "figures": section_figures(out),
         "gallery": section_gallery(errors, pred, heads, thumbs, max_gallery),
@@ -719,8 +745,9 @@ def build_report(in_dir, features_dir, out_dir, max_gallery: int = MAX_GALLERY, 
         bodies["run"] = f'<p class="warn">{esc(cache_note)}</p>' + bodies["run"]
     title = f"embedcmp report: {run.get('features_key', '')}"
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    nav = "".join(f'<a href="#{sid}">{esc(name)}</a>' for sid, name in SECTIONS)
-    sections = "".join(f'<section id="{sid}"><h2>{esc(name)}</h2>{bodies[sid]}</section>' for sid, name in SECTIONS)
+    shown = [(sid, name) for sid, name in SECTIONS if bodies[sid] is not None]
+    nav = "".join(f'<a href="#{sid}">{esc(name)}</a>' for sid, name in shown)
+    sections = "".join(f'<section id="{sid}"><h2>{esc(name)}</h2>{bodies[sid]}</section>' for sid, name in shown)
     page = (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
+from .backbones import BACKBONES, parse_list
 from .load import DEFAULT_MAX_PIXELS
 from .cache import CacheWriteError
 from .model import Settings, WeightsUnavailable
@@ -16,9 +18,15 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--features", default="features", help="cache root (FEATURES)")
     p.add_argument("--dataset", default="", help="name of the input's folder under FEATURES "
                    "(DATASET; default: the input folder's name and a hash of its path)")
-    p.add_argument("--backbone", default="vgg16", help="BACKBONE")
+    p.add_argument("--backbone", default="vgg16", help=f"one of {', '.join(BACKBONES)} (BACKBONE)")
+    p.add_argument("--backbones", default="",
+                   help="several backbones, comma-separated: one pass each, each its own key "
+                        "(BACKBONES; overrides --backbone)")
     p.add_argument("--weights", default="imagenet", help="imagenet, none or a weights file (WEIGHTS)")
-    p.add_argument("--size", type=int, default=224, help="image side in pixels (SIZE)")
+    p.add_argument("--size", type=int, default=None,
+                   help="image side in pixels (SIZE; default: each backbone's own input size)")
+    p.add_argument("--layer", default="",
+                   help="pool this intermediate layer instead of the last block (LAYER)")
     p.add_argument("--pooling", default="avg", help="avg or max (POOLING)")
     p.add_argument("--batch", type=int, default=32, help="images per model call (BATCH)")
     p.add_argument("--precision", default="fp32",
@@ -38,44 +46,74 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    """Runs ``extract_features`` once per backbone; returns the exit code (0, 1, 2 or 130)."""
     args = parse(argv)
+    try:
+        names = parse_list(args.backbones) if args.backbones else [args.backbone]
+        all_settings = [_checked(Settings(name, args.weights, args.size, args.pooling,
+                                          args.precision, args.layer or None)) for name in names]
+    except (ValueError, WeightsUnavailable) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    worst = 0
+    for settings in all_settings:
+        if len(all_settings) > 1:
+            print(f"== {settings.backbone}: {settings.key}", flush=True)
+        code = extract_one(settings, args)
+        if code in (2, 130):
+            return code
+        worst = max(worst, code)
+    return worst
+
+
+def _checked(settings: Settings) -> Settings:
+    """Returns ``settings`` after checking them; PRECISION=auto is resolved later, by
+    ``extract_features``, so the other fields are checked with fp32 in its place."""
+    if settings.precision == "auto":
+        dataclasses.replace(settings, precision="fp32").check()
+        return settings
+    return settings.check()
+
+
+def _demo_fallback(settings: Settings) -> tuple[Settings, dict]:
+    """(demo only) Random weights, with a banner and a ``meta.json`` note, when the ImageNet
+    weights of ``settings`` can be neither found nor downloaded; else ``settings`` unchanged."""
+    from .model import build, keras_cache_file
+
+    if settings.weights != "imagenet" or keras_cache_file(settings.backbone).is_file():
+        return settings, {}
+    try:
+        build(dataclasses.replace(settings, precision="fp32")
+              if settings.precision == "auto" else settings)  # tries Keras' download once
+        return settings, {}
+    except WeightsUnavailable as err:
+        print("=" * 78, file=sys.stderr)
+        print("DEMO: ImageNet weights cannot be had here, so the demo uses RANDOM "
+              "weights (WEIGHTS=none).\nThe numbers show the pipeline works; they "
+              "say little about ImageNet features.\n" + str(err), file=sys.stderr)
+        print("=" * 78, file=sys.stderr)
+        return (dataclasses.replace(settings, weights="none"),
+                {"weights_fallback": "imagenet unavailable; random weights used"})
+
+
+def extract_one(settings: Settings, args: argparse.Namespace) -> int:
+    """One pass of ``extract_features`` for one backbone; prints its closing line.
+
+    Returns:
+        The exit code: 0, 1 (STRICT and rejections), 2 (usage or weights) or 130 (Ctrl-C).
+    """
     from .run import Interrupted, extract_features
 
-    settings = Settings(args.backbone, args.weights, args.size, args.pooling, args.precision)
-    extra = {}
     try:
-        import dataclasses
-
-        if settings.precision == "auto":  # resolved by extract_features; check the rest now
-            dataclasses.replace(settings, precision="fp32").check()
-        else:
-            settings.check()
-        if args.weights_fallback and settings.weights == "imagenet":
-            from .model import keras_cache_file
-
-            if not keras_cache_file(settings.backbone).is_file():
-                try:
-                    from .model import build
-
-                    build(dataclasses.replace(settings, precision="fp32")
-                          if settings.precision == "auto" else settings)  # tries Keras' download once
-                except WeightsUnavailable as err:
-                    print("=" * 78, file=sys.stderr)
-                    print("DEMO: ImageNet weights cannot be had here, so the demo uses RANDOM "
-                          "weights (WEIGHTS=none).\nThe numbers show the pipeline works; they "
-                          "say little about ImageNet features.\n" + str(err), file=sys.stderr)
-                    print("=" * 78, file=sys.stderr)
-                    settings = Settings(args.backbone, "none", args.size, args.pooling, args.precision)
-                    extra = {"weights_fallback": "imagenet unavailable; random weights used"}
+        extra = {}
+        if args.weights_fallback:
+            settings, extra = _demo_fallback(settings)
         summary = extract_features(args.in_dir, args.features, settings, batch=args.batch,
                                    max_pixels=args.max_pixels, progress=not args.quiet,
                                    extra_meta=extra, flush_seconds=args.flush_seconds,
                                    dataset=args.dataset or None, engine=args.engine,
                                    actors=args.actors or None)
-    except WeightsUnavailable as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, ValueError, CacheWriteError) as err:
+    except (WeightsUnavailable, FileNotFoundError, ValueError, CacheWriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except Interrupted as err:

@@ -1,4 +1,4 @@
-"""Build the backbone: VGG16 from ``keras.applications``, without top, globally pooled."""
+"""Build a backbone from ``keras.applications`` without top, globally pooled (see ``backbones``)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ import os
 import socket
 from pathlib import Path
 
+from .backbones import BACKBONES, Backbone
+
 # Random-init weights (WEIGHTS=none) come from this seed, so every run of a key builds the same
 # network and its cached rows stay comparable.
 INIT_SEED = 0
 
-BACKBONES = {
-    # name: (keras.applications attribute, preprocessing module, no-top weights file in Keras' cache)
-    "vgg16": ("VGG16", "vgg16", "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-}
 POOLINGS = ("avg", "max")
 PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+MAX_SIZE = 2048
 
 
 class WeightsUnavailable(RuntimeError):
@@ -26,13 +25,38 @@ class WeightsUnavailable(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Everything that decides what an embedding is; two runs share a cache only if equal."""
+    """Everything that decides what an embedding is; two runs share a cache only if equal.
+
+    ``size`` None means the backbone's own default input size, and ``layer`` None (or the name
+    of the last block) means the last block; both are resolved when the settings are made, so
+    ``Settings("inceptionv3").size`` is 299 and equal settings always have equal keys.
+    """
 
     backbone: str = "vgg16"
     weights: str = "imagenet"  # "imagenet", "none" or a path to a weights file
-    size: int = 224
+    size: int | None = None  # None: the backbone's default input size
     pooling: str = "avg"
     precision: str = "fp32"
+    layer: str | None = None  # None: the last block; else a name in BACKBONES[backbone].layers
+
+    def __post_init__(self):
+        spec = BACKBONES.get(self.backbone)
+        if spec is None:
+            return  # check() names the unknown backbone
+        if self.size is None:
+            object.__setattr__(self, "size", spec.default_size)
+        if self.layer in ("", spec.last_layer):
+            object.__setattr__(self, "layer", None)
+
+    @property
+    def spec(self) -> Backbone:
+        """The registry entry of the backbone (see :mod:`extract.backbones`)."""
+        return BACKBONES[self.backbone]
+
+    @property
+    def dim(self) -> int:
+        """The embedding dimension: channels of ``layer``, or of the last block."""
+        return self.spec.layers[self.layer] if self.layer else self.spec.dim
 
     def check(self) -> "Settings":
         """Returns self after checking every field.
@@ -41,21 +65,36 @@ class Settings:
             ValueError: naming the field, the rule and the value received.
         """
         if self.backbone not in BACKBONES:
-            raise ValueError(f"BACKBONE must be one of {sorted(BACKBONES)}; received {self.backbone!r}")
+            raise ValueError(f"BACKBONE must be one of {', '.join(BACKBONES)}; received {self.backbone!r}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"POOLING must be one of {list(POOLINGS)}; received {self.pooling!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"PRECISION must be one of {list(PRECISIONS)}; received {self.precision!r}"
             )
-        if not isinstance(self.size, int) or not 32 <= self.size <= 2048:
-            raise ValueError(f"SIZE must be a whole number from 32 to 2048 (VGG16's minimum is 32); received {self.size!r}")
+        self._check_size()
+        if self.layer is not None and self.layer not in self.spec.layers:
+            raise ValueError(
+                f"LAYER must be empty (the last block) or one of {self.backbone}'s layers "
+                f"{', '.join(self.spec.layers)}; received {self.layer!r}"
+            )
         if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
             raise WeightsUnavailable(
                 f"WEIGHTS={self.weights!r} is neither 'imagenet', 'none' nor an existing weights "
                 "file; pass WEIGHTS=imagenet, WEIGHTS=none or WEIGHTS=<path to a .h5 file>"
             )
         return self
+
+    def _check_size(self) -> None:
+        """Raises ValueError unless ``size`` is a whole number the backbone accepts."""
+        spec = self.spec
+        if (not isinstance(self.size, int) or isinstance(self.size, bool)
+                or not spec.min_size <= self.size <= MAX_SIZE):
+            raise ValueError(
+                f"SIZE must be a whole number from {spec.min_size} ({self.backbone}'s minimum) "
+                f"to {MAX_SIZE}; received {self.size!r}. Leave SIZE empty for {self.backbone}'s "
+                f"default of {spec.default_size}"
+            )
 
     @property
     def weights_tag(self) -> str:
@@ -68,15 +107,18 @@ class Settings:
 
     @property
     def key(self) -> str:
-        """The cache folder name, e.g. ``vgg16-avg-224-imagenet`` or ``vgg16-avg-224-none-bf16``."""
+        """The cache folder name, e.g. ``vgg16-avg-224-imagenet``, ``vgg16-avg-224-none-bf16`` or
+        ``vgg16-avg-224-imagenet-block4_pool`` (the layer only when it is not the last block)."""
         key = f"{self.backbone}-{self.pooling}-{self.size}-{self.weights_tag}"
+        if self.layer:
+            key = f"{key}-{self.layer}"
         return key if self.precision == "fp32" else f"{key}-{self.precision}"
 
 
 def keras_cache_file(backbone: str) -> Path:
     """Where Keras keeps the downloaded no-top weights of ``backbone``."""
     home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-    return Path(home) / "models" / BACKBONES[backbone][2]
+    return Path(home) / "models" / BACKBONES[backbone].weights_file
 
 
 def device_name() -> str:
@@ -95,20 +137,25 @@ def device_name() -> str:
 
 
 def preprocess_fn(backbone: str):
-    """Returns the backbone's ``keras.applications`` ``preprocess_input``."""
+    """Returns the backbone's ``keras.applications`` ``preprocess_input``.
+
+    It maps float32 RGB 0..255 batches (b, s, s, 3) to the model's input; for the backbones that
+    carry their preprocessing inside (EfficientNetV2, ConvNeXt, MobileNetV3) it returns its input.
+    """
     from ._tf import tensorflow
 
     tensorflow()
     import keras
 
-    return getattr(keras.applications, BACKBONES[backbone][1]).preprocess_input
+    return getattr(keras.applications, BACKBONES[backbone].module).preprocess_input
 
 
 def build(settings: Settings):
     """Builds the backbone for ``settings`` with the precision policy applied.
 
     Returns:
-        A Keras model mapping preprocessed (b, size, size, 3) float32 batches to (b, dim).
+        A Keras model mapping preprocessed (b, size, size, 3) float32 batches to (b, dim):
+        the global ``pooling`` of the last block, or of ``settings.layer``.
 
     Raises:
         WeightsUnavailable: ImageNet weights are not in Keras' cache and cannot be downloaded,
@@ -123,9 +170,31 @@ def build(settings: Settings):
     # cache could hold rows of two precisions (the device is not part of the key).
     tf.config.experimental.enable_tensor_float_32_execution(settings.precision != "fp32")
     keras.mixed_precision.set_global_policy(PRECISIONS[settings.precision])
-    factory = getattr(keras.applications, BACKBONES[settings.backbone][0])
+    if settings.layer is None:
+        return _with_weights(settings, pooling=settings.pooling)
+    return _pooled_layer(_with_weights(settings, pooling=None), settings.layer, settings.pooling)
+
+
+def _pooled_layer(model, layer: str, pooling: str):
+    """A model from ``model``'s input to the global ``pooling`` of ``layer``'s output."""
+    import keras
+
+    pool = keras.layers.GlobalAveragePooling2D if pooling == "avg" else keras.layers.GlobalMaxPooling2D
+    out = pool(name=f"{pooling}_pool_{layer}")(model.get_layer(layer).output)
+    return keras.Model(model.inputs, out, name=f"{model.name}_{layer}")
+
+
+def _with_weights(settings: Settings, pooling: str | None):
+    """The ``keras.applications`` model of ``settings`` without top, with its weights loaded.
+
+    Raises:
+        WeightsUnavailable: see :func:`build`.
+    """
+    import keras
+
+    factory = getattr(keras.applications, settings.spec.constructor)
     shape = (settings.size, settings.size, 3)
-    kwargs = dict(include_top=False, pooling=settings.pooling, input_shape=shape)
+    kwargs = dict(include_top=False, pooling=pooling, input_shape=shape)
     if settings.weights == "none":
         keras.utils.set_random_seed(INIT_SEED)
         return factory(weights=None, **kwargs)
@@ -139,9 +208,10 @@ def build(settings: Settings):
             raise WeightsUnavailable(
                 f"ImageNet weights for {settings.backbone} are not in Keras' cache "
                 f"({cached}) and could not be downloaded ({type(err).__name__}: {err}). "
-                f"Fix: copy the file '{cached.name}' to {cached.parent}/ (or set KERAS_HOME), "
-                "or pass WEIGHTS=<path to that .h5 file>, or WEIGHTS=none for random weights "
-                "(numbers then say little about ImageNet features)."
+                f"Fix: copy the file '{cached.name}' (from {settings.spec.weights_url}) to "
+                f"{cached.parent}/ (or set KERAS_HOME; `make weights` lists every backbone's "
+                "file), or pass WEIGHTS=<path to that .h5 file>, or WEIGHTS=none for random "
+                "weights (numbers then say little about ImageNet features)."
             ) from None
         finally:
             socket.setdefaulttimeout(previous)
@@ -151,5 +221,5 @@ def build(settings: Settings):
         raise WeightsUnavailable(
             f"cannot load weights file {settings.weights!r} into {settings.backbone} without top "
             f"({type(err).__name__}: {err}); it must be Keras' no-top weights file "
-            f"'{BACKBONES[settings.backbone][2]}' or one saved from the same model"
+            f"'{settings.spec.weights_file}' or one saved from the same model"
         ) from None

@@ -534,6 +534,7 @@ def _meta(p: Plan, settings: Settings, manifest, computed: int, reused: int, rej
         "init_seed": INIT_SEED if settings.weights == "none" else None,
         "image_size": settings.size,
         "pooling": settings.pooling,
+        "layer": settings.layer,  # None: the last block
         "precision": settings.precision,
         "resize": "exif-upright, first frame, RGB on white, centre square crop, bilinear",
         "dim": p.store.dim(),

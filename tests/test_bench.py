@@ -119,3 +119,35 @@ def test_results_and_table_are_written(tmp_path):
         assert f"`{key}`" in md
     assert "| `rss_growth` | 1.05 | <= 1.2 | met |" in md
     assert "a note" in md
+
+
+def test_backbones_section_is_replaced_in_place_and_kept_by_the_main_bench(tmp_path):
+    from bench.backbones import BEGIN, END, markdown, replace_section
+
+    rows = [{"backbone": "vgg16", "size": 224, "dim": 512, "gflop_per_image": 30.7,
+             "images_per_second": 7.0, "gflops": 214.9, "first_call_seconds": 2.0, "timed_calls": 3}]
+    results = {"created": "2026-01-01T00:00:00+00:00", "mode": "full", "total_seconds": 60.0,
+               "settings": {"size": 224, "batch": 8, "batches": 3, "max_seconds": 20.0},
+               "machine": {"cpu": "CPU", "cores": 2, "load_average_at_start": [0, 0, 0]},
+               "backbones": rows}
+    md = tmp_path / "B.md"
+    md.write_text("# Benchmarks\n\nold table\n", encoding="utf-8")
+    replace_section(md, markdown(results))
+    first = md.read_text(encoding="utf-8")
+    assert first.startswith("# Benchmarks\n\nold table\n\n" + BEGIN)
+    assert "| `vgg16` | 224 | 512 | 30.70 | 7.00 | 215 | 2.0 |" in first
+    rows[0]["images_per_second"] = 8.0
+    replace_section(md, markdown(results))
+    second = md.read_text(encoding="utf-8")
+    assert second.count(BEGIN) == 1 and second.count(END) == 1 and "| 8.00 |" in second
+
+    main = derive(fake_raw())  # the main bench rewrites the file and keeps the section
+    main.update({"created": "x", "mode": "quick", "command": "c", "total_seconds": 1.0, "notes": [],
+                 "machine": {"cpu": "CPU", "cores": 2, "simd": [], "ram_gib": 1.0, "os": "Linux",
+                             "load_average_at_start": [0, 0, 0], "load_average_at_end": [0, 0, 0]},
+                 "versions": {"python": "3"},
+                 "settings": {"size": 224, "batch": 32, "rounds": 3, "precision": "fp32",
+                              "image_shape": [240, 320], "e2e_images": 128}})
+    suite.write_results(main, tmp_path / "r.json", md)
+    third = md.read_text(encoding="utf-8")
+    assert "old table" not in third and "`rss_growth`" in third and "| 8.00 |" in third
