@@ -26,7 +26,7 @@ from extract.model import Settings
 
 from .data import (DataError, Features, assign_split, check_coverage, content_key, copies_across,
                    cv_folds, describe_conflict, label_conflicts, load_features, unit_ids)
-from . import stats
+from . import curves, stats
 from .dups import cached_duplicates
 from .heads import decision_values, scores, select_heads
 from .outdir import check_out_dir, new_run
@@ -302,6 +302,14 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         from . import figures
 
         figure_names = figures.write_figures(out / "figures", fitted, X[eval_idx], y[eval_idx], class_names)
+        curve = curves.learning_curves(models, X[train_idx], y[train_idx], fold_sets[0][0], n_jobs, seed)
+        write_csv(out / "learning_curve.csv", list(curve.columns), curve.itertuples(index=False))
+        figure_names.append(curves.plot_learning_curves(curve, out / "figures" / "learning_curve.png"))
+        reliability = curves.reliability_diagram(fitted, X[eval_idx], y[eval_idx], class_names,
+                                                 out / "figures" / "reliability.png")
+        figure_names += [reliability] if reliability else []
+        more_data = curves.more_data_would_help(curve)
+        log(more_data)
         write_json(out / "run.json", {
             "features_key": feats.key,
             "features_folder": str(feats.folder.resolve()),
@@ -322,6 +330,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
                            "rule": dups.rule,
                            "pairs": len(dups.pairs), "eval_with_train_duplicate": int(leaked.sum())},
             "label_conflicts": conflicts,
+            "more_data": more_data,
             "n_images": len(man), "n_train": len(train_idx), "n_eval": len(eval_idx),
             "class_names": class_names,
             "figures": figure_names,

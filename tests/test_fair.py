@@ -49,6 +49,34 @@ def test_comparison_has_intervals_tests_and_verdicts(colours, tmp_path):
         assert group["score"].mean() == pytest.approx(table.set_index("head").loc[head, "cv_mean"])
 
 
+def test_learning_curves_and_reliability_are_written(colours, tmp_path):
+    import json
+
+    out = tmp_path / "out"
+    _compare(colours, out, folds=3, repeats=1)
+    curve = pd.read_csv(out / "learning_curve.csv")
+    assert list(curve.columns) == ["head", "train_size", "score_mean", "score_std", "n_folds"]
+    assert set(curve["head"]) == {"logreg", "svm", "mlp"}
+    for _, group in curve.groupby("head"):
+        assert group["train_size"].is_monotonic_increasing and group["train_size"].nunique() >= 2
+        assert group["train_size"].max() <= 40  # 2 of 3 folds of the 48 training images
+    assert curve["score_mean"].between(0, 1).all()
+    for name in ("learning_curve.png", "reliability.png"):
+        assert (out / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sentence = json.loads((out / "run.json").read_text())["more_data"]
+    assert "more" in sentence and ("rises" in sentence or "levelled off" in sentence)
+
+
+def test_more_data_sentence_follows_the_curve():
+    from classify.curves import more_data_would_help
+
+    rising = pd.DataFrame({"head": ["a"] * 3, "train_size": [10, 20, 40],
+                           "score_mean": [0.6, 0.7, 0.8], "score_std": [0.02] * 3, "n_folds": [3] * 3})
+    flat = rising.assign(score_mean=[0.8, 0.85, 0.852])
+    assert "would likely help." in more_data_would_help(rising)
+    assert "levelled off" in more_data_would_help(flat)
+
+
 def test_every_head_perfect_means_no_head_is_worse(colours, tmp_path):
     table = _compare(colours, tmp_path / "out", folds=3, repeats=1)
     if (table["accuracy"] == 1.0).all() and (table["cv_mean"] == 1.0).all():

@@ -1,0 +1,135 @@
+"""Learning curves and reliability diagrams: would more images help, and can the scores be trusted.
+
+- :func:`learning_curves`: every head's cross-validated balanced accuracy against the number of
+  training images (scikit-learn's ``learning_curve`` on the cached vectors, with the comparison's
+  own folds, so copies never straddle a fold), written to ``learning_curve.csv`` and
+  ``figures/learning_curve.png``. Above :data:`MAX_ROWS` training images a seeded sample of
+  that many is used, so the curves stay a few seconds' work.
+- :func:`more_data_would_help`: the sentence the report shows.
+- :func:`reliability_diagram`: for two classes, how often the positive class is right against the
+  probability the heads gave it (scikit-learn's ``CalibrationDisplay``), ``figures/reliability.png``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SIZES = (0.25, 0.5, 0.75, 1.0)  # shares of each fold's training part
+MAX_ROWS = 4000
+MAX_FOLDS = 3  # the first folds of the comparison: enough for a mean and a spread
+MIN_PER_CLASS = 10  # smaller training sizes than 10 images per class are not drawn
+
+
+def learning_curves(models: dict, X, y, folds: list, n_jobs: int, seed: int) -> pd.DataFrame:
+    """Cross-validated balanced accuracy of each head at growing training sizes.
+
+    Args:
+        models: {head: unfitted estimator}.
+        X, y: the training part.
+        folds: (train, test) positions into ``X``, as the comparison used them.
+        n_jobs: parallel fits.
+        seed: picks the sample above :data:`MAX_ROWS` rows.
+
+    Returns:
+        Columns ``head, train_size, score_mean, score_std, n_folds``.
+    """
+    from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
+    from sklearn.model_selection import learning_curve
+
+    X, y, folds = _sample(X, y, list(folds)[:MAX_FOLDS], seed)
+    smallest_train = min(len(tr) for tr, _ in folds)
+    floor = MIN_PER_CLASS * len(np.unique(y))  # fewer images than this: a head cannot fit them
+    sizes = sorted({int(s * smallest_train) for s in SIZES if s * smallest_train >= floor}
+                   | {smallest_train})
+    rows = []
+    for name, model in models.items():
+        with warnings.catch_warnings():
+            # a head that cannot fit a small size (too few images per class for its own inner
+            # split) scores NaN there; n_folds says how many folds were scored
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", FitFailedWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            sizes_done, _, test = learning_curve(model, X, y, cv=folds, train_sizes=sizes,
+                                            scoring="balanced_accuracy", n_jobs=n_jobs,
+                                            shuffle=True, random_state=seed, error_score=np.nan)
+        for size, scores in zip(sizes_done, test):
+            rows.append({"head": name, "train_size": int(size), "score_mean": float(np.nanmean(scores)),
+                         "score_std": float(np.nanstd(scores)), "n_folds": int(np.isfinite(scores).sum())})
+    return pd.DataFrame(rows)
+
+
+def _sample(X, y, folds, seed):
+    """At most MAX_ROWS rows, keeping the folds (positions re-mapped into the sample)."""
+    n = len(y)
+    if n <= MAX_ROWS:
+        return X, y, folds
+    keep = np.sort(np.random.default_rng(seed).choice(n, MAX_ROWS, replace=False))
+    where = np.full(n, -1)
+    where[keep] = np.arange(len(keep))
+    sampled = [(where[tr][where[tr] >= 0], where[te][where[te] >= 0]) for tr, te in folds]
+    return X[keep], y[keep], sampled
+
+
+def more_data_would_help(curves: pd.DataFrame) -> str:
+    """A sentence: does the best head's curve still rise at the full training size?
+
+    Rising means the last step (75% -> 100% of the training part) gained more than the folds'
+    own spread at full size: more labelled images would likely help it further.
+    """
+    if curves is None or curves.empty:
+        return ""
+    last = curves[curves["train_size"] == curves["train_size"].max()]
+    best = last.loc[last["score_mean"].idxmax(), "head"]
+    mine = curves[curves["head"] == best].sort_values("train_size")
+    if len(mine) < 2:
+        return ""
+    gain = mine["score_mean"].iloc[-1] - mine["score_mean"].iloc[-2]
+    spread = mine["score_std"].iloc[-1]
+    if gain > max(spread, 0.005):
+        return (f"{best}'s score still rises at the full training size (+{gain:.3f} over the last "
+                f"step, more than the folds' spread of {spread:.3f}): more labelled images would "
+                "likely help.")
+    return (f"{best}'s score has levelled off (+{gain:.3f} over the last step, within the folds' "
+            f"spread of {spread:.3f}): more images of the same kind would likely help little; "
+            "other features or labels might.")
+
+
+def plot_learning_curves(curves: pd.DataFrame, path: Path) -> str:
+    """Writes figures/learning_curve.png: score against training images, one line per head."""
+    import matplotlib.pyplot as plt
+
+    from .figures import _save
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, group in curves.groupby("head", sort=False):
+        group = group.sort_values("train_size")
+        ax.errorbar(group["train_size"], group["score_mean"], yerr=group["score_std"], marker="o",
+                    capsize=3, label=name)
+    ax.set_xlabel("training images")
+    ax.set_ylabel("cross-validated balanced accuracy")
+    ax.set_title("Learning curves (error bars: spread over the folds)")
+    ax.legend()
+    return _save(fig, Path(path))
+
+
+def reliability_diagram(models: dict, X_eval, y_eval, class_names: list[str], path: Path) -> str | None:
+    """Writes figures/reliability.png for two classes (both evaluated); None otherwise."""
+    if len(class_names) != 2 or len(set(np.asarray(y_eval))) != 2:
+        return None
+    import matplotlib.pyplot as plt
+    from sklearn.calibration import CalibrationDisplay
+
+    from .figures import _save
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    y_bin = (np.asarray(y_eval) == class_names[1]).astype(int)
+    bins = int(np.clip(len(y_bin) // 10, 3, 10))
+    for name, model in models.items():
+        proba = model.predict_proba(X_eval)[:, list(model.classes_).index(class_names[1])]
+        CalibrationDisplay.from_predictions(y_bin, proba, n_bins=bins, name=name, ax=ax)
+    ax.set_title(f"Reliability on the evaluated images, positive class {class_names[1]!r}")
+    return _save(fig, Path(path))
