@@ -308,6 +308,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         reliability = curves.reliability_diagram(fitted, X[eval_idx], y[eval_idx], class_names,
                                                  out / "figures" / "reliability.png")
         figure_names += [reliability] if reliability else []
+        figure_names.append(curves.plot_intervals(comparison, out / "figures" / "intervals.png"))
         more_data = curves.more_data_would_help(curve)
         log(more_data)
         write_json(out / "run.json", {

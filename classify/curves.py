@@ -133,3 +133,29 @@ def reliability_diagram(models: dict, X_eval, y_eval, class_names: list[str], pa
         CalibrationDisplay.from_predictions(y_bin, proba, n_bins=bins, name=name, ax=ax)
     ax.set_title(f"Reliability on the evaluated images, positive class {class_names[1]!r}")
     return _save(fig, Path(path))
+
+
+def plot_intervals(comparison: pd.DataFrame, path: Path) -> str:
+    """Writes figures/intervals.png: each head's hold-out accuracy and CV score with 95% intervals,
+    the verdict beside its name."""
+    import matplotlib.pyplot as plt
+
+    from .figures import _save
+
+    heads = comparison["head"].tolist()
+    labels = [f"{h} ({v})" for h, v in zip(heads, comparison["verdict"])]
+    fig, ax = plt.subplots(figsize=(6.5, 0.6 * len(heads) + 1.6))
+    pos = np.arange(len(heads))
+    for offset, (col, low, high, name) in enumerate((
+            ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "hold-out accuracy (Wilson)"),
+            ("cv_mean", "cv_ci_low", "cv_ci_high", "CV balanced accuracy (corrected t)"))):
+        mid = comparison[col].astype(float).to_numpy()
+        err = np.vstack([mid - comparison[low].astype(float), comparison[high].astype(float) - mid])
+        ax.errorbar(mid, pos + (offset - 0.5) * 0.3, xerr=np.clip(err, 0, None), fmt="o", capsize=4,
+                    label=name)
+    ax.set_yticks(pos, labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("score, with 95% intervals")
+    ax.set_title("Heads compared: overlapping intervals and 'tied' mean no honest winner")
+    ax.legend(loc="lower left", fontsize=8)
+    return _save(fig, Path(path))

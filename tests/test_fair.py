@@ -61,7 +61,7 @@ def test_learning_curves_and_reliability_are_written(colours, tmp_path):
         assert group["train_size"].is_monotonic_increasing and group["train_size"].nunique() >= 2
         assert group["train_size"].max() <= 40  # 2 of 3 folds of the 48 training images
     assert curve["score_mean"].between(0, 1).all()
-    for name in ("learning_curve.png", "reliability.png"):
+    for name in ("learning_curve.png", "reliability.png", "intervals.png"):
         assert (out / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sentence = json.loads((out / "run.json").read_text())["more_data"]
     assert "more" in sentence and ("rises" in sentence or "levelled off" in sentence)
