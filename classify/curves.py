@@ -43,8 +43,10 @@ def learning_curves(models: dict, X, y, folds: list, n_jobs: int, seed: int) -> 
     X, y, folds = _sample(X, y, list(folds)[:MAX_FOLDS], seed)
     smallest_train = min(len(tr) for tr, _ in folds)
     floor = MIN_PER_CLASS * len(np.unique(y))  # fewer images than this: a head cannot fit them
-    sizes = sorted({int(s * smallest_train) for s in SIZES if s * smallest_train >= floor}
-                   | {smallest_train})
+    columns = ["head", "train_size", "score_mean", "score_std", "n_folds"]
+    if smallest_train < floor:  # too few images for a curve: say nothing rather than noise
+        return pd.DataFrame(columns=columns)
+    sizes = sorted({int(s * smallest_train) for s in SIZES if s * smallest_train >= floor})
     rows = []
     for name, model in models.items():
         with warnings.catch_warnings():
@@ -53,13 +55,17 @@ def learning_curves(models: dict, X, y, folds: list, n_jobs: int, seed: int) -> 
             warnings.simplefilter("ignore", ConvergenceWarning)
             warnings.simplefilter("ignore", FitFailedWarning)
             warnings.simplefilter("ignore", UserWarning)
-            sizes_done, _, test = learning_curve(model, X, y, cv=folds, train_sizes=sizes,
-                                            scoring="balanced_accuracy", n_jobs=n_jobs,
-                                            shuffle=True, random_state=seed, error_score=np.nan)
+            try:
+                sizes_done, _, test = learning_curve(model, X, y, cv=folds, train_sizes=sizes,
+                                                     scoring="balanced_accuracy", n_jobs=n_jobs,
+                                                     shuffle=True, random_state=seed,
+                                                     error_score=np.nan)
+            except ValueError:  # every fit failed at some size
+                sizes_done, test = np.array(sizes), np.full((len(sizes), len(folds)), np.nan)
         for size, scores in zip(sizes_done, test):
             rows.append({"head": name, "train_size": int(size), "score_mean": float(np.nanmean(scores)),
                          "score_std": float(np.nanstd(scores)), "n_folds": int(np.isfinite(scores).sum())})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _sample(X, y, folds, seed):
@@ -80,8 +86,10 @@ def more_data_would_help(curves: pd.DataFrame) -> str:
     Rising means the last step (75% -> 100% of the training part) gained more than the folds'
     own spread at full size: more labelled images would likely help it further.
     """
-    if curves is None or curves.empty:
-        return ""
+    if curves is None or curves.dropna(subset=["score_mean"]).empty:
+        return ("Too few training images for a learning curve (at least "
+                f"{MIN_PER_CLASS} per class in each fold's training part).")
+    curves = curves.dropna(subset=["score_mean"])
     last = curves[curves["train_size"] == curves["train_size"].max()]
     best = last.loc[last["score_mean"].idxmax(), "head"]
     mine = curves[curves["head"] == best].sort_values("train_size")
@@ -105,6 +113,9 @@ def plot_learning_curves(curves: pd.DataFrame, path: Path) -> str:
     from .figures import _save
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    if curves.dropna(subset=["score_mean"]).empty:
+        ax.text(0.5, 0.5, more_data_would_help(curves), ha="center", va="center", wrap=True,
+                transform=ax.transAxes)
     for name, group in curves.groupby("head", sort=False):
         group = group.sort_values("train_size")
         ax.errorbar(group["train_size"], group["score_mean"], yerr=group["score_std"], marker="o",

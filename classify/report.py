@@ -370,7 +370,8 @@ def section_embedding(X, manifest: pd.DataFrame | None, wrong_paths: set, seed: 
             "</figcaption></figure>")
 
 
-def section_comparison(out: Path, comparison: pd.DataFrame | None, heads: list[str]) -> str:
+def section_comparison(out: Path, comparison: pd.DataFrame | None, heads: list[str],
+                       run: dict | None = None) -> str:
     if comparison is None:
         return "<p><code>comparison.csv</code> is missing: run <code>make compare</code>.</p>"
     best = None
@@ -388,6 +389,21 @@ def section_comparison(out: Path, comparison: pd.DataFrame | None, heads: list[s
              "cv_mean and cv_std: cross-validated balanced accuracy on the training part (it picks the "
              "best head); seconds are timings, "
              "not results.</p>"]
+    if "verdict" in comparison:
+        tied = comparison.loc[comparison["verdict"] == "tied", "head"].astype(str).tolist()
+        parts.append(
+            "<p><strong>Verdict:</strong> "
+            + (f"{esc(', '.join(tied))} {'is' if len(tied) == 1 else 'are'} <em>tied</em> with "
+               f"{esc(best)}: the difference is within what other folds could give. "
+               if tied else f"{esc(best)} is ahead of every other head beyond the folds' noise. ")
+            + "Intervals are 95% (Wilson over the evaluated images, corrected resampled t over the "
+              "folds); <code>p_vs_best</code> is the corrected paired t on the same folds, "
+              "<code>p_mcnemar</code> McNemar's exact test on the evaluated images; a head is "
+              "<em>worse</em> when <code>p_vs_best</code> stays below 0.05 after Holm's "
+              "adjustment. The figure <code>intervals.png</code> below draws them.</p>")
+    if run and run.get("more_data"):
+        parts.append(f"<p><strong>More images?</strong> {esc(run['more_data'])} "
+                     "(<code>learning_curve.png</code> below)</p>")
     for head in heads:
         txt = out / "reports" / f"{head}.txt"
         if txt.is_file():
@@ -736,7 +752,7 @@ def build_report(in_dir, features_dir, out_dir, max_gallery: int = MAX_GALLERY, 
         "data": section_data(manifest, split, rejected, meta),
         "embedding": section_embedding(X, manifest, set(errors["path"]) if len(errors) else set(), seed, max_tsne),
         "backbones": section_backbones(out, run),
-        "comparison": section_comparison(out, comparison, heads),
+        "comparison": section_comparison(out, comparison, heads, run),
         "figures": section_figures(out),
         "gallery": section_gallery(errors, pred, heads, thumbs, max_gallery),
         "audit": section_audit(out, thumbs, known, in_dir),
