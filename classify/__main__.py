@@ -31,7 +31,8 @@ def main(argv=None) -> int:
                             seed=args.seed, test_size=args.test_size, folds=args.folds,
                             jobs=args.jobs or None, in_dir=args.in_dir,
                             fallback_none=args.weights_fallback == "none",
-                            groups=args.groups, dup_threshold=args.dup_threshold)
+                            groups=args.groups, dup_threshold=args.dup_threshold,
+                            memory_gb=args.memory_gb)
             print()
             print(format_table(table))
             print(f"\noutputs in {args.out}/: comparison.csv, predictions.csv, reports/, models/, "

@@ -15,7 +15,6 @@ under ``OUT/audit/``:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import warnings
@@ -233,7 +232,7 @@ def contact_sheets(in_dir, out: Path, dup_table: pd.DataFrame, suspects: pd.Data
 
 def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm,mlp", seed: int = 42,
           test_size: float = 0.2, folds: int = 5, jobs: int | None = None, dup_threshold="auto",
-          top: int = TOP, log=print, fallback_none: bool = False) -> dict:
+          top: int = TOP, log=print, fallback_none: bool = False, memory_gb="auto") -> dict:
     """Finds duplicates and label suspects, scores the heads plainly and leakage-aware.
 
     Args:
@@ -245,16 +244,19 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
         dup_threshold: ``auto`` or a cosine similarity (DUP_THRESHOLD).
         top: pairs and suspects on the contact sheets.
         log: where messages go.
+        memory_gb: ``auto`` or GiB (MEMORY_GB), as in ``make compare``: decides the SVM method
+            and how many fits run at once.
 
     Returns:
         The summary (also written to ``OUT/audit/summary.json``).
 
     Raises:
         DataError: missing features, fewer than two classes, no training or evaluated images.
-        ValueError: an unknown head or a bad threshold.
+        ValueError: an unknown head, a bad threshold, or a budget too small for one fit.
     """
     from extract.cache import write_csv, write_json
 
+    from .budget import plan_for
     from .data import DataError, assign_split, load_features
     from .dups import cached_duplicates
     from .heads import make_heads, select_heads
@@ -268,7 +270,8 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
     role_s, split_rule = assign_split(man, test_size, seed)
     role = role_s.replace("", "unused").to_numpy()
     X, y = feats.X, man["label"].to_numpy()
-    jobs = jobs or os.cpu_count() or 1
+    plan = plan_for(models, int((role != "unused").sum()), X.shape[1], memory_gb, jobs, log)
+    jobs = plan.n_jobs
 
     dups = cached_duplicates(X, man["sha256"], dup_threshold, Path(out_dir) / ".dups")
     cluster = dups.groups()
@@ -337,6 +340,7 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
                                      "out-of-fold prediction != label, ranked by "
                                      "cleanlab.rank.get_label_quality_scores (self_confidence)"},
         "scores": scores,
+        "memory_plan": plan.as_dict(),
         "seed": seed, "test_size": test_size,
         "files": ["duplicates.csv", "label_suspects.csv", "summary.json", *sheets],
         "seconds": round(time.perf_counter() - t0, 3),
@@ -353,7 +357,7 @@ def main(argv=None) -> int:
         summary = audit(args.features, settings_from(args), args.out,
                         fallback_none=args.weights_fallback == "none", in_dir=args.in_dir, heads=args.heads, seed=args.seed,
                         test_size=args.test_size, folds=args.folds, jobs=args.jobs or None,
-                        dup_threshold=args.dup_threshold, top=args.top)
+                        dup_threshold=args.dup_threshold, top=args.top, memory_gb=args.memory_gb)
     except (DataError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -6,7 +6,6 @@ import datetime as dt
 import hashlib
 import io
 import json
-import os
 import platform
 import time
 import warnings
@@ -24,6 +23,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from extract.cache import atomic_write, write_csv, write_json
 from extract.model import Settings
 
+from .budget import plan_for
 from .data import DataError, Features, assign_split, load_features
 from .dups import cached_duplicates, group_roles
 from .heads import scores, select_heads
@@ -138,7 +138,7 @@ def format_table(df: pd.DataFrame) -> str:
 def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,mlp",
             seed: int = 42, test_size: float = 0.2, folds: int = 5, jobs: int | None = None,
             in_dir: str = "in", fallback_none: bool = False, log=print, groups: str = "none",
-            dup_threshold="auto") -> pd.DataFrame:
+            dup_threshold="auto", memory_gb="auto") -> pd.DataFrame:
     """Trains, cross-validates and evaluates the heads; writes everything under ``out_dir``.
 
     Args:
@@ -157,13 +157,15 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             see :mod:`classify.dups`) on one side of the hold-out and of every CV fold.
         dup_threshold: ``auto`` or a cosine similarity (DUP_THRESHOLD); decides which evaluated
             images have a near-duplicate in the training part (``accuracy_no_dups``).
+        memory_gb: ``auto`` or GiB (MEMORY_GB): the budget of the concurrent fits, which decides
+            the SVM method and the parallel fits (:mod:`classify.budget`).
 
     Returns:
         The comparison table (also written to ``out_dir/comparison.csv``).
 
     Raises:
         DataError: missing or damaged features, too few classes or images.
-        ValueError: an unknown head.
+        ValueError: an unknown head, or a budget too small for one fit.
     """
     t_start = time.perf_counter()
     models = select_heads(heads, seed)
@@ -218,6 +220,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         fold_list = list(cv.split(train_idx, y[train_idx]))
     log(f"duplicates: {dups.rule}; {int(leaked.sum())} of {len(eval_idx)} evaluated images have "
         "a duplicate in the training part")
+    plan = plan_for(models, len(train_idx), X.shape[1], memory_gb, jobs, log)
     tasks = []
     for name, model in models.items():
         for k, (tr, te) in enumerate(fold_list):
@@ -225,7 +228,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         tasks.append((name, -1, clone(model), train_idx, None))
     # The SVM's tasks are the longest: start them first so the workers finish together.
     tasks.sort(key=lambda t: (t[0] != "svm", t[0], t[1]))
-    n_jobs = jobs or os.cpu_count() or 1
+    n_jobs = plan.n_jobs
     results = joblib.Parallel(n_jobs=min(n_jobs, len(tasks)))(
         joblib.delayed(_fit)(name, k, model, X, y, tr, te) for name, k, model, tr, te in tasks)
 
@@ -289,6 +292,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         "weights_fallback": feats.meta.get("weights_fallback"),
         "heads": list(models),
         "seed": seed, "test_size": test_size, "folds": folds, "jobs": n_jobs,
+        "memory_plan": plan.as_dict(),
         "split_rule": split_rule,
         "groups": groups,
         "duplicates": {"threshold": dups.threshold if np.isfinite(dups.threshold) else None,
