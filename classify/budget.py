@@ -21,6 +21,7 @@ SHARE = 0.5  # the default budget: this share of the smallest memory limit that 
 WORKER_BYTES = 400 * 1024 ** 2  # a joblib worker process with numpy, scipy and scikit-learn loaded
 NYSTROEM_COMPONENTS = 1024  # components of the bounded-memory SVM when the budget allows them
 MIN_COMPONENTS = 128  # fewer than this loses too much accuracy (BENCHMARKS.md); refuse instead
+NYSTROEM_MAX_ENTRIES = 25_000_000  # n x components above which LinearSVC takes minutes per fit
 NYSTROEM_BYTES_PER_ENTRY = 28  # float32 features + LinearSVC's float64 copy + liblinear's 16-byte nodes
 ROW_COPIES = 2  # float32 copies of the training rows in a fit: the fold's rows and the scaled rows
 
@@ -122,7 +123,9 @@ def plan_fits(n_train: int, dim: int, memory_gb: float, jobs: int, svm: bool = T
 
     The exact kernel is kept whenever one exact fit fits (fewer fits at once if need be);
     otherwise the Nystroem method with as many components (up to ``NYSTROEM_COMPONENTS``) as
-    fit with at least one fit at a time.
+    fit with at least one fit at a time and keep n x components under ``NYSTROEM_MAX_ENTRIES``
+    (time: LinearSVC grows with it; measured 35 s per fit for 80,000 x 256 on 2 busy cores),
+    but never fewer than ``MIN_COMPONENTS``.
 
     Args:
         n_train: rows of the largest fit (the final fit on the whole training part).
@@ -148,7 +151,8 @@ def plan_fits(n_train: int, dim: int, memory_gb: float, jobs: int, svm: bool = T
         return Plan("exact", 0, n_jobs, memory_gb, _gb(n_jobs, need),
                     f"exact RBF kernel: {n_jobs} fit(s) at once of {need / GIB:.2f} GiB each "
                     f"(Gram matrix of {n_train:,} rows) fit in MEMORY_GB={memory_gb:g}")
-    for m in (NYSTROEM_COMPONENTS, 512, 256, MIN_COMPONENTS):
+    sizes = [m for m in (NYSTROEM_COMPONENTS, 512, 256) if n_train * m <= NYSTROEM_MAX_ENTRIES]
+    for m in (*sizes, MIN_COMPONENTS):
         need_m = max(nystroem_bytes(n_train, dim, m), base)
         n_jobs = _fits_at_once(need_m, budget, jobs)
         if n_jobs:

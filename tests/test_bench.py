@@ -57,6 +57,8 @@ def fake_raw(**over):
         "compare_seconds": 25.0, "compare_n": 12420, "compare_n_train": 9936,
         "rss_1x_mib": 900.0, "rss_4x_mib": 945.0, "gflop_per_image": 30.7,
         "bf16_min_cosine": 0.9999, "bf16_logreg_accuracy_change": 0.0,
+        "compare_seconds_200k": 250.0, "compare_peak_rss_mib_200k": 3000.0,
+        "audit_seconds_200k": 600.0, "audit_peak_rss_mib_200k": 3500.0,
     }
     raw.update(over)
     return raw
@@ -94,3 +96,31 @@ def test_results_and_table_are_written(tmp_path):
         assert f"`{key}`" in md
     assert "| `rss_growth` | 1.05 | <= 1.2 | met |" in md
     assert "a note" in md
+
+
+def test_scale_measure_sees_the_peak_memory_of_a_child_and_its_children(tmp_path):
+    import sys
+
+    from bench.scale import measure
+
+    grandchild = "import numpy as np; a = np.ones(300 * 2**20 // 8); import time; time.sleep(0.6)"
+    code = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {grandchild!r}])"
+    res = measure([sys.executable, "-c", code])
+    assert res["rc"] == 0 and res["peak_rss_mib"] >= 300  # the grandchild's 300 MiB array
+    assert res["tree_rss_mib"] >= res["peak_rss_mib"] - 1
+
+
+def test_scale_section_lists_one_off_runs(tmp_path):
+    from bench.scale import keys, scale_section
+
+    run = {"n": 1000, "dim": 512, "prlimit_as": 12_000_000_000, "memory_gb": "auto",
+           "compare": {"seconds": 12.5, "rc": 0, "peak_rss_mib": 800.0, "tree_rss_mib": 900.0,
+                       "memory_plan": {"method": "nystroem", "components": 256, "n_jobs": 1}},
+           "audit": {"seconds": 30.0, "rc": 0, "peak_rss_mib": 850.0, "tree_rss_mib": 950.0,
+                     "memory_plan": {"method": "nystroem", "components": 256, "n_jobs": 1},
+                     "dup_search": "exact"}}
+    (tmp_path / "scale-1k.json").write_text(json.dumps(run))
+    text = "\n".join(scale_section(tmp_path))
+    assert "| 1,000 x 512 | compare | prlimit --as=12,000,000,000 | 12.5 (rc 0) | 800.0 | 900.0 | nystroem (256 components) | 1 |" in text
+    assert keys(run, "1k") == {"compare_seconds_1k": 12.5, "compare_peak_rss_mib_1k": 800.0,
+                               "audit_seconds_1k": 30.0, "audit_peak_rss_mib_1k": 850.0}
