@@ -97,7 +97,7 @@ def run_scale(n: int, work: Path, prlimit_as: int | None = None, memory_gb: str 
     flags = ["--features", str(features), "--out", str(out), "--weights", "none", "--size",
              str(settings.size), "--memory-gb", memory_gb]
     prefix = ["prlimit", f"--as={prlimit_as}"] if prlimit_as else []
-    env = dict(os.environ, PYTHONPATH=str(suite.ROOT))
+    env = dict(os.environ, PYTHONPATH=str(suite.ROOT), PYTHONUNBUFFERED="1")
     res: dict = {"n": n, "dim": 512, "prlimit_as": prlimit_as, "memory_gb": memory_gb}
     for name, module in (("compare", ["classify", "compare"]), ("audit", ["classify.audit"])):
         say(f"{name} on {n:,} x 512 ...")

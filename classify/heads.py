@@ -17,6 +17,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 
 BLOCK_ROWS = 2048  # rows of a kernel block computed at once (predict, Gram, Nystroem features)
+BLOCK_ENTRIES = 16_000_000  # at most this many float32 temporaries per Gram block (64 MB)
 
 
 def rbf_kernel32(A: np.ndarray, B: np.ndarray, gamma: float, out: np.ndarray | None = None,
@@ -49,12 +50,14 @@ def rbf_kernel32(A: np.ndarray, B: np.ndarray, gamma: float, out: np.ndarray | N
 def rbf_gram64(A: np.ndarray, B: np.ndarray, gamma: float, dtype=np.float32) -> np.ndarray:
     """The float64 kernel matrix libsvm needs, written block by block (8 bytes per entry).
 
-    The temporaries are one block of ``BLOCK_ROWS`` rows, so the peak is the float64 result plus
-    a block, not a float32 matrix and its float64 copy. ``dtype``: as in :func:`rbf_kernel32`.
+    The temporaries are one block of at most ``BLOCK_ROWS`` rows and ``BLOCK_ENTRIES`` entries,
+    so the peak is the float64 result plus 64 MB, not a float32 matrix and its float64 copy.
+    ``dtype``: as in :func:`rbf_kernel32`.
     """
     K = np.empty((len(A), len(B)), np.float64)
-    for i in range(0, len(A), BLOCK_ROWS):
-        rbf_kernel32(A[i:i + BLOCK_ROWS], B, gamma, out=K[i:i + BLOCK_ROWS], dtype=dtype)
+    rows = max(1, min(BLOCK_ROWS, BLOCK_ENTRIES // max(len(B), 1)))
+    for i in range(0, len(A), rows):
+        rbf_kernel32(A[i:i + rows], B, gamma, out=K[i:i + rows], dtype=dtype)
     return K
 
 
