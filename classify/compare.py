@@ -218,8 +218,8 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     else:
         cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
         fold_list = list(cv.split(train_idx, y[train_idx]))
-    log(f"duplicates: {dups.rule}; {int(leaked.sum())} of {len(eval_idx)} evaluated images have "
-        "a duplicate in the training part")
+    log(f"duplicates: {dups.rule}; search: {dups.search}; {int(leaked.sum())} of {len(eval_idx)} "
+        "evaluated images have a duplicate in the training part")
     plan = plan_for(models, len(train_idx), X.shape[1], memory_gb, jobs, log)
     tasks = []
     for name, model in models.items():
@@ -296,7 +296,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         "split_rule": split_rule,
         "groups": groups,
         "duplicates": {"threshold": dups.threshold if np.isfinite(dups.threshold) else None,
-                       "rule": dups.rule,
+                       "rule": dups.rule, "search": dups.search,
                        "pairs": len(dups.pairs), "eval_with_train_duplicate": int(leaked.sum())},
         "n_images": len(man), "n_train": len(train_idx), "n_eval": len(eval_idx),
         "class_names": class_names,
