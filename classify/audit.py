@@ -304,7 +304,8 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
     role_s, split_rule = assign_split(man, test_size, seed)
     role = role_s.replace("", "unused").to_numpy()
     X, y = feats.X, man["label"].to_numpy()
-    plan = plan_for(models, int((role != "unused").sum()), X.shape[1], memory_gb, jobs, log)
+    # the largest SVM fit is the final one on the training part, as in compare
+    plan = plan_for(models, int((role == "train").sum()), X.shape[1], memory_gb, jobs, log)
     jobs = plan.n_jobs
 
     dups = cached_duplicates(X, man["sha256"], dup_threshold, Path(out_dir) / ".dups")
