@@ -142,6 +142,7 @@ def main(argv=None) -> int:
                     say=lambda m: print(f"[bench.scale {time.strftime('%H:%M:%S')}] {m}", file=sys.stderr, flush=True))
     res.update(keys(res, tag))
     res["machine"] = suite.machine()
+    res["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     path = Path(args.json or suite.ROOT / "bench" / f"scale-{tag}.json")
     path.write_text(json.dumps(res, indent=2, default=str) + "\n")
     print(json.dumps({k: v for k, v in res.items() if k.endswith(tag)}, indent=2))
@@ -161,8 +162,8 @@ def scale_section(folder: Path | None = None) -> list[str]:
              "One-off runs of `python -m bench.scale` (fresh processes, default heads, synthetic "
              "vectors of `make bench`); peak = the largest resident size of any one process of "
              "the run (joblib workers included), tree = the largest sum over the process tree.", "",
-             "| rows x dims | command | limit | seconds | peak MiB | tree MiB | SVM method | parallel fits | near-duplicate search |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| rows x dims | command | limit | seconds | peak MiB | tree MiB | SVM method | parallel fits | near-duplicate search | load at end |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(folder.glob("scale-*.json"), key=lambda p: json.loads(p.read_text())["n"]):
         r = json.loads(path.read_text())
         limit = f"prlimit --as={r['prlimit_as']:,}" if r.get("prlimit_as") else f"MEMORY_GB={r.get('memory_gb')}"
@@ -172,7 +173,8 @@ def scale_section(folder: Path | None = None) -> list[str]:
             method = plan.get("method", "?") + (f" ({plan['components']} components)" if plan.get("components") else "")
             lines.append(f"| {r['n']:,} x {r['dim']} | {name} | {limit} | {c.get('seconds')} (rc {c.get('rc')}) | "
                          f"{c.get('peak_rss_mib')} | {c.get('tree_rss_mib')} | {method} | {plan.get('n_jobs', '?')} | "
-                         f"{r.get('audit', {}).get('dup_search', '') if name == 'audit' else ''} |")
+                         f"{r.get('audit', {}).get('dup_search', '') if name == 'audit' else ''} | "
+                         f"{_load(r)} |")
     methods = folder / "svm-methods.json"
     if methods.is_file():
         m = json.loads(methods.read_text())
@@ -185,3 +187,10 @@ def scale_section(folder: Path | None = None) -> list[str]:
                              f"{row.get('accuracy')} | {row.get('fit_seconds')} | {row.get('peak_rss_mib', '')} |")
     lines.append("")
     return lines
+
+
+def _load(run: dict) -> str:
+    """The 1-minute load average when a run ended (the CPU is shared: read its times with it)."""
+    m = run.get("machine") or {}
+    load = m.get("load_average_at_end") or m.get("load_average_at_start")
+    return f"{load[0]:g}" if load else ""

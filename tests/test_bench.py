@@ -121,6 +121,6 @@ def test_scale_section_lists_one_off_runs(tmp_path):
                      "dup_search": "exact"}}
     (tmp_path / "scale-1k.json").write_text(json.dumps(run))
     text = "\n".join(scale_section(tmp_path))
-    assert "| 1,000 x 512 | compare | prlimit --as=12,000,000,000 | 12.5 (rc 0) | 800.0 | 900.0 | nystroem (256 components) | 1 |" in text
+    assert "| 1,000 x 512 | compare | prlimit --as=12,000,000,000 | 12.5 (rc 0) | 800.0 | 900.0 | nystroem (256 components) | 1 |  |  |" in text
     assert keys(run, "1k") == {"compare_seconds_1k": 12.5, "compare_peak_rss_mib_1k": 800.0,
                                "audit_seconds_1k": 30.0, "audit_peak_rss_mib_1k": 850.0}
