@@ -322,6 +322,8 @@ def near_search(X, reps: np.ndarray, block: int = BLOCK):
 
 def exact_pairs(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The exact-copy pairs: in each group of equal codes, its first row with each other row."""
+    if not len(codes):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
     order = np.argsort(codes, kind="stable")
     sorted_codes = codes[order]
     starts = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1]
