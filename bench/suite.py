@@ -194,7 +194,7 @@ def write_fake_cache(features: Path, X: np.ndarray, y: np.ndarray):
                      "sha256": hashlib.sha256(path.encode()).hexdigest(),
                      "size": 1000 + i, "mtime_ns": 1_700_000_000_000_000_000 + i})
     rows.sort(key=lambda r: r["path"])
-    order = [int(r["path"].rsplit("_", 1)[1][:5]) for r in rows]
+    order = [int(r["path"].rsplit("_", 1)[1].split(".")[0]) for r in rows]  # 6+ digits past 99,999
     meta = {"key": settings.key, "backbone": "vgg16", "weights": "none", "weights_tag": "none",
             "image_size": 224, "pooling": "avg", "precision": "fp32", "dim": int(X.shape[1]),
             "n": len(rows), "class_names": sorted(set(CLASSES[v] for v in y)),

@@ -34,6 +34,17 @@ def test_fake_cache_is_a_valid_cache_for_stage_2(tmp_path):
     assert np.array_equal(feats.X[i], X[7]) and feats.manifest["label"][i] == "square"
 
 
+def test_fake_cache_keeps_rows_aligned_past_99999(tmp_path, monkeypatch):
+    from extract.cache import read_cache
+
+    X = np.arange(2 * 100_003, dtype=np.float32).reshape(-1, 2)  # row i holds 2i, 2i+1
+    settings = suite.write_fake_cache(tmp_path, X, np.arange(len(X)) % 2)
+    emb, rows, _ = read_cache(tmp_path / settings.key)
+    number = np.array([int(r["path"].rsplit("_", 1)[1].split(".")[0]) for r in rows])
+    assert len(np.unique(emb[:, 0])) == len(X)  # no row written twice
+    np.testing.assert_array_equal(emb[:, 0], 2 * number)
+
+
 def test_generated_images_are_jpeg_files_of_both_classes(tmp_path):
     from PIL import Image
 
