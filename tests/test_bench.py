@@ -114,7 +114,7 @@ def test_scale_measure_sees_the_peak_memory_of_a_child_and_its_children(tmp_path
 
     from bench.scale import measure
 
-    grandchild = "import numpy as np; a = np.ones(300 * 2**20 // 8); import time; time.sleep(0.6)"
+    grandchild = "import numpy as np; a = np.ones(300 * 2**20 // 8); import time; time.sleep(1.0)"
     code = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {grandchild!r}])"
     res = measure([sys.executable, "-c", code])
     assert res["rc"] == 0 and res["peak_rss_mib"] >= 300  # the grandchild's 300 MiB array
