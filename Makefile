@@ -28,6 +28,10 @@ FOLDS ?= 5##           cross-validation folds on the training part
 JOBS ?= 0##            parallel workers for stage 2 (0: every core)
 GROUPS ?= none##       none, or dups: keep each near-duplicate cluster on one side of every split
 DUP_THRESHOLD ?= auto## cosine similarity above which two images are near-duplicates (auto: from the data)
+MEMORY_GB ?= auto##    memory budget of stage 2's concurrent fits in GiB (auto: half of RAM or of the process limit)
+EMBEDDINGS ?=##        `make import`: .npy file of float vectors (N, D) computed elsewhere
+LABELS ?=##            `make import`: CSV path,label[,split], one row per vector, in order
+DATASET ?=##           `make import`: the cache folder FEATURES/DATASET/imported-<dim>/
 IMAGES ?=##            files or folders to classify with `make predict`
 HEAD ?=##              head used by `make predict` (empty: best cross-validated score)
 PYTHON ?= python3##    interpreter used to create the virtualenv
@@ -41,7 +45,7 @@ EXTRACT_ARGS = --in "$(IN)" --features "$(FEATURES)" --dataset "$(DATASET)" --ba
 BACKBONES_ARG = $(if $(strip $(BACKBONES)),--backbones $(BACKBONES))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help setup setup-ray features weights compare audit report predict demo test test-deps bench clean clean-features
+.PHONY: help setup setup-ray features weights import compare audit report predict demo test test-deps bench clean clean-features
 
 help: ## list every target and variable
 	@echo "Targets:"
@@ -74,15 +78,19 @@ features: setup $(ENGINE_SETUP) ## stage 1: embed new or changed images of IN in
 weights: setup ## list each backbone's ImageNet weights file, whether Keras' cache has it, where to copy it
 	$(PY) -m extract.weights
 
+import: setup ## vectors computed elsewhere (EMBEDDINGS, LABELS) -> FEATURES/DATASET/imported-<dim>/
+	$(PY) -m classify.importer --embeddings "$(EMBEDDINGS)" --labels "$(LABELS)" --dataset "$(DATASET)" \
+		--features "$(FEATURES)"
+
 compare: setup $(ENGINE_SETUP) ## stage 2: compare HEADS on the cached embeddings (with BACKBONES: every head on every backbone)
 	$(PY) -m classify compare $(EXTRACT_ARGS) $(BACKBONES_ARG) --out "$(OUT)" --heads $(HEADS) --seed $(SEED) \
 		--test-size $(TEST_SIZE) --folds $(FOLDS) --jobs $(JOBS) --groups $(GROUPS) \
-		--dup-threshold $(DUP_THRESHOLD) --engine $(ENGINE) --repeats $(REPEATS)
+		--dup-threshold $(DUP_THRESHOLD) --engine $(ENGINE) --repeats $(REPEATS) --memory-gb $(MEMORY_GB)
 
 audit: setup $(ENGINE_SETUP) ## near-duplicates across splits, label suspects, leakage-aware scores -> OUT/audit/
 	$(PY) -m classify.audit $(EXTRACT_ARGS) --out "$(OUT)" --heads $(HEADS) --seed $(SEED) \
 		--test-size $(TEST_SIZE) --folds $(FOLDS) --jobs $(JOBS) --dup-threshold $(DUP_THRESHOLD) \
-		--engine $(ENGINE)
+		--engine $(ENGINE) --memory-gb $(MEMORY_GB)
 
 report: setup ## one self-contained HTML page of the whole experiment -> OUT/report.html
 	$(PY) -m classify.report --in "$(IN)" --features "$(FEATURES)" --out "$(OUT)"

@@ -29,10 +29,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 FULL = dict(size=224, batch=32, rounds=3, e2e_images=128, model_batches=4,
             incremental_images=1000, incremental_precision="bf16",
-            rss_size=64, rss_images=250, compare_n=12420, svm_n=12420, noop_images=200_000)
+            rss_size=64, rss_images=250, compare_n=12420, svm_n=12420, noop_images=200_000,
+            scale_n=200_000)
 QUICK = dict(size=64, batch=16, rounds=2, e2e_images=32, model_batches=2,
              incremental_images=200, incremental_precision="bf16",
-             rss_size=32, rss_images=40, compare_n=2000, svm_n=2000, noop_images=5000)
+             rss_size=32, rss_images=40, compare_n=2000, svm_n=2000, noop_images=5000, scale_n=4000)
 IMAGE_SHAPE = (240, 320)  # (h, w) of the generated JPEG files
 
 
@@ -293,6 +294,13 @@ def main(argv=None) -> int:
                                 "fit_seconds": float(tab.loc[h, "fit_seconds"])} for h in tab.index}
     say(f"compare on {cfg['compare_n']} x 512: {raw['compare_seconds']} s; "
         + ", ".join(f"{h} cv {v['cv_mean']:.3f}" for h, v in raw["compare_heads"].items()))
+
+    # ---- stage 2 at scale: compare and audit as fresh processes on N x 512 (default heads)
+    from .scale import keys, run_scale
+
+    scale = run_scale(cfg["scale_n"], work / "scale", say=say)
+    raw.update(keys(scale, "200k"))
+    raw["scale_200k"] = {k: scale[k] for k in ("n", "compare", "audit")}
 
     # ---- the svm head: Gram matrix vs plain SVC on one CV fold
     if not args.skip_plain_svc:

@@ -61,7 +61,8 @@ def main(argv=None) -> int:
                                 jobs=args.jobs or None, in_dir=args.in_dir,
                                 fallback_none=args.weights_fallback == "none",
                                 groups=args.groups, dup_threshold=args.dup_threshold,
-                                dataset=args.dataset or None, repeats=args.repeats)
+                                dataset=args.dataset or None, repeats=args.repeats,
+                                memory_gb=args.memory_gb)
             print()
             print(format_table(table))
             print(f"\noutputs in {args.out}/: comparison.csv, predictions.csv, reports/, models/, "

@@ -3,8 +3,11 @@
 ``python -m classify.audit [options]`` reads the cached embeddings (no TensorFlow) and writes
 under ``OUT/audit/``:
 
-- ``duplicates.csv``: every exact or near-duplicate pair, both paths, labels, splits and roles,
-  the cosine similarity, and whether the pair crosses train/eval or its labels disagree;
+- ``duplicates.csv``: every near-duplicate pair and, per group of exact copies, its first
+  ``EXACT_PAIRS_LISTED`` pairs (the group's first image with another copy): both paths, labels,
+  splits and roles, the cosine similarity, and whether the pair crosses train/eval or its labels
+  disagree;
+- ``copy_groups.csv``: every group of exact copies, each member listed once (largest group first);
 - ``label_suspects.csv``: images whose label the cross-validated (out-of-fold) probabilities of
   a head contradict, ranked by cleanlab's label-quality score (worst first);
 - ``summary.json``: the counts, the threshold and how it was chosen, and per head the plain and
@@ -15,7 +18,6 @@ under ``OUT/audit/``:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 import warnings
@@ -27,6 +29,7 @@ import pandas as pd
 from .cli import add_features_args, add_heads_args, engine, settings_from
 
 TOP = 12  # pairs and suspects shown on the contact sheets
+EXACT_PAIRS_LISTED = 10  # pairs per exact-copy group in duplicates.csv (all members: copy_groups.csv)
 PROBA_HEADS = ("logreg", "mlp")  # heads with predict_proba, usable for label suspects
 
 
@@ -164,6 +167,36 @@ def leakage_scores(models: dict, X, y, role: np.ndarray, leaked: np.ndarray, clu
     return out
 
 
+def listed_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """The pairs for ``duplicates.csv``: every near pair, and ``EXACT_PAIRS_LISTED`` per copy group.
+
+    Exact pairs are a group's first row (``i``) with each other member, so they are grouped by
+    ``i``; the table stays bounded however many copies one image has.
+    """
+    exact = pairs["kind"] == "exact"
+    rank = pairs[exact].groupby("i").cumcount()
+    keep = ~exact
+    keep[rank.index[rank.to_numpy() < EXACT_PAIRS_LISTED]] = True
+    return pairs[keep]
+
+
+def copy_group_table(dups, man: pd.DataFrame, role: np.ndarray) -> pd.DataFrame:
+    """``copy_groups.csv``: ``group,size,path,label,split,role``, one row per copy, largest group first."""
+    g = dups.copy_groups()
+    r = g["row"].to_numpy(int)
+    return pd.DataFrame({"group": g["group"].to_numpy(), "size": g["size"].to_numpy(),
+                         **{c: man[c].astype(str).to_numpy()[r] for c in ("path", "label", "split")},
+                         "role": role[r]})
+
+
+def copy_group_counts(groups: pd.DataFrame) -> dict:
+    """Summary counts of the copy groups: how many, images in them, the largest, across train/eval."""
+    roles = groups.groupby("group")["role"].agg(lambda v: {"train", "eval"} <= set(v))
+    return {"exact_groups": int(groups["group"].nunique()), "images_in_exact_groups": int(len(groups)),
+            "largest_exact_group": int(groups["size"].max()) if len(groups) else 0,
+            "exact_groups_across_train_eval": int(roles.sum())}
+
+
 def _thumb(ax, in_dir: Path, rel: str, available: bool, size: int = 160) -> None:
     from extract.files import fs_path
     from extract.load import ImageError, load_image
@@ -243,7 +276,8 @@ def contact_sheets(in_dir, out: Path, dup_table: pd.DataFrame, suspects: pd.Data
 
 def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm,mlp", seed: int = 42,
           test_size: float = 0.2, folds: int = 5, jobs: int | None = None, dup_threshold="auto",
-          top: int = TOP, log=print, fallback_none: bool = False, dataset: str | None = None) -> dict:
+          top: int = TOP, log=print, fallback_none: bool = False, dataset: str | None = None,
+          memory_gb="auto") -> dict:
     """Finds duplicates and label suspects, scores the heads plainly and leakage-aware.
 
     Args:
@@ -255,16 +289,21 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
         dup_threshold: ``auto`` or a cosine similarity (DUP_THRESHOLD).
         top: pairs and suspects on the contact sheets.
         log: where messages go.
+        fallback_none: (demo) use the random-weights cache when the ImageNet one is missing.
+        dataset: ``DATASET``, the input's folder name under FEATURES when not derived from IN.
+        memory_gb: ``auto`` or GiB (MEMORY_GB), as in ``make compare``: decides the SVM method
+            and how many fits run at once.
 
     Returns:
         The summary (also written to ``OUT/audit/summary.json``).
 
     Raises:
         DataError: missing features, fewer than two classes, no training or evaluated images.
-        ValueError: an unknown head or a bad threshold.
+        ValueError: an unknown head, a bad threshold, or a budget too small for one fit.
     """
     from extract.cache import write_csv, write_json
 
+    from .budget import plan_for
     from .data import (DataError, assign_split, content_key, describe_conflict, label_conflicts,
                        load_features, unit_ids)
     from .dups import cached_duplicates
@@ -280,7 +319,9 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
     role_s, split_rule = assign_split(man, test_size, seed)
     role = role_s.replace("", "unused").to_numpy()
     X, y = feats.X, man["label"].to_numpy()
-    jobs = jobs or os.cpu_count() or 1
+    # the largest SVM fit is the final one on the training part, as in compare
+    plan = plan_for(models, int((role == "train").sum()), X.shape[1], memory_gb, jobs, log)
+    jobs = plan.n_jobs
 
     conflicts = label_conflicts(man)
     for conflict in conflicts:
@@ -288,10 +329,11 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
     dups = cached_duplicates(X, man["sha256"], dup_threshold, Path(out_dir) / ".dups")
     content = unit_ids(content_key(man))  # exact copies
     cluster = unit_ids(content_key(man), dups.groups())  # joined with near-duplicates
-    p = dups.pairs
+    p = listed_pairs(dups.pairs)
+    groups = copy_group_table(dups, man, role)
     i, j = p["i"].to_numpy(int), p["j"].to_numpy(int)
     col = {c: man[c].astype(str).to_numpy() for c in ("path", "label", "split")}
-    cross = np.array([{role[a], role[b]} == {"train", "eval"} for a, b in zip(i, j)], bool)
+    cross = (((role[i] == "train") & (role[j] == "eval")) | ((role[i] == "eval") & (role[j] == "train")))
     disagree = col["label"][i] != col["label"][j]
     table = pd.DataFrame({
         "path_a": col["path"][i], "label_a": col["label"][i], "split_a": col["split"][i], "role_a": role[i],
@@ -301,9 +343,11 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
     })
     leaked = dups.partners_in(role == "train") & (role == "eval")
     log(f"features {feats.key}: {len(man)} images; {split_rule}")
-    log(f"duplicates: {len(p)} pairs ({int((p['kind'] == 'exact').sum())} exact, "
-        f"{int((p['kind'] == 'near').sum())} near), {int(cross.sum())} across train/eval, "
-        f"{int(disagree.sum())} with different labels; {dups.rule}")
+    counts = copy_group_counts(groups)
+    log(f"duplicates: {counts['exact_groups']} groups of exact copies ({counts['images_in_exact_groups']} "
+        f"images, largest {counts['largest_exact_group']}), {int((p['kind'] == 'near').sum())} near pairs; "
+        f"{len(p)} pairs listed, {int(cross.sum())} across train/eval, {int(disagree.sum())} with "
+        f"different labels; {dups.rule}; search: {dups.search}")
 
     # label suspects from out-of-fold probabilities of the first head that has them
     proba_name = next((n for n in models if n in PROBA_HEADS), "logreg")
@@ -322,6 +366,7 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
     out = Path(out_dir) / "audit"
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "duplicates.csv", list(table.columns), table.itertuples(index=False))
+    write_csv(out / "copy_groups.csv", list(groups.columns), groups.itertuples(index=False))
     write_csv(out / "label_suspects.csv", list(suspects.columns), suspects.itertuples(index=False))
     sheets = contact_sheets(in_dir, out, table, suspects, top, log)
     nn = dups.nn_similarity[np.isfinite(dups.nn_similarity)]
@@ -342,6 +387,7 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
             "cross_split_label_disagree": int((cross & disagree).sum()),
             "clusters": int((sizes > 1).sum()), "images_in_clusters": int(sizes[sizes > 1].sum()),
             "eval_with_train_duplicate": int(leaked.sum()),
+            **counts, "exact_pairs_listed_per_group": EXACT_PAIRS_LISTED, "search": dups.search,
         },
         "label_conflicts": conflicts,
         "label_suspects": {"count": int(len(suspects)),
@@ -351,8 +397,9 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
                                      "out-of-fold prediction != label, ranked by "
                                      "cleanlab.rank.get_label_quality_scores (self_confidence)"},
         "scores": scores,
+        "memory_plan": plan.as_dict(),
         "seed": seed, "test_size": test_size,
-        "files": ["duplicates.csv", "label_suspects.csv", "summary.json", *sheets],
+        "files": ["duplicates.csv", "copy_groups.csv", "label_suspects.csv", "summary.json", *sheets],
         "seconds": round(time.perf_counter() - t0, 3),
     }
     write_json(out / "summary.json", summary)
@@ -370,7 +417,7 @@ def main(argv=None) -> int:
                             heads=args.heads, seed=args.seed, test_size=args.test_size,
                             folds=args.folds, jobs=args.jobs or None,
                             dup_threshold=args.dup_threshold, top=args.top,
-                            dataset=args.dataset or None)
+                            dataset=args.dataset or None, memory_gb=args.memory_gb)
     except (DataError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -57,7 +57,8 @@ def engine(name: str):
 
 
 def add_heads_args(p: argparse.ArgumentParser) -> None:
-    """Adds the flags that choose and evaluate heads: HEADS, SEED, TEST_SIZE, FOLDS, JOBS, DUP_THRESHOLD."""
+    """Adds the flags that choose and evaluate heads: HEADS, SEED, TEST_SIZE, FOLDS, JOBS,
+    DUP_THRESHOLD, MEMORY_GB."""
     p.add_argument("--heads", default="logreg,svm,mlp", help="HEADS")
     p.add_argument("--seed", type=int, default=42, help="SEED")
     p.add_argument("--test-size", type=float, default=0.2, help="TEST_SIZE")
@@ -69,3 +70,6 @@ def add_heads_args(p: argparse.ArgumentParser) -> None:
                    help="where joblib's work runs: local processes, or Ray (ENGINE)")
     p.add_argument("--dup-threshold", default="auto",
                    help="cosine similarity for near-duplicates, or auto (DUP_THRESHOLD)")
+    p.add_argument("--memory-gb", default="auto",
+                   help="memory budget of the concurrent fits in GiB, or auto: half of this "
+                        "machine's memory or of the process limit (MEMORY_GB)")

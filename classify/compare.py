@@ -27,6 +27,7 @@ from extract.model import Settings
 from .data import (DataError, Features, assign_split, check_coverage, content_key, copies_across,
                    cv_folds, describe_conflict, label_conflicts, load_features, unit_ids)
 from . import curves, stats
+from .budget import plan_for
 from .dups import cached_duplicates
 from .heads import decision_values, scores, select_heads
 from .outdir import check_out_dir, new_run
@@ -186,7 +187,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             seed: int = 42, test_size: float = 0.2, folds: int = 5, jobs: int | None = None,
             in_dir: str = "in", fallback_none: bool = False, log=print, groups: str = "none",
             dup_threshold="auto", dataset: str | None = None,
-            repeats: int | str = "auto") -> pd.DataFrame:
+            repeats: int | str = "auto", memory_gb="auto") -> pd.DataFrame:
     """Trains, cross-validates and evaluates the heads; writes one whole run to ``out_dir``.
 
     The run is written into a temporary folder beside ``out_dir`` and swapped into place when
@@ -216,6 +217,8 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         repeats: ``REPEATS``, how many times the cross-validation is repeated with other fold
             assignments (``auto``: see :func:`choose_repeats`). Every fold score goes to
             ``cv_scores.csv`` and into the intervals and paired tests.
+        memory_gb: ``auto`` or GiB (MEMORY_GB): the budget of the concurrent fits, which decides
+            the SVM method and the parallel fits (:mod:`classify.budget`).
 
     Returns:
         The comparison table (also written to ``out_dir/comparison.csv``), with 95% intervals
@@ -226,7 +229,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     Raises:
         DataError: missing or damaged features, a class with evaluated but no training images,
             too few classes or images, an OUT that cannot be replaced as a whole.
-        ValueError: an unknown head.
+        ValueError: an unknown head, or a budget too small for one fit.
     """
     t_start = time.perf_counter()
     models = select_heads(heads, seed)
@@ -279,10 +282,10 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         f"{f' x {repeats} repeats' if repeats > 1 else ''}; "
         f"heads {', '.join(models)}")
     leaked = dups.partners_in(role.to_numpy() == "train")[eval_idx]  # eval image with a train duplicate
-    log(f"duplicates: {dups.rule}; {int(leaked.sum())} of {len(eval_idx)} evaluated images have "
-        "a duplicate in the training part")
-
-    n_jobs = jobs or os.cpu_count() or 1
+    log(f"duplicates: {dups.rule}; search: {dups.search}; {int(leaked.sum())} of {len(eval_idx)} "
+        "evaluated images have a duplicate in the training part")
+    plan = plan_for(models, len(train_idx), X.shape[1], memory_gb, jobs, log)
+    n_jobs = plan.n_jobs
     fitted, cv_scores, fit_seconds, cv_seconds = _fit_all(models, X, y, train_idx, fold_list, n_jobs)
     with new_run(out_dir) as out:
         fold_col = np.full(len(man), "", dtype=object)
@@ -319,6 +322,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             "heads": list(models),
             "seed": seed, "test_size": test_size, "folds": n_folds, "repeats": repeats,
             "jobs": n_jobs,
+            "memory_plan": plan.as_dict(),
             "comparison_tests": {"intervals": "95%: Wilson (accuracy), corrected resampled t (CV)",
                                  "p_vs_best": "corrected resampled paired t (Nadeau and Bengio) "
                                               "on the fold scores",
@@ -328,7 +332,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             "split_rule": split_rule,
             "groups": groups,
             "duplicates": {"threshold": dups.threshold if np.isfinite(dups.threshold) else None,
-                           "rule": dups.rule,
+                           "rule": dups.rule, "search": dups.search,
                            "pairs": len(dups.pairs), "eval_with_train_duplicate": int(leaked.sum())},
             "label_conflicts": conflicts,
             "more_data": more_data,

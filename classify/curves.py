@@ -63,8 +63,11 @@ def learning_curves(models: dict, X, y, folds: list, n_jobs: int, seed: int) -> 
             except ValueError:  # every fit failed at some size
                 sizes_done, test = np.array(sizes), np.full((len(sizes), len(folds)), np.nan)
         for size, scores in zip(sizes_done, test):
-            rows.append({"head": name, "train_size": int(size), "score_mean": float(np.nanmean(scores)),
-                         "score_std": float(np.nanstd(scores)), "n_folds": int(np.isfinite(scores).sum())})
+            scored = scores[np.isfinite(scores)]
+            rows.append({"head": name, "train_size": int(size),
+                         "score_mean": float(scored.mean()) if scored.size else float("nan"),
+                         "score_std": float(scored.std()) if scored.size else float("nan"),
+                         "n_folds": int(scored.size)})
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -123,7 +126,8 @@ def plot_learning_curves(curves: pd.DataFrame, path: Path) -> str:
     ax.set_xlabel("training images")
     ax.set_ylabel("cross-validated balanced accuracy")
     ax.set_title("Learning curves (error bars: spread over the folds)")
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     return _save(fig, Path(path))
 
 

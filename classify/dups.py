@@ -4,10 +4,17 @@ Shared by ``make audit`` (which lists the pairs) and ``make compare`` (which sco
 images that have no near-duplicate in the training part, and with ``GROUPS=dups`` keeps every
 duplicate cluster on one side of each split).
 
-* Exact duplicates: the same file content (the manifest's ``sha256``).
-* Near-duplicates: cosine similarity of the (uncentred) embeddings at or above a threshold.
-  The search runs over square blocks of the upper triangle of the similarity matrix, so memory is
-  O(block^2) whatever N is: 200,000 x 512 never builds an N x N matrix.
+* Exact duplicates: the same file content (the manifest's ``sha256``), kept as groups: each
+  group is listed by its members (``copy_groups``), and its pairs are the first member with each
+  other one (n - 1 pairs, not n(n-1)/2: 5,000 copies of one image are 4,999 pairs).
+* Near-duplicates: cosine similarity of the (uncentred) embeddings at or above a threshold,
+  searched among the distinct contents (the first row of each exact group stands for it).
+  Up to ``EXACT_SEARCH_MAX`` distinct vectors, the search is exact, over square blocks of the
+  upper triangle of the similarity matrix (memory O(block^2), time O(N^2)). Beyond, each
+  vector's ``K_NEIGHBOURS`` nearest neighbours come from a faiss HNSW graph (time about
+  O(N log N)); the pairs among the vectors whose nearest neighbour is above the threshold are
+  then listed exactly again (block-wise, as they are few), or from the graph's neighbours when
+  there are more than ``EXACT_SEARCH_MAX`` of them. BENCHMARKS.md has the measurements.
 
 The default threshold (``auto``) is relative to the data, because random-init weights squeeze
 all similarities towards 1 while ImageNet weights spread them. For each image take the cosine
@@ -30,6 +37,9 @@ Z_AUTO = 2.0  # robust standard deviations of log nearest-neighbour distance bel
 RATIO_AUTO = 2.0  # and at least this factor below the median nearest-neighbour distance
 BLOCK = 2048  # rows per block: a block of similarities is BLOCK^2 float32 (16 MiB)
 MAX_PAIRS = 5_000_000  # more near-duplicate pairs than this means the threshold is far too low
+EXACT_SEARCH_MAX = 50_000  # distinct vectors searched exactly (block-wise); beyond, faiss HNSW
+K_NEIGHBOURS = 8  # neighbours per vector from the HNSW graph (itself included)
+HNSW_LINKS, HNSW_EF_BUILD, HNSW_EF_SEARCH = 16, 64, 64  # faiss IndexHNSWFlat settings
 _TINY = 1e-7  # distances below float32 resolution of cosine count as this
 
 
@@ -39,13 +49,16 @@ class Duplicates:
 
     Attributes:
         pairs: one row per pair, ``i < j`` row numbers, ``similarity`` (cosine) and ``kind``
-            (``exact``: same content hash; ``near``: similarity at or above the threshold),
-            sorted by similarity (highest first), then ``i``, ``j``.
+            (``exact``: same content hash, the group's first row with each other member;
+            ``near``: similarity at or above the threshold, between the first rows of two
+            distinct contents), sorted by similarity (highest first), then ``i``, ``j``.
         threshold: the cosine similarity used (NaN with fewer than 3 images).
         rule: how the threshold was chosen, in words.
         nn_similarity: per row, the cosine similarity to its nearest neighbour that is not an
             exact copy (-inf when there is none).
         n: number of rows.
+        codes: per row, its content code (equal for equal hashes; see :func:`content_codes`).
+        search: how the near-duplicates were searched (``exact`` or ``hnsw``), in words.
     """
 
     pairs: pd.DataFrame
@@ -53,6 +66,8 @@ class Duplicates:
     rule: str
     nn_similarity: np.ndarray
     n: int
+    codes: np.ndarray
+    search: str = "exact"
 
     def groups(self) -> np.ndarray:
         """Cluster id per row: rows joined by any duplicate pair (transitively) share an id."""
@@ -65,14 +80,30 @@ class Duplicates:
         return connected_components(graph, directed=False)[1]
 
     def partners_in(self, mask: np.ndarray) -> np.ndarray:
-        """Per row: whether it has a duplicate partner among the rows where ``mask`` is true."""
+        """Per row: whether it has a duplicate partner among the rows where ``mask`` is true.
+
+        A partner is another row of the same content, or a row of a content that is a
+        near-duplicate of this row's content.
+        """
         mask = np.asarray(mask, bool)
-        out = np.zeros(self.n, bool)
-        i = self.pairs["i"].to_numpy(int)
-        j = self.pairs["j"].to_numpy(int)
-        out[i[mask[j]]] = True
-        out[j[mask[i]]] = True
-        return out
+        _, content = np.unique(self.codes, return_inverse=True)
+        in_mask = np.bincount(content, weights=mask, minlength=content.max() + 1 if self.n else 0)
+        out = in_mask[content] - mask > 0  # another copy of the same content is in the mask
+        near = self.pairs[self.pairs["kind"] == "near"]
+        ci, cj = content[near["i"].to_numpy(int)], content[near["j"].to_numpy(int)]
+        hit = np.zeros(len(in_mask), bool)
+        hit[ci[in_mask[cj] > 0]] = True
+        hit[cj[in_mask[ci] > 0]] = True
+        return out | hit[content]
+
+    def copy_groups(self) -> pd.DataFrame:
+        """The exact-copy groups: one row per member (``group``, ``row``, ``size``), largest first."""
+        _, content, sizes = np.unique(self.codes, return_inverse=True, return_counts=True)
+        rows = np.flatnonzero(sizes[content] > 1)
+        frame = pd.DataFrame({"content": content[rows], "row": rows, "size": sizes[content[rows]]})
+        frame = frame.sort_values(["size", "content", "row"], ascending=[False, True, True], kind="stable")
+        frame["group"] = pd.factorize(frame["content"])[0] + 1
+        return frame[["group", "row", "size"]].reset_index(drop=True)
 
 
 def unit_rows(X) -> np.ndarray:
@@ -209,6 +240,98 @@ def parse_threshold(value) -> float | None:
     return t
 
 
+def representatives(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the first row of each distinct content, the content number of each row).
+
+    ``first[content[r]]`` is the row that stands for row ``r``'s content.
+    """
+    _, first, content = np.unique(codes, return_index=True, return_inverse=True)
+    return first, content
+
+
+def hnsw_neighbours(X, rows: np.ndarray, k: int = K_NEIGHBOURS, block: int = 65_536):
+    """Approximate ``k`` nearest neighbours (cosine) of each of ``X[rows]`` among themselves.
+
+    A faiss ``IndexHNSWFlat`` (inner product on unit rows) is built from blocks of unit rows, so
+    the only full-size copy is the index's own.
+
+    Returns:
+        (similarities float32 (len(rows), k), neighbours int64 (len(rows), k)), neighbours as
+        positions in ``rows``; -1 where the graph returned fewer.
+    """
+    import faiss
+
+    index = faiss.IndexHNSWFlat(X.shape[1], HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = HNSW_EF_BUILD
+    for b0 in range(0, len(rows), block):
+        index.add(unit_rows(X[rows[b0:b0 + block]]))
+    index.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
+    sims, nbrs = [], []
+    for b0 in range(0, len(rows), block):
+        S, I = index.search(unit_rows(X[rows[b0:b0 + block]]), k)
+        sims.append(S)
+        nbrs.append(I)
+    return np.concatenate(sims), np.concatenate(nbrs)
+
+
+def _graph_nn(S: np.ndarray, I: np.ndarray) -> np.ndarray:
+    """Per row of a k-NN result, the best similarity to a neighbour other than itself."""
+    own = I == np.arange(len(I))[:, None]
+    return np.where(own | (I < 0), -np.inf, S).max(1).astype(np.float32)
+
+
+def _graph_pairs(S: np.ndarray, I: np.ndarray, threshold: float, max_pairs: int = MAX_PAIRS):
+    """Pairs ``i < j`` (positions) from a k-NN result with similarity >= threshold, each once."""
+    a = np.repeat(np.arange(len(I)), I.shape[1])
+    b, s = I.ravel(), S.ravel()
+    keep = (b >= 0) & (b != a) & (s >= threshold)
+    lo, hi = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
+    pairs = pd.DataFrame({"i": lo, "j": hi, "s": s[keep]}).drop_duplicates(["i", "j"])
+    if len(pairs) > max_pairs:
+        raise ValueError(f"more than {max_pairs:,} pairs at similarity >= {threshold:g}: that threshold "
+                         "is too low for near-duplicates; raise DUP_THRESHOLD or use auto")
+    return pairs["i"].to_numpy(np.int64), pairs["j"].to_numpy(np.int64), pairs["s"].to_numpy(np.float32)
+
+
+def near_search(X, reps: np.ndarray, block: int = BLOCK):
+    """Nearest-neighbour similarities of the distinct contents, and how to list their pairs.
+
+    Returns:
+        (nn similarity per row of ``reps`` (float32), a function threshold -> (i, j, s) pairs as
+        positions in ``reps``, the method in words).
+    """
+    if len(reps) <= EXACT_SEARCH_MAX:
+        Z = unit_rows(X[reps])
+        codes = np.arange(len(reps))
+        nn = nearest_neighbours(Z, codes, block) if len(Z) else np.empty(0, np.float32)
+        return nn, lambda t: pairs_above(Z, codes, t, np.flatnonzero(nn >= t), block), "exact"
+    S, I = hnsw_neighbours(X, reps)
+    nn = _graph_nn(S, I)
+
+    def pairs(t):
+        cand = np.flatnonzero(nn >= t)
+        if len(cand) <= EXACT_SEARCH_MAX:  # few candidates: all their pairs, exactly
+            Zc = unit_rows(X[reps[cand]])
+            i, j, s = pairs_above(Zc, np.arange(len(cand)), t, None, block)
+            return cand[i], cand[j], s
+        return _graph_pairs(S, I, t)
+
+    return nn, pairs, (f"hnsw: faiss HNSW graph ({HNSW_LINKS} links, ef {HNSW_EF_BUILD}/{HNSW_EF_SEARCH}), "
+                       f"{K_NEIGHBOURS} neighbours per distinct vector")
+
+
+def exact_pairs(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The exact-copy pairs: in each group of equal codes, its first row with each other row."""
+    if not len(codes):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_codes)) + 1]
+    first = np.repeat(order[starts], np.diff(np.r_[starts, len(order)]))
+    other = order != first
+    return first[other], order[other]
+
+
 def find_duplicates(X, sha, threshold="auto", block: int = BLOCK) -> Duplicates:
     """Exact duplicates (same ``sha``) and near-duplicates (cosine >= threshold) of the rows of X.
 
@@ -224,43 +347,39 @@ def find_duplicates(X, sha, threshold="auto", block: int = BLOCK) -> Duplicates:
     Raises:
         ValueError: a bad threshold, or ``sha`` not row-aligned with ``X``.
     """
-    Z = unit_rows(X)
-    n = len(Z)
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise ValueError(f"embeddings must be a 2-D array (N, D); received shape {X.shape}")
+    n = len(X)
     sha = list(sha)
     if len(sha) != n:
         raise ValueError(f"sha must have one hash per embedding row ({n}); received {len(sha)}")
     fixed = parse_threshold(threshold)
     codes = content_codes(sha)
-    nn = nearest_neighbours(Z, codes, block) if n else np.empty(0, np.float32)
+    reps, content = representatives(codes)
+    nn_rep, near_pairs, search = near_search(X, reps, block)
     if fixed is None:
-        t, rule = auto_threshold(nn)
+        t, rule = auto_threshold(nn_rep)
     else:
         t, rule = fixed, f"fixed: DUP_THRESHOLD={fixed:g}"
-
     frames = []
     if np.isfinite(t):
-        candidates = np.flatnonzero(nn >= t)  # a row in a pair has its nearest neighbour above t
-        i, j, s = pairs_above(Z, codes, t, candidates, block)
-        frames.append(pd.DataFrame({"i": i, "j": j, "similarity": s.astype(np.float64), "kind": "near"}))
-    # exact copies: every pair of rows within a group of equal hashes
-    ex_i, ex_j = [], []
-    for members in pd.Series(np.arange(n)).groupby(codes).groups.values():
-        members = np.sort(np.asarray(members))
-        if len(members) > 1:
-            a, b = np.triu_indices(len(members), 1)
-            ex_i.append(members[a])
-            ex_j.append(members[b])
-    if ex_i:
-        i, j = np.concatenate(ex_i), np.concatenate(ex_j)
-        s = np.einsum("ij,ij->i", Z[i], Z[j]).astype(np.float64)
-        frames.append(pd.DataFrame({"i": i, "j": j, "similarity": s, "kind": "exact"}))
+        i, j, s = near_pairs(t)
+        a, b = reps[i], reps[j]
+        frames.append(pd.DataFrame({"i": np.minimum(a, b), "j": np.maximum(a, b),
+                                    "similarity": s.astype(np.float64), "kind": "near"}))
+    ex_i, ex_j = exact_pairs(codes)
+    if len(ex_i):
+        s = np.einsum("ij,ij->i", unit_rows(X[ex_i]), unit_rows(X[ex_j])).astype(np.float64)
+        frames.append(pd.DataFrame({"i": np.minimum(ex_i, ex_j), "j": np.maximum(ex_i, ex_j),
+                                    "similarity": s, "kind": "exact"}))
     pairs = (pd.concat(frames, ignore_index=True) if frames
              else pd.DataFrame({"i": [], "j": [], "similarity": [], "kind": []}))
     pairs = pairs.astype({"i": np.int64, "j": np.int64, "similarity": np.float64, "kind": object})
     pairs["similarity"] = pairs["similarity"].clip(upper=1.0)
     pairs = pairs.sort_values(["similarity", "i", "j"], ascending=[False, True, True],
                               kind="stable").reset_index(drop=True)
-    return Duplicates(pairs, float(t), rule, nn, n)
+    return Duplicates(pairs, float(t), rule, nn_rep[content], n, codes, search)
 
 
 def group_roles(manifest: pd.DataFrame, cluster: np.ndarray, test_size: float,
@@ -301,7 +420,7 @@ def cached_duplicates(X, sha, threshold="auto", cache_dir=None, block: int = BLO
     X = np.ascontiguousarray(X, dtype=np.float32)
     sha = [str(s) for s in sha]
     h = hashlib.sha256()
-    h.update(f"v1|{threshold}|{X.shape}|{Z_AUTO}|{RATIO_AUTO}|".encode())
+    h.update(f"v2|{threshold}|{X.shape}|{Z_AUTO}|{RATIO_AUTO}|{EXACT_SEARCH_MAX}|{K_NEIGHBOURS}|".encode())
     h.update("\n".join(sha).encode())
     h.update(memoryview(X).cast("B"))
     path = Path(cache_dir) / f"{h.hexdigest()[:32]}.npz"
@@ -311,7 +430,8 @@ def cached_duplicates(X, sha, threshold="auto", cache_dir=None, block: int = BLO
                 pairs = pd.DataFrame({"i": z["i"], "j": z["j"], "similarity": z["similarity"],
                                       "kind": np.where(z["exact"], "exact", "near")})
                 pairs = pairs.astype({"kind": object})  # as find_duplicates returns it
-                return Duplicates(pairs, float(z["threshold"]), str(z["rule"]), z["nn"], len(X))
+                return Duplicates(pairs, float(z["threshold"]), str(z["rule"]), z["nn"], len(X),
+                                  z["codes"], str(z["search"]))
         except (OSError, ValueError, KeyError):
             pass  # unreadable: compute again and overwrite
     dups = find_duplicates(X, sha, threshold, block)
@@ -320,7 +440,8 @@ def cached_duplicates(X, sha, threshold="auto", cache_dir=None, block: int = BLO
     atomic_write(path, lambda fh: np.savez(
         fh, i=p["i"].to_numpy(np.int64), j=p["j"].to_numpy(np.int64),
         similarity=p["similarity"].to_numpy(np.float64), exact=(p["kind"] == "exact").to_numpy(),
-        threshold=np.float64(dups.threshold), rule=np.str_(dups.rule), nn=dups.nn_similarity))
+        threshold=np.float64(dups.threshold), rule=np.str_(dups.rule), nn=dups.nn_similarity,
+        codes=dups.codes, search=np.str_(dups.search)))
     for old in path.parent.glob("*.npz"):  # keep the latest search only
         if old != path and not old.name.startswith("."):
             old.unlink(missing_ok=True)

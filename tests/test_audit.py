@@ -114,11 +114,14 @@ def test_blockwise_search_matches_brute_force(block):
 
     dups = find_duplicates(X, sha, threshold=threshold, block=block)
     got = dups.pairs
-    assert set(zip(got.i[got.kind == "near"], got.j[got.kind == "near"])) == near_ref
+    # near pairs are listed between distinct contents, by their first row (140 is a copy of 7)
+    assert set(zip(got.i[got.kind == "near"], got.j[got.kind == "near"])) == {
+        p for p in near_ref if 140 not in p}
     assert set(zip(got.i[got.kind == "exact"], got.j[got.kind == "exact"])) == exact_ref
     assert (np.diff(got.similarity.to_numpy()) <= 0).all()  # highest first
-    # auto: the same threshold whatever the block size
-    assert find_duplicates(X, sha, block=block).threshold == pytest.approx(auto_threshold(nn_ref)[0], abs=1e-5)
+    # auto: the same threshold whatever the block size, from one value per distinct content
+    distinct = np.delete(nn_ref, 140)
+    assert find_duplicates(X, sha, block=block).threshold == pytest.approx(auto_threshold(distinct)[0], abs=1e-5)
 
 
 def test_auto_threshold_separates_planted_pairs_from_random_data():

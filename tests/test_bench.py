@@ -58,6 +58,17 @@ def test_child_peak_is_the_childs_own_memory():
     assert ballast.sum() > 0
 
 
+def test_fake_cache_keeps_rows_aligned_past_99999(tmp_path, monkeypatch):
+    from extract.cache import read_cache
+
+    X = np.arange(2 * 100_003, dtype=np.float32).reshape(-1, 2)  # row i holds 2i, 2i+1
+    settings = suite.write_fake_cache(tmp_path, X, np.arange(len(X)) % 2)
+    emb, rows, _ = read_cache(tmp_path / suite.FAKE_DATASET / settings.key)
+    number = np.array([int(r["path"].rsplit("_", 1)[1].split(".")[0]) for r in rows])
+    assert len(np.unique(emb[:, 0])) == len(X)  # no row written twice
+    np.testing.assert_array_equal(emb[:, 0], 2 * number)
+
+
 def test_generated_images_are_jpeg_files_of_both_classes(tmp_path):
     from PIL import Image
 
@@ -82,6 +93,8 @@ def fake_raw(**over):
         "rss_1x_mib": 900.0, "rss_4x_mib": 945.0, "gflop_per_image": 30.7,
         "bf16_min_cosine": 0.9999, "bf16_logreg_accuracy_change": 0.0,
         "noop_seconds_200k": 4.0, "noop_peak_rss_mib_200k": 240.0, "auto_vs_best": 1.0,
+        "compare_seconds_200k": 250.0, "compare_peak_rss_mib_200k": 3000.0,
+        "audit_seconds_200k": 600.0, "audit_peak_rss_mib_200k": 3500.0,
     }
     raw.update(over)
     return raw
@@ -151,3 +164,31 @@ def test_backbones_section_is_replaced_in_place_and_kept_by_the_main_bench(tmp_p
     suite.write_results(main, tmp_path / "r.json", md)
     third = md.read_text(encoding="utf-8")
     assert "old table" not in third and "`rss_growth`" in third and "| 8.00 |" in third
+
+
+def test_scale_measure_sees_the_peak_memory_of_a_child_and_its_children(tmp_path):
+    import sys
+
+    from bench.scale import measure
+
+    grandchild = "import numpy as np; a = np.ones(300 * 2**20 // 8); import time; time.sleep(1.0)"
+    code = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {grandchild!r}])"
+    res = measure([sys.executable, "-c", code])
+    assert res["rc"] == 0 and res["peak_rss_mib"] >= 300  # the grandchild's 300 MiB array
+    assert res["tree_rss_mib"] >= res["peak_rss_mib"] - 1
+
+
+def test_scale_section_lists_one_off_runs(tmp_path):
+    from bench.scale import keys, scale_section
+
+    run = {"n": 1000, "dim": 512, "prlimit_as": 12_000_000_000, "memory_gb": "auto",
+           "compare": {"seconds": 12.5, "rc": 0, "peak_rss_mib": 800.0, "tree_rss_mib": 900.0,
+                       "memory_plan": {"method": "nystroem", "components": 256, "n_jobs": 1}},
+           "audit": {"seconds": 30.0, "rc": 0, "peak_rss_mib": 850.0, "tree_rss_mib": 950.0,
+                     "memory_plan": {"method": "nystroem", "components": 256, "n_jobs": 1},
+                     "dup_search": "exact"}}
+    (tmp_path / "scale-1k.json").write_text(json.dumps(run))
+    text = "\n".join(scale_section(tmp_path))
+    assert "| 1,000 x 512 | compare | prlimit --as=12,000,000,000 | 12.5 (rc 0) | 800.0 | 900.0 | nystroem (256 components) | 1 |  |  |" in text
+    assert keys(run, "1k") == {"compare_seconds_1k": 12.5, "compare_peak_rss_mib_1k": 800.0,
+                               "audit_seconds_1k": 30.0, "audit_peak_rss_mib_1k": 850.0}

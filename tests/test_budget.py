@@ -1,0 +1,150 @@
+"""The SVM head within a memory budget: the planner, both methods, scikit-learn's estimator checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_classification
+
+from classify import budget
+from classify.heads import GramRBFSVC, make_heads
+
+
+def _custom_estimators():
+    """Every estimator of the heads registry that this project defines (not scikit-learn's),
+    and the GramRBFSVC that the calibrated SVM fits inside."""
+    found = {}
+    for name, model in make_heads(0).items():
+        for value in [model, *model.get_params(deep=True).values()]:
+            if type(value).__module__.startswith("classify."):
+                found[f"{name}:{type(value).__name__}"] = value
+    found["svm:GramRBFSVC"] = GramRBFSVC()
+    return found
+
+
+def test_the_registry_has_custom_estimators_to_check():
+    assert {"svm:CalibratedSVC", "svm:GramRBFSVC"} <= set(_custom_estimators())
+
+
+@pytest.mark.parametrize("method", ["exact", "nystroem"])
+@pytest.mark.parametrize("key", sorted(_custom_estimators()))
+def test_custom_estimators_pass_sklearn_check_estimator(key, method):
+    from sklearn.base import clone
+    from sklearn.utils.estimator_checks import check_estimator
+
+    est = clone(_custom_estimators()[key])
+    if "method" in est.get_params():
+        est.set_params(method=method, n_components=30, random_state=0)
+    results = check_estimator(est, on_fail=None)
+    failed = [f"{r['check_name']}: {r['exception']}" for r in results if r["status"] == "failed"]
+    assert len(results) > 40 and not failed, failed
+
+
+def test_exact_svm_keeps_only_support_vectors_and_predicts_as_before_trimming():
+    from sklearn.svm import SVC
+
+    X, y = make_classification(400, 12, n_informative=5, n_classes=3, random_state=0)
+    X = X.astype(np.float32)
+    ours = GramRBFSVC(random_state=0).fit(X[:300], y[:300])
+    ref = SVC(kernel="rbf", gamma="scale", random_state=0).fit(X[:300], y[:300])
+    n_sv = len(ours.support_vectors_)
+    assert n_sv == len(ref.support_) < 300
+    big = [k for k, v in vars(ours).items() if isinstance(v, np.ndarray) and v.shape[:1] == (300,)]
+    assert big == []  # no attribute holds every training row
+    np.testing.assert_allclose(ours.decision_function(X[300:]), ref.decision_function(X[300:]), atol=1e-3)
+    assert (ours.predict(X[300:]) == ref.predict(X[300:])).mean() >= 0.99
+
+
+def test_nystroem_svm_is_close_to_the_exact_kernel():
+    X, y = make_classification(1200, 20, n_informative=8, random_state=1)
+    X = X.astype(np.float32)
+    exact = GramRBFSVC(random_state=0).fit(X[:900], y[:900])
+    approx = GramRBFSVC(method="nystroem", n_components=300, random_state=0).fit(X[:900], y[:900])
+    assert approx.method_ == "nystroem" and exact.method_ == "exact"
+    acc = [float((m.predict(X[900:]) == y[900:]).mean()) for m in (exact, approx)]
+    assert acc[1] >= acc[0] - 0.04, acc
+    assert approx.nystroem_.components_.shape == (300, 20)
+
+
+def test_bad_parameters_are_named():
+    X, y = make_classification(50, 4, random_state=0)
+    with pytest.raises(ValueError, match="method must be 'exact' or 'nystroem'; received 'fast'"):
+        GramRBFSVC(method="fast").fit(X, y)
+
+
+def test_gram_matrix_is_float64_written_in_blocks(monkeypatch):
+    from classify import heads
+
+    monkeypatch.setattr(heads, "BLOCK_ROWS", 7)
+    rng = np.random.default_rng(0)
+    A, B = rng.random((30, 5), dtype=np.float32), rng.random((11, 5), dtype=np.float32)
+    K = heads.rbf_gram64(A, B, 0.3)
+    d2 = ((A[:, None, :].astype(float) - B[None, :, :]) ** 2).sum(-1)
+    assert K.dtype == np.float64 and K.shape == (30, 11)
+    np.testing.assert_allclose(K, np.exp(-0.3 * d2), atol=1e-6)
+
+
+def test_plan_keeps_the_exact_kernel_while_it_fits_with_fewer_jobs_if_needed():
+    gib = budget.GIB
+    small = budget.plan_fits(10_000, 512, memory_gb=8, jobs=2)
+    assert (small.method, small.n_jobs) == ("exact", 2)
+    one_fit = (budget.exact_bytes(20_000, 512) + budget.WORKER_BYTES) / gib
+    tight = budget.plan_fits(20_000, 512, memory_gb=one_fit * 1.5, jobs=2)
+    assert (tight.method, tight.n_jobs) == ("exact", 1)
+    assert tight.estimate_gb <= one_fit * 1.5
+
+
+def test_plan_switches_to_nystroem_beyond_the_budget_and_stays_within_it():
+    plan = budget.plan_fits(80_000, 512, memory_gb=6, jobs=2)
+    assert plan.method == "nystroem" and plan.components >= budget.MIN_COMPONENTS
+    assert 1 <= plan.n_jobs <= 2 and plan.estimate_gb <= 6
+    assert "exact kernel needs" in plan.reason and "MEMORY_GB=6" in plan.reason
+    million = budget.plan_fits(800_000, 512, memory_gb=8, jobs=2)
+    assert million.method == "nystroem" and million.estimate_gb <= 8
+
+
+def test_plan_refuses_a_budget_below_one_fit():
+    with pytest.raises(budget.BudgetError, match="raise MEMORY_GB"):
+        budget.plan_fits(1_000_000, 512, memory_gb=0.5, jobs=2)
+
+
+def test_memory_gb_auto_is_half_of_the_smallest_limit(monkeypatch):
+    monkeypatch.setattr(budget, "memory_limits", lambda: {"physical": 16 * budget.GIB,
+                                                           "address_space": 12 * budget.GIB})
+    assert budget.parse_memory_gb("auto") == 6.0
+    assert budget.parse_memory_gb("2.5") == 2.5
+    with pytest.raises(ValueError, match="MEMORY_GB must be 'auto' or a positive number"):
+        budget.parse_memory_gb("-1")
+
+
+def test_memory_limits_see_an_address_space_limit():
+    import subprocess
+    import sys
+
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (8 * 1024**3, 8 * 1024**3)); "
+            f"sys.path.insert(0, {str(budget.__file__.rsplit('/classify', 1)[0])!r}); "
+            "from classify.budget import default_memory_gb; print(default_memory_gb())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert 0 < float(out.stdout) <= 4.0
+
+
+def test_compare_uses_and_records_the_bounded_method_when_the_kernel_does_not_fit(tmp_path, monkeypatch):
+    from bench import suite
+    from classify import compare, load_model
+
+    X, y = suite.fake_embeddings(240, dim=32)
+    settings = suite.write_fake_cache(tmp_path / "f", X, y)
+    monkeypatch.setattr(budget, "exact_bytes", lambda n, dim: 10 ** 15)
+    logs = []
+    compare(tmp_path / "f", settings, tmp_path / "o", heads="logreg,svm", folds=3, memory_gb=4,
+            log=logs.append, dataset=suite.FAKE_DATASET)
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["memory_plan"]["method"] == "nystroem" and run["memory_plan"]["memory_gb"] == 4
+    assert any("Nystroem" in m and "MEMORY_GB=4" in m for m in logs), logs
+    from classify.compare import MODEL_SUFFIX
+
+    svm = load_model(tmp_path / "o" / "models" / f"svm{MODEL_SUFFIX}")["model"]
+    assert svm[-1].method_ == "nystroem"
