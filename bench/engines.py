@@ -20,7 +20,8 @@ from pathlib import Path
 from . import suite
 
 
-def run_engine(in_dir: Path, features: Path, engine: str, actors: int, size: int) -> dict:
+def run_engine(in_dir: Path, features: Path, engine: str, actors: int, size: int,
+               timeout: int = 600) -> dict:
     """One cold run in a fresh process; returns its seconds and its summary line's numbers."""
     shutil.rmtree(features, ignore_errors=True)
     cmd = [sys.executable, "-m", "extract", "--in", str(in_dir), "--features", str(features),
@@ -28,8 +29,13 @@ def run_engine(in_dir: Path, features: Path, engine: str, actors: int, size: int
     if engine == "ray":
         cmd += ["--actors", str(actors)]
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, cwd=suite.ROOT, capture_output=True, text=True,
-                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    try:
+        out = subprocess.run(cmd, cwd=suite.ROOT, capture_output=True, text=True, timeout=timeout,
+                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), start_new_session=True)
+    except subprocess.TimeoutExpired:
+        return {"engine": engine, "actors": actors if engine == "ray" else None, "rc": "timeout",
+                "images": 0, "wall_seconds": float(timeout), "images_per_second": None,
+                "line": f"did not finish in {timeout} s"}
     wall = time.perf_counter() - t0
     line = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr[-500:]
     computed = int(line.split("computed ")[1].split(",")[0]) if "computed " in line else 0

@@ -149,9 +149,12 @@ def ray_embedded(paths: list[str], settings: Settings, batch: int, max_pixels: i
     n_actors, gpus = _actors(ray, actors)
     ds = ray.data.from_items([{"index": i, "path": p} for i, p in enumerate(paths)],
                              override_num_blocks=max(1, min(len(paths) // READ_BATCH, 2000)))
-    # Reads are tasks of half a CPU: a resource request other than the actors' keeps Ray Data
-    # from fusing them into the model actors (which would then decode while the model waits).
-    ds = ds.map_batches(_read_batch, batch_size=READ_BATCH, batch_format="numpy", num_cpus=0.5,
+    # Logical CPUs: a model actor asks for half a CPU and a read task for a quarter, so reads
+    # are always schedulable beside the actors (with whole CPUs, two actors on two CPUs left
+    # none for reading, and the pipeline waited forever), and the different requests keep Ray
+    # Data from fusing the reads into the actors (which would decode while the model waits).
+    # TensorFlow in an actor uses the node's cores whatever Ray counts.
+    ds = ds.map_batches(_read_batch, batch_size=READ_BATCH, batch_format="numpy", num_cpus=0.25,
                         fn_kwargs={"size": settings.size, "max_pixels": max_pixels,
                                    "known_ref": known_ref})
     with warnings.catch_warnings():
@@ -161,7 +164,7 @@ def ray_embedded(paths: list[str], settings: Settings, batch: int, max_pixels: i
         warnings.simplefilter("ignore", DeprecationWarning)
         ds = ds.map_batches(_Embed, batch_size=batch, batch_format="numpy",
                             compute=ray.data.ActorPoolStrategy(size=n_actors),
-                            num_gpus=gpus or None, num_cpus=1, max_restarts=0,
+                            num_gpus=gpus or None, num_cpus=0.5, max_restarts=0,
                             fn_constructor_kwargs={"settings": dataclasses.asdict(settings)})
     log(f"embedding with {settings.key} on Ray: {n_actors} model actor(s)"
         + (", one GPU each" if gpus else ""))
