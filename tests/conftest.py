@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -63,6 +64,43 @@ def only_cache(features) -> dict:
     assert len(metas) == 1, f"expected one cache under {features}, found {metas}"
     meta = json.loads(metas[0].read_text())
     return {"in_dir": meta.get("input") or "in", "dataset": metas[0].parent.parent.name}
+
+
+@contextlib.contextmanager
+def model_dies_at_batch(n: int):
+    """Within the block, the model call raises KeyboardInterrupt at its ``n``-th batch (a Ctrl-C
+    in the middle of a run)."""
+    from extract import run
+
+    real, calls = run.embedder, {"n": 0}
+
+    def dying(settings):
+        f = real(settings)
+
+        def call(x):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            return f(x)
+        return call
+
+    run.embedder = dying
+    try:
+        yield
+    finally:
+        run.embedder = real
+
+
+def vectors_in(folder: Path) -> int:
+    """How many embedded vectors the finished shards (``*.npz``) below ``folder`` hold."""
+    n = 0
+    for path in Path(folder).rglob("*.npz"):
+        try:
+            with np.load(path) as data:
+                n += data["sha256"].shape[0]
+        except Exception:  # a shard being written, or not a shard
+            pass
+    return n
 
 
 def run_cli(*args, cwd=ROOT, env=None, timeout=600) -> subprocess.CompletedProcess:

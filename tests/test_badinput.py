@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, colour_image, run_make, write_class_folder
+from conftest import ROOT, colour_image, run_make, vectors_in, write_class_folder
 from extract import ImageError, Settings, cache_folder, extract_features, load_image, read_cache
 from extract.cache import read_csv_rows
 
@@ -180,23 +180,11 @@ def _start(in_dir, features, *extra, size=96, batch=4):
                             text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
 
 
-def _vectors_in(folder: Path) -> int:
-    """How many embedded vectors the finished shards of ``folder`` hold."""
-    n = 0
-    for path in folder.glob("*.npz"):
-        try:
-            with np.load(path) as data:
-                n += data["sha256"].shape[0]
-        except Exception:
-            pass
-    return n
-
-
 def _wait_for_shards(folder: Path, proc, minimum: int = 2, timeout: float = 180):
     """Waits until the partial folder holds at least ``minimum`` embedded vectors."""
     end = time.time() + timeout
     while time.time() < end:
-        if folder.is_dir() and _vectors_in(folder) >= minimum:
+        if folder.is_dir() and vectors_in(folder) >= minimum:
             return
         if proc.poll() is not None:
             pytest.fail(f"extraction ended before it could be interrupted: {proc.communicate()}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, colour_image, run_cli, write_class_folder
+from conftest import ROOT, colour_image, model_dies_at_batch, run_cli, write_class_folder
 from extract import Settings, extract_features, read_cache
 from extract import cache, files, load
 from extract.cache import CacheWriteError, input_id
@@ -209,27 +209,10 @@ def test_each_new_file_is_read_once(two_class, tmp_path, monkeypatch):
 
 def test_a_resumed_run_does_not_hash_finished_files_again(two_class, tmp_path, monkeypatch):
     features = tmp_path / "features"
-    from extract import run
-
-    calls = {"n": 0}
-    real_embedder = run.embedder
-
-    def dying(settings):
-        f = real_embedder(settings)
-
-        def call(x):
-            calls["n"] += 1
-            if calls["n"] == 2:
-                raise KeyboardInterrupt
-            return f(x)
-        return call
-
-    monkeypatch.setattr(run, "embedder", dying)
     from extract import Interrupted
 
-    with pytest.raises(Interrupted):
+    with model_dies_at_batch(2), pytest.raises(Interrupted):
         _extract(two_class, features, batch=8, flush_seconds=0)
-    monkeypatch.setattr(run, "embedder", real_embedder)
     reads: list[str] = []
     real = load.read_bytes
     monkeypatch.setattr(load, "read_bytes", lambda p: reads.append(str(p)) or real(p))

@@ -125,7 +125,7 @@ def test_ray_engine_killed_part_way_resumes(two_hundred, tmp_path):
     import sys
     import time
 
-    from conftest import ROOT
+    from conftest import ROOT, vectors_in
 
     root, local = two_hundred
     features = tmp_path / "features"
@@ -136,16 +136,7 @@ def test_ray_engine_killed_part_way_resumes(two_hundred, tmp_path):
                             start_new_session=True)
     partial = Path(local.folder.replace(str(root / "local"), str(features))).parent / ".partial"
     end = time.time() + 300
-    while time.time() < end and proc.poll() is None:
-        done = 0
-        for shard in partial.rglob("*.npz"):
-            try:
-                with np.load(shard) as data:
-                    done += data["sha256"].shape[0]
-            except Exception:
-                pass
-        if done >= 8:
-            break
+    while time.time() < end and proc.poll() is None and vectors_in(partial) < 8:
         time.sleep(0.1)
     assert proc.poll() is None, proc.communicate()
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started

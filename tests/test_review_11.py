@@ -86,25 +86,11 @@ def test_partial_work_under_a_dataset_is_not_served_to_another_folder(tmp_path, 
     """Shards record (path, size, mtime) -> sha256 but not the folder they were read from."""
     b, c, features = tmp_path / "b", tmp_path / "c", tmp_path / "features"
     _same_stamps_other_content(b, c)
-    from extract import Interrupted, run
+    from conftest import model_dies_at_batch
+    from extract import Interrupted
 
-    real = run.embedder
-    calls = {"n": 0}
-
-    def dying(settings):
-        f = real(settings)
-
-        def call(x):
-            calls["n"] += 1
-            if calls["n"] == 2:
-                raise KeyboardInterrupt
-            return f(x)
-        return call
-
-    monkeypatch.setattr(run, "embedder", dying)
-    with pytest.raises(Interrupted):
+    with model_dies_at_batch(2), pytest.raises(Interrupted):
         _extract(b, features, dataset="x", batch=2, flush_seconds=0)
-    monkeypatch.setattr(run, "embedder", real)
     s = _extract(c, features, dataset="x", batch=2)
     from extract.cache import open_cache
 
