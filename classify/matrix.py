@@ -140,7 +140,7 @@ def write_heatmap(matrix: pd.DataFrame, path: Path) -> str:
     cells = matrix.set_index(["backbone", "head"])
     fig, axes = plt.subplots(1, 2, figsize=(2.2 + 2.4 * len(heads), 1.4 + 0.55 * len(backbones)),
                              squeeze=False)
-    for ax, (column, title) in zip(axes[0], (("cv_mean", "cross-validated accuracy (mean ± std)"),
+    for ax, (column, title) in zip(axes[0], (("cv_mean", "cross-validated balanced accuracy (mean ± std)"),
                                              ("accuracy", "held-out accuracy"))):
         values = [[float(cells.loc[(b, h), column]) for h in heads] for b in backbones]
         low, high = min(map(min, values)), max(map(max, values))
