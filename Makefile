@@ -23,6 +23,7 @@ MAX_PIXELS ?= 89478485## larger images are rejected (decompression-bomb guard)
 HEADS ?= logreg,svm,mlp## heads to compare (comma-separated)
 SEED ?= 42##           random state of heads, folds and hold-out
 TEST_SIZE ?= 0.2##     hold-out fraction when IN has no split folders
+TUNE ?= auto##         search each head's settings (on a valid/ folder beside test/, else by nested inner CV); auto: up to 20,000 training images; 0: fixed settings
 REPEATS ?= auto##      repeats of the cross-validation with other folds (auto: 3 up to 5,000 training images, else 1)
 FOLDS ?= 5##           cross-validation folds on the training part
 JOBS ?= 0##            parallel workers for stage 2 (0: every core)
@@ -84,7 +85,8 @@ import: setup ## vectors computed elsewhere (EMBEDDINGS, LABELS) -> FEATURES/DAT
 compare: setup $(ENGINE_SETUP) ## stage 2: compare HEADS on the cached embeddings (with BACKBONES: every head on every backbone)
 	$(PY) -m classify compare $(EXTRACT_ARGS) $(BACKBONES_ARG) --out "$(OUT)" --heads $(HEADS) --seed $(SEED) \
 		--test-size $(TEST_SIZE) --folds $(FOLDS) --jobs $(JOBS) --groups $(GROUPS) \
-		--dup-threshold $(DUP_THRESHOLD) --engine $(ENGINE) --repeats $(REPEATS) --memory-gb $(MEMORY_GB)
+		--dup-threshold $(DUP_THRESHOLD) --engine $(ENGINE) --repeats $(REPEATS) --memory-gb $(MEMORY_GB) \
+		--tune $(TUNE)
 
 audit: setup $(ENGINE_SETUP) ## near-duplicates across splits, label suspects, leakage-aware scores -> OUT/audit/
 	$(PY) -m classify.audit $(EXTRACT_ARGS) --out "$(OUT)" --heads $(HEADS) --seed $(SEED) \

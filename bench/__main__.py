@@ -87,6 +87,7 @@ def derive(raw: dict, headline: str = "fp32") -> dict:
                                  f"fp32 model-only images/s ({out['fp32_model_only_ips']:.2f})")
     out["seed_style_over_compare"] = out["seed_style_seconds_12k"] / raw["compare_seconds"]
     out["compare_seconds_12k"] = raw["compare_seconds"]
+    out["compare_tuned_seconds_12k"] = raw.get("compare_tuned_seconds")
     out["rss_growth"] = raw["rss_4x_mib"] / raw["rss_1x_mib"]
     out["rounds"] = rounds
     return out
@@ -282,8 +283,14 @@ def main(argv=None) -> int:
     settings = suite.write_fake_cache(fake / "features", X, yy)
     t0 = time.perf_counter()
     table = compare(fake / "features", settings, fake / "out", heads="logreg,svm,mlp", seed=42,
-                    folds=5, log=lambda *a, **k: None, dataset=suite.FAKE_DATASET)
+                    folds=5, log=lambda *a, **k: None, dataset=suite.FAKE_DATASET, tune="0")
     raw["compare_seconds"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    tuned = compare(fake / "features", settings, fake / "out-tuned", heads="logreg,svm,mlp", seed=42,
+                    folds=5, log=lambda *a, **k: None, dataset=suite.FAKE_DATASET, tune="1")
+    raw["compare_tuned_seconds"] = round(time.perf_counter() - t0, 2)
+    raw["compare_tuned_heads"] = {h: {"cv_mean": round(float(r["cv_mean"]), 4), "accuracy": round(float(r["accuracy"]), 4),
+                                      "params": r["params"]} for h, r in tuned.set_index("head").iterrows()}
     raw["compare_n"] = cfg["compare_n"]
     raw["compare_n_train"] = int(table["n_train"].iloc[0])
     tab = table.set_index("head")
@@ -292,7 +299,8 @@ def main(argv=None) -> int:
                                 "accuracy": round(float(tab.loc[h, "accuracy"]), 4),
                                 "cv_seconds": float(tab.loc[h, "cv_seconds"]),
                                 "fit_seconds": float(tab.loc[h, "fit_seconds"])} for h in tab.index}
-    say(f"compare on {cfg['compare_n']} x 512: {raw['compare_seconds']} s; "
+    say(f"compare on {cfg['compare_n']} x 512: {raw['compare_seconds']} s (TUNE=0), "
+        f"{raw['compare_tuned_seconds']} s (tuned); "
         + ", ".join(f"{h} cv {v['cv_mean']:.3f}" for h, v in raw["compare_heads"].items()))
 
     # ---- stage 2 at scale: compare and audit as fresh processes on N x 512 (default heads)

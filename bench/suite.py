@@ -28,7 +28,7 @@ CLASSES = ("disc", "square")
 REQUIRED_KEYS = (
     "extract_model_only_ips", "extract_end_to_end_ips", "extract_efficiency",
     "bf16_speedup", "bf16_min_cosine", "bf16_logreg_accuracy_change",
-    "incremental_cost_ratio", "compare_seconds_12k", "seed_style_seconds_12k",
+    "incremental_cost_ratio", "compare_seconds_12k", "compare_tuned_seconds_12k", "seed_style_seconds_12k",
     "seed_style_over_compare", "rss_growth", "noop_seconds_200k", "noop_peak_rss_mib_200k",
     "auto_vs_best", "compare_seconds_200k", "compare_peak_rss_mib_200k",
     "audit_seconds_200k", "audit_peak_rss_mib_200k",
@@ -41,7 +41,8 @@ TARGETS = (
     ("bf16_min_cosine", ">=", 0.99),
     ("incremental_cost_ratio", "<=", 0.05),
     ("rss_growth", "<=", 1.2),
-    ("compare_seconds_12k", "<=", 90.0),
+    ("compare_seconds_12k", "<=", 15.0),  # TUNE=0 (issue 13)
+    ("compare_tuned_seconds_12k", "<=", 60.0),  # nested tuning of the 3 heads (issue 13)
     ("seed_style_over_compare", ">=", 100.0),
     ("noop_seconds_200k", "<=", 10.0),
     ("auto_vs_best", ">=", 0.95),
@@ -456,7 +457,8 @@ def markdown(results: dict) -> str:
     row("incremental_seconds", "that +1% run, seconds")
     row("incremental_seconds_model_rebuilt", "the same +1% run after emptying the per-process model cache (model build and tracing paid again)")
     row("incremental_cli_seconds", "the +1% run as a fresh `python -m extract` process (TensorFlow import and model build included)")
-    row("compare_seconds_12k", "`classify.compare`, heads logreg,svm,mlp, 5-fold CV, on synthetic 12,420 x 512 embeddings, every output written")
+    row("compare_seconds_12k", "`classify.compare` with TUNE=0 (fixed settings), heads logreg,svm,mlp, 5-fold CV, on synthetic 12,420 x 512 embeddings, every output written")
+    row("compare_tuned_seconds_12k", "the same with TUNE=1: every head tuned by 3-fold inner CV inside each of the 5 folds and the final fit (nested), every output written")
     row("compare_logreg_cv", "its logreg CV accuracy (the synthetic set is made to score 0.85-0.95)")
     row("seed_style_seconds_12k", f"the original design's cost: {r.get('seed_style_formula')}")
     row("seed_style_over_compare", "seed style / compare")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .cli import add_features_args, add_heads_args, engine, settings_from
 
@@ -16,6 +17,9 @@ def parse(argv=None) -> argparse.Namespace:
     add_heads_args(c)
     c.add_argument("--groups", choices=["none", "dups"], default="none",
                    help="dups: keep each duplicate cluster on one side of every split (GROUPS)")
+    c.add_argument("--tune", default="auto", choices=["auto", "1", "0"],
+                   help="search each head's settings: on the validation folder beside test/, else by "
+                        "nested inner CV; auto: up to 20,000 training images; 0: fixed settings (TUNE)")
     c.add_argument("--backbones", default="",
                    help="compare every head on each of these comma-separated backbones: "
                         "OUT/backbones.csv, OUT/<backbone>/ (BACKBONES; overrides --backbone)")
@@ -37,7 +41,8 @@ def compare_matrix(args: argparse.Namespace) -> int:
                                    dataset=args.dataset or None, heads=args.heads, seed=args.seed,
                                    test_size=args.test_size, folds=args.folds,
                                    jobs=args.jobs or None, groups=args.groups,
-                                   dup_threshold=args.dup_threshold)
+                                   dup_threshold=args.dup_threshold, repeats=args.repeats,
+                                   memory_gb=args.memory_gb, tune=args.tune)
     print()
     print(format_table(matrix.drop(columns=["features_key"])))
     print(f"\noutputs in {args.out}/: backbones.csv, backbones.png, <backbone>/ for each backbone; "
@@ -62,11 +67,11 @@ def main(argv=None) -> int:
                                 fallback_none=args.weights_fallback == "none",
                                 groups=args.groups, dup_threshold=args.dup_threshold,
                                 dataset=args.dataset or None, repeats=args.repeats,
-                                memory_gb=args.memory_gb)
+                                memory_gb=args.memory_gb, tune=args.tune)
             print()
             print(format_table(table))
             print(f"\noutputs in {args.out}/: comparison.csv, predictions.csv, reports/, models/, "
-                  "figures/, run.json")
+                  "figures/, run.json" + (", tuning.csv" if (Path(args.out) / "tuning.csv").is_file() else ""))
     except (DataError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -43,15 +43,15 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def _oof_fold(model, X, y, train, test):
-    """One fold of the out-of-fold pass: the MLP's validation share sized on this fold's labels."""
+    """One fold of the out-of-fold pass: the MLP's early stopping and validation share sized on
+    this fold's labels (:func:`classify.heads.fit_head`)."""
     from sklearn.exceptions import ConvergenceWarning
 
-    from .compare import _fit_small_validation
+    from .heads import fit_head
 
-    _fit_small_validation(model, y[train])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(X[train], y[train])
+        model, _ = fit_head(model, X[train], y[train])
     return test, model.predict_proba(X[test])
 
 
@@ -146,7 +146,7 @@ def leakage_scores(models: dict, X, y, role: np.ndarray, leaked: np.ndarray, clu
         joblib.delayed(_fit)(name, key, model, X, y, tr, te) for name, key, model, tr, te in tasks)
     out = {name: {} for name in models}
     cv = {(name, kind): [] for name in models for kind in ("plain", "groups")}
-    for name, (kind, k), value, _ in results:
+    for name, (kind, k), value, _, _ in results:
         if kind == "fit":
             pred = value.predict(X[eval_idx])
             keep = ~leaked[eval_idx]

@@ -1,12 +1,13 @@
 """Stage 2 within a memory budget (``MEMORY_GB``): which SVM method, how many fits at once.
 
-The exact RBF SVM (:class:`~classify.heads.GramRBFSVC` with ``method="exact"``) holds an
-n x n float64 Gram matrix per fit: 8 bytes per entry, 18 GiB at 48,000 training images. It is
-used while the fits that run at the same time fit in the budget; beyond that the SVM switches to
-``method="nystroem"`` (a Nystroem feature map of the same kernel and a linear SVM), whose memory
-grows with n times the number of components, and the number of parallel fits (joblib
-``n_jobs``) is lowered until the planned fits fit. The estimates below are upper bounds measured
-with ``python -m bench.svm_methods`` (see BENCHMARKS.md).
+The exact RBF SVM (:class:`~classify.heads.CalibratedSVC` with ``method="exact"``) holds the
+n x n float32 squared distances and a float64 Gram matrix per fit: 12 bytes per entry (14 with
+libsvm's copies), 30 GiB at 48,000 training images. It is used while the fits that run at the
+same time fit in the budget; beyond that the SVM switches to ``method="nystroem"`` (a Nystroem
+feature map of the same kernel and a linear SVM), whose memory grows with n times the number
+of components, and the number of parallel fits (joblib ``n_jobs``) is lowered until the planned
+fits fit. The estimates below are upper bounds of measured peaks (``python -m bench.svm_methods``,
+BENCHMARKS.md, and :func:`exact_bytes`).
 """
 
 from __future__ import annotations
@@ -72,11 +73,13 @@ def parse_memory_gb(value) -> float:
 
 
 def exact_bytes(n: int, dim: int) -> int:
-    """Peak bytes of one exact SVM fit on n rows: the float64 Gram matrix and the rows.
+    """Peak bytes of one exact SVM fit on n rows: the float32 squared distances and the float64
+    Gram matrix made from them (12 bytes per entry), libsvm's own copies, and the rows.
 
-    Measured: 836 MiB above the process's baseline for 9,936 rows (8 bytes x n^2 is 753 MiB).
+    Measured: 1,302 MiB above the process's start for 9,936 rows, tuned or not (14 x n^2 and
+    the rows make 1,358 MiB).
     """
-    return 9 * n * n + ROW_COPIES * 4 * n * dim
+    return 14 * n * n + ROW_COPIES * 4 * n * dim
 
 
 def nystroem_bytes(n: int, dim: int, components: int) -> int:
@@ -184,19 +187,13 @@ def apply_plan(models: dict, plan: Plan) -> None:
     The estimator is found through ``get_params(deep=True)``, so a pipeline or a wrapper
     around it (e.g. a calibration) is handled alike.
     """
-    from .heads import CalibratedSVC, GramRBFSVC
+    from .heads import CalibratedSVC, GramRBFSVC, set_inner
 
-    svms = (GramRBFSVC, CalibratedSVC)
     if plan.method not in ("exact", "nystroem"):
         return
     for model in models.values():
-        if isinstance(model, svms):
-            model.set_params(method=plan.method, n_components=plan.components or NYSTROEM_COMPONENTS)
-            continue
-        for key, value in model.get_params(deep=True).items():
-            if isinstance(value, svms):
-                model.set_params(**{f"{key}__method": plan.method,
-                                    f"{key}__n_components": plan.components or NYSTROEM_COMPONENTS})
+        set_inner(model, (GramRBFSVC, CalibratedSVC), method=plan.method,
+                  n_components=plan.components or NYSTROEM_COMPONENTS)
 
 
 def plan_for(models: dict, n_train: int, dim: int, memory_gb, jobs: int | None, log=print) -> Plan:

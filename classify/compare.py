@@ -18,35 +18,45 @@ import numpy as np
 import pandas as pd
 import sklearn
 from sklearn.base import clone
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, classification_report
 
 from extract.cache import atomic_write, write_csv, write_json
 from extract.model import Settings
 
 from .data import (DataError, Features, assign_split, check_coverage, content_key, copies_across,
+                   eval_split_of, tune_split_of,
                    cv_folds, describe_conflict, label_conflicts, load_features, unit_ids)
 from . import curves, stats
 from .budget import plan_for
 from .dups import cached_duplicates
-from .heads import decision_values, scores, select_heads
+from .budget import apply_plan
+from .heads import (GRIDS, INNER_FOLDS, decision_values, fit_head, fixed_head, format_settings, scores,
+                    select_heads)
 from .outdir import check_out_dir, new_run
 
 TIMING_COLUMNS = ["fit_seconds", "cv_seconds"]
 AUTO_REPEATS_UP_TO = 5000  # REPEATS=auto: 3 repeats up to this many training images, else 1
+TUNE_AUTO_UP_TO = 20_000  # TUNE=auto tunes up to this many training images (see choose_tuning)
 
 
 def _fit(name: str, fold: int, model, X, y, train_idx, test_idx):
-    """One unit of parallel work: fit on train_idx; score on test_idx (a CV fold) or return the model."""
+    """One unit of parallel work: fit (tuning included) on train_idx; score on test_idx (a CV
+    fold, or the validation folder) or return the model.
+
+    Returns:
+        (name, fold, the model or the score, seconds, the head's chosen settings).
+    """
     t0 = time.perf_counter()
-    _fit_small_validation(model, y[train_idx])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model.fit(X[train_idx], y[train_idx])
+        warnings.simplefilter("ignore", FitFailedWarning)  # a candidate that cannot fit a small inner fold
+        warnings.simplefilter("ignore", UserWarning)  # a class missing from an inner fold's predictions
+        model, chosen = fit_head(model, X[train_idx], y[train_idx])
     seconds = time.perf_counter() - t0
     if test_idx is None:
-        return name, fold, model, seconds
-    return name, fold, cv_score(y[test_idx], model.predict(X[test_idx])), seconds
+        return name, fold, model, seconds, chosen
+    return name, fold, cv_score(y[test_idx], model.predict(X[test_idx])), seconds, chosen
 
 
 CV_METRIC = "balanced_accuracy"
@@ -63,31 +73,11 @@ def cv_score(y_true, y_pred) -> float:
         return float(balanced_accuracy_score(y_true, y_pred))
 
 
-def _fit_small_validation(model, y_train) -> None:
-    """Enlarges an early-stopping MLP's validation share when the training part is tiny.
-
-    MLPClassifier's stratified validation split needs at least one image per class; 10% of a
-    few dozen images is less than that.
-    """
-    est = model[-1] if hasattr(model, "steps") else model
-    if getattr(est, "early_stopping", False):
-        n_classes, counts = np.unique(y_train, return_counts=True)
-        n_classes = len(n_classes)
-        if counts.min() < 2:  # no stratified validation split is possible: train without one
-            est.set_params(early_stopping=False)
-            return
-        need = (n_classes + 1) / max(len(y_train), 1)
-        if est.validation_fraction < need:
-            est.set_params(validation_fraction=min(0.5, need))
-
-
 # Every type a saved model may contain beyond those skops trusts by default. Loading refuses a
 # file that holds any other (see load_model); a new field of a head with a new type must be added.
 TRUSTED_TYPES = (
     "classify.heads.CalibratedSVC",
     "classify.heads.GramRBFSVC",
-    "sklearn.calibration._CalibratedClassifier",
-    "sklearn.calibration._SigmoidCalibration",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
 )
 MODEL_SUFFIX = ".skops"
@@ -187,7 +177,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             seed: int = 42, test_size: float = 0.2, folds: int = 5, jobs: int | None = None,
             in_dir: str = "in", fallback_none: bool = False, log=print, groups: str = "none",
             dup_threshold="auto", dataset: str | None = None,
-            repeats: int | str = "auto", memory_gb="auto") -> pd.DataFrame:
+            repeats: int | str = "auto", memory_gb="auto", tune: str = "auto") -> pd.DataFrame:
     """Trains, cross-validates and evaluates the heads; writes one whole run to ``out_dir``.
 
     The run is written into a temporary folder beside ``out_dir`` and swapped into place when
@@ -219,9 +209,13 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             ``cv_scores.csv`` and into the intervals and paired tests.
         memory_gb: ``auto`` or GiB (MEMORY_GB): the budget of the concurrent fits, which decides
             the SVM method and the parallel fits (:mod:`classify.budget`).
+        tune: ``auto``, ``1`` or ``0`` (TUNE): search each head's grid (:data:`classify.heads.GRIDS`)
+            on the validation folder when there is one, else by inner cross-validation inside
+            every fit (see :func:`choose_tuning`); ``0`` keeps the fixed settings.
 
     Returns:
-        The comparison table (also written to ``out_dir/comparison.csv``), with 95% intervals
+        The comparison table (also written to ``out_dir/comparison.csv``), with each head's chosen
+        settings (``params``), 95% intervals
         (``accuracy_ci_*``: Wilson, over the evaluated images; ``cv_ci_*``: corrected resampled
         t, over the folds) and each head's paired test against the best (``p_vs_best``,
         ``p_mcnemar``) and ``verdict`` (see :mod:`classify.stats`).
@@ -261,6 +255,8 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     class_names = check_coverage(man, role, log)
     train_idx = np.flatnonzero(role.to_numpy() == "train")
     eval_idx = np.flatnonzero(role.to_numpy() == "eval")
+    # the validation folder's images of classes that are trained on (others are ignored, as said)
+    valid_idx = np.flatnonzero((role.to_numpy() == "tune") & man["label"].astype(str).isin(class_names).to_numpy())
     if len(class_names) < 2:
         raise DataError(f"only {len(class_names)} class ({', '.join(map(repr, class_names))}) has "
                         "training images; a classifier needs at least two: add images")
@@ -284,16 +280,34 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     leaked = dups.partners_in(role.to_numpy() == "train")[eval_idx]  # eval image with a train duplicate
     log(f"duplicates: {dups.rule}; search: {dups.search}; {int(leaked.sum())} of {len(eval_idx)} "
         "evaluated images have a duplicate in the training part")
+    mode, tuning_rule = choose_tuning(tune, len(train_idx), tune_split_of(man) if len(valid_idx) else None)
+    if mode == "nested":
+        models = select_heads(heads, seed, tune=True)
+    split_use = _split_use(man, mode)
+    log(f"tuning: {tuning_rule}")
+    log("splits: " + "; ".join(f"{name}: {use}" for name, use in split_use.items()))
     plan = plan_for(models, len(train_idx), X.shape[1], memory_gb, jobs, log)
     n_jobs = plan.n_jobs
-    fitted, cv_scores, fit_seconds, cv_seconds = _fit_all(models, X, y, train_idx, fold_list, n_jobs)
+    tuning_rows = []
+    if mode == "valid":
+        models, tuning_rows = _select_on_validation(models, X, y, train_idx, valid_idx, n_jobs, log)
+    fitted, cv_scores, fit_seconds, cv_seconds, chosen = _fit_all(models, X, y, train_idx, fold_list, n_jobs)
+    if mode == "nested":
+        tuning_rows = [(h, f"repeat {r} fold {k}" if k >= 0 else "final", format_settings(s),
+                        "" if k < 0 else round(float(cv_scores[h][i]), 6), "yes" if k < 0 else "")
+                       for h in chosen for i, ((r, k), s) in enumerate(
+                           zip(fold_ids + [(0, -1)], chosen[h]["folds"] + [chosen[h]["final"]]))]
     with new_run(out_dir) as out:
         fold_col = np.full(len(man), "", dtype=object)
         fold_col[train_idx] = fold_of.astype(str)
+        roles = role.replace({"": "unused", "tune": "tune" if mode == "valid" else "unused"})
         write_csv(out / "split.csv", ["path", "label", "role", "fold"],
-                  zip(man["path"], man["label"], role.replace("", "unused"), fold_col))
+                  zip(man["path"], man["label"], roles, fold_col))
+        if tuning_rows:
+            write_csv(out / "tuning.csv", ["head", "fit", "params", "score", "chosen"], tuning_rows)
         comparison = _evaluate(out, fitted, cv_scores, fit_seconds, cv_seconds, X, y, man, eval_idx,
-                               leaked, class_names, feats, split_rule, seed, len(train_idx))
+                               leaked, class_names, feats, split_rule, seed, len(train_idx),
+                               {h: chosen[h]["final"] for h in fitted})
         comparison = _compare_heads(comparison, cv_scores, n_folds, y[eval_idx],
                                     man["path"].to_numpy()[eval_idx],
                                     pd.read_csv(out / "predictions.csv", keep_default_na=False,
@@ -305,7 +319,9 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         from . import figures
 
         figure_names = figures.write_figures(out / "figures", fitted, X[eval_idx], y[eval_idx], class_names)
-        curve = curves.learning_curves(models, X[train_idx], y[train_idx], fold_sets[0][0], n_jobs, seed)
+        settled = {h: fixed_head(h, seed, chosen[h]["final"]) for h in models}  # the chosen settings
+        apply_plan(settled, plan)
+        curve = curves.learning_curves(settled, X[train_idx], y[train_idx], fold_sets[0][0], n_jobs, seed)
         write_csv(out / "learning_curve.csv", list(curve.columns), curve.itertuples(index=False))
         figure_names.append(curves.plot_learning_curves(curve, out / "figures" / "learning_curve.png"))
         reliability = curves.reliability_diagram(fitted, X[eval_idx], y[eval_idx], class_names,
@@ -323,6 +339,11 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             "seed": seed, "test_size": test_size, "folds": n_folds, "repeats": repeats,
             "jobs": n_jobs,
             "memory_plan": plan.as_dict(),
+            "tuning": {"mode": mode, "rule": tuning_rule, "inner_folds": INNER_FOLDS if mode == "nested" else None,
+                       "grids": {h: {k.split("__", 1)[1]: v for k, v in GRIDS[h].items()} for h in models}
+                       if mode != "off" else None,
+                       "chosen": {h: chosen[h]["final"] for h in models}},
+            "split_use": split_use,
             "comparison_tests": {"intervals": "95%: Wilson (accuracy), corrected resampled t (CV)",
                                  "p_vs_best": "corrected resampled paired t (Nadeau and Bengio) "
                                               "on the fold scores",
@@ -413,7 +434,8 @@ def _fit_all(models: dict, X, y, train_idx, fold_list, n_jobs: int):
     """Fits every head on every CV fold and on the whole training part, in parallel.
 
     Returns:
-        ({head: fitted model}, {head: [fold scores]}, {head: fit seconds}, {head: CV seconds}).
+        ({head: fitted model}, {head: [fold scores]}, {head: fit seconds}, {head: CV seconds},
+        {head: {"final": its chosen settings, "folds": [each fold's]}}).
     """
     tasks = []
     for name, model in models.items():
@@ -424,22 +446,96 @@ def _fit_all(models: dict, X, y, train_idx, fold_list, n_jobs: int):
     tasks.sort(key=lambda t: (t[0] != "svm", t[0], t[1]))
     results = joblib.Parallel(n_jobs=min(n_jobs, len(tasks)))(
         joblib.delayed(_fit)(name, k, model, X, y, tr, te) for name, k, model, tr, te in tasks)
-    fitted, fit_seconds = {}, {}
+    fitted, fit_seconds, chosen = {}, {}, {n: {"folds": {}} for n in models}
     cv_scores, cv_seconds = {n: {} for n in models}, dict.fromkeys(models, 0.0)
-    for name, k, value, seconds in results:
+    for name, k, value, seconds, settings in results:
         if k < 0:
-            fitted[name], fit_seconds[name] = value, seconds
+            fitted[name], fit_seconds[name], chosen[name]["final"] = value, seconds, settings
         else:
-            cv_scores[name][k] = value
+            cv_scores[name][k], chosen[name]["folds"][k] = value, settings
             cv_seconds[name] += seconds
     fitted = {name: fitted[name] for name in models}
     cv_scores = {name: np.array([v for _, v in sorted(cv_scores[name].items())]) for name in models}
-    return fitted, cv_scores, fit_seconds, cv_seconds
+    for c in chosen.values():
+        c["folds"] = [s for _, s in sorted(c["folds"].items())]
+    return fitted, cv_scores, fit_seconds, cv_seconds, chosen
+
+
+def choose_tuning(tune, n_train: int, valid: str | None) -> tuple[str, str]:
+    """``TUNE``: ``auto``, ``1`` or ``0`` -> (mode, the rule in words).
+
+    Modes: ``valid`` (a validation folder beside test/: each candidate is fitted on train and the
+    one with the best balanced accuracy on the validation folder is kept), ``nested`` (every fit,
+    those of the CV folds included, searches its grid on inner folds of its own training rows,
+    so the CV scores are those of the whole tune-then-fit procedure), ``off`` (fixed settings).
+    ``auto`` tunes up to :data:`TUNE_AUTO_UP_TO` training images (measured: 42 s for the three
+    heads on 9,936 training images, see BENCHMARKS.md), and keeps the fixed settings above.
+
+    Raises:
+        ValueError: another value.
+    """
+    value = str(tune).strip().lower()
+    if value not in ("auto", "1", "0"):
+        raise ValueError(f"TUNE must be auto, 1 or 0; received {tune!r}")
+    if value == "0":
+        return "off", "off (TUNE=0): fixed settings"
+    if value == "auto" and n_train > TUNE_AUTO_UP_TO:
+        return "off", (f"off: {n_train:,} training images, above TUNE=auto's {TUNE_AUTO_UP_TO:,}; fixed "
+                       "settings (TUNE=1 tunes anyway, at several times the time)")
+    if valid:
+        return "valid", (f"each head's grid fitted on 'train' and selected on the validation folder "
+                         f"'{valid}' (balanced accuracy); the test score is untouched by the choice")
+    return "nested", (f"each head's grid searched by {INNER_FOLDS}-fold inner cross-validation inside "
+                      "every fit (nested: the CV scores include the tuning)")
+
+
+def _split_use(man: pd.DataFrame, mode: str) -> dict:
+    """What each split folder (or the hold-out) was used for, for the console, run.json and report."""
+    evaluated = eval_split_of(man)
+    if evaluated is None:
+        return {"train": "fitted on, and cross-validated on" + (" (tuning nested in every fit)" if mode == "nested" else ""),
+                "hold-out": "the reported score, untouched by fitting and tuning"}
+    use = {"train": "fitted on, and cross-validated on" + (" (tuning nested in every fit)" if mode == "nested" else ""),
+           evaluated: "the reported score, untouched by fitting and tuning"}
+    valid = tune_split_of(man)
+    if valid:
+        use[valid] = "tuning: selects each head's settings" if mode == "valid" else "not used (TUNE=0)"
+    for other in sorted(set(man["split"]) - {"", "train", evaluated, valid}):
+        use[other] = "not used"
+    return use
+
+
+def _select_on_validation(models: dict, X, y, train_idx, valid_idx, n_jobs: int, log):
+    """Fits every candidate of every head's grid on train, scores it on the validation folder.
+
+    Returns:
+        ({head: the unfitted head with its best settings}, rows of tuning.csv).
+    """
+    from sklearn.model_selection import ParameterGrid
+
+    tasks = [(name, i, clone(model).set_params(**params))
+             for name, model in models.items() for i, params in enumerate(ParameterGrid(GRIDS[name]))]
+    results = joblib.Parallel(n_jobs=min(n_jobs, len(tasks)))(
+        joblib.delayed(_fit)(name, i, model, X, y, train_idx, valid_idx) for name, i, model in tasks)
+    best = {}
+    for name, i, score, _, settings in results:
+        if name not in best or score > best[name][1]:
+            best[name] = (i, score)
+    rows, chosen = [], {}
+    for name, i, score, _, settings in results:
+        rows.append((name, "candidate", format_settings(settings), round(float(score), 6),
+                     "yes" if best[name][0] == i else ""))
+    for name, model in models.items():
+        params = list(ParameterGrid(GRIDS[name]))[best[name][0]]
+        chosen[name] = clone(model).set_params(**params)
+        log(f"tuning {name}: {format_settings({k.split('__', 1)[1]: v for k, v in params.items()})} "
+            f"scored best on the validation folder ({best[name][1]:.4f})")
+    return chosen, rows
 
 
 def _evaluate(out: Path, fitted: dict, cv_scores: dict, fit_seconds: dict, cv_seconds: dict, X, y,
               man: pd.DataFrame, eval_idx, leaked, class_names: list[str], feats: Features,
-              split_rule: str, seed: int, n_train: int) -> pd.DataFrame:
+              split_rule: str, seed: int, n_train: int, settings: dict) -> pd.DataFrame:
     """Scores every fitted head on the evaluated images and writes comparison.csv,
     predictions.csv, reports/ and models/ under ``out``.
 
@@ -465,6 +561,7 @@ def _evaluate(out: Path, fitted: dict, cv_scores: dict, fit_seconds: dict, cv_se
         folds_score = cv_scores[name]
         rows.append({
             "head": name,
+            "params": format_settings(settings[name]),
             "accuracy": accuracy_score(y_eval, labels),
             "accuracy_no_dups": (accuracy_score(y_eval[~leaked], labels[~leaked]) if (~leaked).any()
                                  else float("nan")),
@@ -486,6 +583,7 @@ def _evaluate(out: Path, fitted: dict, cv_scores: dict, fit_seconds: dict, cv_se
             "model": model, "head": name, "class_names": class_names,
             "features_key": feats.key, "settings": _settings_of(feats.meta),
             "seed": seed, "cv_mean": float(folds_score.mean()), "cv_metric": CV_METRIC,
+            "params": settings[name],
             "sklearn": sklearn.__version__,
         })
     comparison = pd.DataFrame(rows)

@@ -201,7 +201,8 @@ def assign_split(manifest: pd.DataFrame, test_size: float, seed: int,
     """Decides which rows train and which are evaluated.
 
     With split folders: ``train`` trains, ``test`` is evaluated (else ``val``/``valid``/
-    ``validation``); the folders are the user's decision and ``units`` is ignored. Without: a
+    ``validation``), and beside ``test`` a validation folder is for tuning (role ``tune``); the
+    folders are the user's decision and ``units`` is ignored. Without: a
     stratified hold-out of ``test_size`` per class made of whole units, drawn in a seeded hash
     order of their content, so the choice is reproducible and stays put when images are added.
     A unit is the set of exact copies of one file (same ``sha256``, whatever their labels),
@@ -209,7 +210,7 @@ def assign_split(manifest: pd.DataFrame, test_size: float, seed: int,
     :func:`balanced_holdout` for the rule.
 
     Returns:
-        (a Series of "train"/"eval"/"" per row, a sentence describing the rule used).
+        (a Series of "train"/"eval"/"tune"/"" per row, a sentence describing the rule used).
 
     Raises:
         DataError: no training or evaluation folder, or a bad ``test_size``.
@@ -221,7 +222,8 @@ def assign_split(manifest: pd.DataFrame, test_size: float, seed: int,
         eval_name = eval_split_of(manifest)
         if eval_name is None:
             raise DataError(f"split folders {sorted(splits)} have no test/val/valid folder to evaluate on")
-        role = manifest["split"].map({"train": "train", eval_name: "eval"}).fillna("")
+        tune_name = tune_split_of(manifest)
+        role = manifest["split"].map({"train": "train", eval_name: "eval", tune_name: "tune"}).fillna("")
         return role, f"split folders: trained on 'train', evaluated on '{eval_name}'"
     if not 0 < test_size < 1:
         raise DataError(f"TEST_SIZE must be between 0 and 1 (a fraction); received {test_size!r}")
@@ -239,6 +241,15 @@ def eval_split_of(manifest: pd.DataFrame) -> str | None:
     """The split folder that is evaluated on: test, else val, valid, validation (None: none)."""
     splits = set(manifest["split"]) - {""}
     return next((s for s in EVAL_SPLITS if s in splits), None)
+
+
+def tune_split_of(manifest: pd.DataFrame) -> str | None:
+    """The validation folder beside an evaluated ``test`` folder (val, valid or validation): the
+    images that tuning selects on (None: none, or it is the evaluated one)."""
+    splits = set(manifest["split"]) - {""}
+    if eval_split_of(manifest) != "test":
+        return None
+    return next((s for s in EVAL_SPLITS[1:] if s in splits), None)
 
 
 MIN_TRAIN_UNITS = 2  # units a class keeps for training: cross-validation needs two
@@ -290,8 +301,9 @@ def check_coverage(manifest: pd.DataFrame, role: pd.Series, log=print) -> list[s
       be wrong for a reason that is not the model's.
     * A class with training but no evaluated images is a **warning**: the heads are still
       valid, only that class's precision and recall are not measured.
-    * A class found only in rows that are neither (an unused split folder) is a **warning**: it
-      is ignored and is not among the model's classes.
+    * A class found only in rows that are neither (an unused split folder, or the validation
+      folder that tuning selects on) is a **warning**: it is ignored and is not among the
+      model's classes.
 
     Returns:
         The model's classes: the sorted labels of the training rows.
@@ -322,9 +334,10 @@ def check_coverage(manifest: pd.DataFrame, role: pd.Series, log=print) -> list[s
             log(f"warning: class {c!r} has {n} images (copies counted once: too few to hold any out; "
                 f"a class needs {MIN_TRAIN_UNITS + 1} different images) and is only trained on: its "
                 "precision and recall are not measured; add images to it")
-    unused = sorted(set(labels[role == ""]) - train - evaluated)
+    aside = role.isin(["", "tune"])  # unused split folders, and the validation folder of tuning
+    unused = sorted(set(labels[aside]) - train - evaluated)
     for c in unused:
-        folders = sorted(set(split[(labels == c) & (role == "")]))
+        folders = sorted(set(split[(labels == c) & aside]))
         log(f"warning: class {c!r} exists only in {', '.join(f + '/' for f in folders)}, which is "
             "neither trained on nor evaluated: ignored (not among the model's classes)")
     return sorted(train)

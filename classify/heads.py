@@ -5,6 +5,7 @@ from __future__ import annotations
 from numbers import Integral, Real
 
 import numpy as np
+from sklearn import config_context
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.kernel_approximation import Nystroem
 from sklearn.linear_model import LogisticRegression
@@ -110,16 +111,27 @@ class GramRBFSVC(ClassifierMixin, BaseEstimator):
         self.classes_ = unique_labels(y)
         if len(self.classes_) < 2:
             raise ValueError(f"GramRBFSVC needs at least 2 classes in y; received 1 class: {self.classes_[0]!r}")
+        self.gamma_ = self._base_gamma(X)
+        self._fit_rows(X, y)
+        return self
+
+    def _base_gamma(self, X) -> float:
+        """``gamma``, with "scale" resolved on X."""
+        if self.gamma != "scale":
+            return float(self.gamma)
         var = float(X.var())
-        if self.gamma == "scale":
-            self.gamma_ = 1.0 / (X.shape[1] * var) if var > 0 else 1.0
-        else:
-            self.gamma_ = float(self.gamma)
+        return 1.0 / (X.shape[1] * var) if var > 0 else 1.0
+
+    def _fit_rows(self, X, y, K=None) -> None:
+        """Fits on checked float32 rows; ``K``: their kernel matrix when already computed."""
+        if not hasattr(self, "classes_"):  # called by CalibratedSVC, which checked X and y
+            self.n_features_in_ = X.shape[1]
+            self.classes_ = unique_labels(y)
+            self.gamma_ = self._base_gamma(X)
         if self.method == "exact":
-            self._fit_exact(X, y)
+            self._fit_exact(X, y, K)
         else:
             self._fit_nystroem(X, y)
-        return self
 
     def _check_params(self) -> None:
         """Raises ValueError naming the first parameter out of its range."""
@@ -135,10 +147,11 @@ class GramRBFSVC(ClassifierMixin, BaseEstimator):
             if not ok:
                 raise ValueError(f"GramRBFSVC's {name} must be {want}; received {getattr(self, name)!r}")
 
-    def _fit_exact(self, X, y) -> None:
-        """libsvm on the Gram matrix; keeps the support vectors only."""
+    def _fit_exact(self, X, y, K=None) -> None:
+        """libsvm on the Gram matrix (``K``, or computed here); keeps the support vectors only."""
         svc = SVC(kernel="precomputed", C=self.C, random_state=self.random_state)
-        svc.fit(rbf_gram64(X, X, self.gamma_), y)
+        with config_context(assume_finite=True):  # X was checked; its kernel is finite
+            svc.fit(rbf_gram64(X, X, self.gamma_) if K is None else K, y)
         self.support_vectors_ = X[svc.support_]
         # Renumber the support vectors 0..n_sv-1, so prediction passes the kernel against the
         # support vectors only (libsvm reads column support_[k] for support vector k).
@@ -187,86 +200,294 @@ class GramRBFSVC(ClassifierMixin, BaseEstimator):
         return self._apply(X, "predict")
 
 
-class CalibratedSVC(ClassifierMixin, BaseEstimator):
-    """:class:`GramRBFSVC` with probabilities calibrated on held-out folds (Platt's sigmoid).
+def squared_distances(X: np.ndarray) -> np.ndarray:
+    """|a - b|^2 between all rows of X, as an (n, n) float32 matrix.
 
-    ``SVC(probability=True)`` is deprecated in scikit-learn; this does the same job with
-    :class:`~sklearn.calibration.CalibratedClassifierCV` (``method="sigmoid"``,
-    ``ensemble=False``): the SVM's decision values on ``folds`` held-out folds fit the sigmoid,
-    and the SVM used for predictions is fitted on all the data. The folds are stratified and keep
-    identical rows (exact copies of an image have identical embeddings) in one fold, and are
-    lowered to what the smallest class allows. ``predict`` returns the most probable class, so
-    a label and its score always agree.
+    The products X X^T come from one symmetric rank-k update (BLAS ``ssyrk``: half the
+    multiply-adds of a general product), which fills one triangle; the other is copied over
+    block by block.
+    """
+    from scipy.linalg.blas import ssyrk
 
-    Args:
-        C: regularisation of the SVM.
-        gamma: "scale" or a positive float, as in :class:`GramRBFSVC`.
-        folds: calibration folds (at most; fewer when a class is smaller).
-        method, n_components: passed to :class:`GramRBFSVC` (:mod:`classify.budget` sets them).
-        random_state: seeds the SVM and the calibration folds.
+    X = np.asarray(X, np.float32)
+    norms = (X * X).sum(1)
+    # X.T is Fortran-ordered (d, n): trans=1 gives X X^T without copying X; the Fortran-ordered
+    # upper triangle is, read in C order, the lower one
+    D = ssyrk(1.0, X.T, trans=1).T
+    rows = 256
+    for i in range(0, len(X), rows):
+        diagonal = D[i:i + rows, i:i + rows]
+        diagonal[...] = np.tril(diagonal) + np.tril(diagonal, -1).T
+        D[i:i + rows, i + rows:] = D[i + rows:, i:i + rows].T
+    rows = max(1, min(BLOCK_ROWS, BLOCK_ENTRIES // max(len(X), 1)))
+    for i in range(0, len(X), rows):
+        block = D[i:i + rows]
+        block *= -2.0
+        block += norms[i:i + rows, None]
+        block += norms[None, :]
+        np.maximum(block, 0, out=block)
+    return D
+
+
+class KernelBuffers:
+    """Kernel matrices exp(-gamma * D) over ranges of rows and columns of squared distances, in
+    reused memory.
+
+    The rows are ordered by held-out fold, so a fold's training rows are one or two ranges and
+    every kernel is a few strided copies, never a gather. libsvm reads a float64 kernel; the
+    entries are computed in float32 blocks (one exponential each) and written into one float64
+    buffer of n x n entries, whose leading part holds a fold's smaller matrix. Reusing memory
+    matters: on the machines measured, first writes to fresh pages cost up to 1-2 s per GB when
+    memory was busy, more than computing the kernel itself.
     """
 
-    def __init__(self, C: float = 1.0, gamma="scale", folds: int = 3, method: str = "exact",
+    def __init__(self, D: np.ndarray):
+        self.D = D
+        n = len(D)
+        self.square = np.empty(n * n, np.float64)  # a fold's training kernel, or the final one
+        self.side = np.empty(0, np.float64)  # held-out rows against training rows
+        self.block_rows = max(1, min(BLOCK_ROWS, BLOCK_ENTRIES // max(n, 1)))
+        self.block32 = np.empty(self.block_rows * n, np.float32)
+
+    def kernel(self, rows: list, cols: list, gamma: float, side: bool = False) -> np.ndarray:
+        """The kernel of the row ranges against the column ranges (lists of (start, stop)), as
+        a C-contiguous float64 view of a buffer; ``side=True`` uses the second buffer, so that a
+        fold's training kernel stays intact."""
+        n_rows, n_cols = sum(b - a for a, b in rows), sum(b - a for a, b in cols)
+        if side:
+            if self.side.size < n_rows * n_cols:
+                self.side = np.empty(n_rows * n_cols, np.float64)
+            K = self.side[:n_rows * n_cols].reshape(n_rows, n_cols)
+        else:
+            K = self.square[:n_rows * n_cols].reshape(n_rows, n_cols)
+        at = 0
+        for a, b in rows:
+            for i in range(a, b, self.block_rows):
+                r = min(self.block_rows, b - i)
+                col = 0
+                for c, d in cols:
+                    block = self.block32[:r * (d - c)].reshape(r, d - c)
+                    np.multiply(self.D[i:i + r, c:d], np.float32(-gamma), out=block)
+                    K[at:at + r, col:col + d - c] = np.exp(block, out=block)
+                    col += d - c
+                at += r
+        return K
+
+
+def identical_rows(X: np.ndarray) -> np.ndarray:
+    """An id per row, equal for identical rows (exact copies of an image have identical embeddings)."""
+    X = np.ascontiguousarray(X)
+    keys = X.view(np.dtype((np.void, X.dtype.itemsize * X.shape[1]))).ravel()
+    return np.unique(keys, return_inverse=True)[1].ravel()
+
+
+def copy_aware_folds(X, y, k: int, seed) -> list | None:
+    """Stratified folds over groups of identical rows, as many as the smallest class allows (up to k).
+
+    Returns:
+        [(train, test) positions], or None when a class has a single distinct row or no folds give
+        every class training rows: nothing can then be held out.
+    """
+    from .data import stratified_group_folds
+
+    y = np.asarray(y)
+    rows = identical_rows(np.asarray(X))
+    classes = np.unique(y)
+    smallest = min(len(np.unique(rows[y == c])) for c in classes)
+    for kk in range(min(k, smallest), 1, -1):
+        splits, _ = stratified_group_folds(y, rows, kk, seed or 0)
+        if all(len(np.unique(y[tr])) == len(classes) for tr, _ in splits):
+            return splits
+    return None
+
+
+class CopyAwareFolds:
+    """A scikit-learn CV splitter for inner (tuning) folds: stratified, exact copies kept together.
+
+    The outer folds of ``make compare`` keep copies in one fold; the folds inside a fit (tuning,
+    calibration) see only vectors, so they group identical rows. Fewer than ``n_splits`` folds are
+    made when the smallest class has fewer distinct rows; none when it has one (see
+    :func:`copy_aware_folds`).
+    """
+
+    def __init__(self, n_splits: int = 3, random_state=0):
+        self.n_splits = n_splits
+        self.random_state = random_state
+
+    def split(self, X, y, groups=None):
+        yield from copy_aware_folds(X, y, self.n_splits, self.random_state) or []
+
+    def get_n_splits(self, X=None, y=None, groups=None) -> int:
+        if X is None or y is None:
+            return self.n_splits
+        return len(copy_aware_folds(X, y, self.n_splits, self.random_state) or [])
+
+    def __repr__(self) -> str:
+        return f"CopyAwareFolds(n_splits={self.n_splits}, random_state={self.random_state})"
+
+
+def platt_sigmoid(f: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
+    """Platt's sigmoid P(positive | f) = 1 / (1 + exp(a f + b)), fitted by maximum likelihood.
+
+    Uses Platt's smoothed targets ((N+ + 1) / (N+ + 2) and 1 / (N- + 2)) against over-confidence
+    on separable data (J. Platt, "Probabilistic outputs for support vector machines", 1999).
+
+    Returns:
+        (a, b).
+    """
+    from scipy.optimize import minimize
+
+    f = np.asarray(f, np.float64).ravel()
+    positive = np.asarray(positive, bool).ravel()
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    t = np.where(positive, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+
+    def loss(ab):
+        z = ab[0] * f + ab[1]
+        value = float(np.sum(t * np.logaddexp(0, z) + (1 - t) * np.logaddexp(0, -z)))
+        g = 1.0 / (1.0 + np.exp(-z)) - (1 - t)  # d loss / d z
+        return value, np.array([float(g @ f), float(g.sum())])
+
+    res = minimize(loss, np.array([0.0, np.log((n_neg + 1.0) / (n_pos + 1.0))]), jac=True, method="L-BFGS-B")
+    return float(res.x[0]), float(res.x[1])
+
+
+def _grid_values(value, name: str) -> tuple[float, ...]:
+    """A positive number, or a non-empty sequence of them, as a tuple (a parameter or its grid)."""
+    values = tuple(value) if isinstance(value, (list, tuple, np.ndarray)) else (value,)
+    if not values or not all(isinstance(v, Real) and not isinstance(v, bool) and v > 0 for v in values):
+        raise ValueError(f"CalibratedSVC's {name} must be a positive number or a non-empty list of them; "
+                         f"received {value!r}")
+    return tuple(float(v) for v in values)
+
+
+class CalibratedSVC(ClassifierMixin, BaseEstimator):
+    """The RBF SVM head: tuned (optionally) and calibrated on the same held-out folds.
+
+    ``C`` and ``gamma_factor`` are numbers or lists; lists form a grid. Each point is scored on
+    ``folds`` stratified held-out folds that keep identical rows together (balanced accuracy of
+    the sign or largest decision value); the best point (ties: the one nearest C=1 and factor 1)
+    is fitted on all rows, and its held-out decision values fit Platt's sigmoid, one per class
+    (one-vs-rest, normalised) or one for two classes, as scikit-learn's
+    ``CalibratedClassifierCV(method="sigmoid", ensemble=False)`` does. So tuning costs nothing
+    beyond the calibration folds it needs anyway, and with the exact kernel the squared distances
+    are computed once per fit: each gamma costs one exponential, each C one libsvm solve.
+    ``predict`` returns the most probable class, so a label and its score always agree.
+
+    Args:
+        C: regularisation, or a grid of it.
+        gamma: "scale" (1 / (n_features * X.var()), as in SVC) or a positive float: the base
+            width, multiplied by each ``gamma_factor``.
+        gamma_factor: a multiplier of ``gamma``, or a grid of them.
+        folds: held-out folds (at most; fewer when a class is smaller).
+        method, n_components: as in :class:`GramRBFSVC` (:mod:`classify.budget` sets them).
+        random_state: seeds the SVM and the folds.
+
+    Attributes:
+        best_params_: {"C", "gamma"} of the fitted SVM.
+        tuning_: one dict per grid point: C, gamma_factor, gamma, score (held-out balanced accuracy).
+    """
+
+    def __init__(self, C=1.0, gamma="scale", gamma_factor=1.0, folds: int = 3, method: str = "exact",
                  n_components: int = 1024, random_state=None):
         self.C = C
         self.gamma = gamma
+        self.gamma_factor = gamma_factor
         self.folds = folds
         self.method = method
         self.n_components = n_components
         self.random_state = random_state
 
     def fit(self, X, y):
-        from sklearn.calibration import CalibratedClassifierCV
-
+        Cs, factors = _grid_values(self.C, "C"), _grid_values(self.gamma_factor, "gamma_factor")
         X, y = validate_data(self, X, y, dtype=np.float32, order="C")
         check_classification_targets(y)
         self.classes_ = unique_labels(y)
-        svm = GramRBFSVC(C=self.C, gamma=self.gamma, method=self.method,
-                         n_components=self.n_components, random_state=self.random_state)
+        base = GramRBFSVC(gamma=self.gamma, method=self.method, n_components=self.n_components,
+                          random_state=self.random_state)
+        base._check_params()
+        if len(self.classes_) < 2:
+            raise ValueError(f"CalibratedSVC needs at least 2 classes in y; received 1 class: {self.classes_[0]!r}")
         self.method_ = self.method
-        folds = self._calibration_folds(X, y)
+        gamma0 = base._base_gamma(X)
+        # grid order: nearest the defaults first, so that ties keep the plainest model
+        grid = sorted(((c, f) for f in factors for c in Cs), key=lambda p: abs(np.log(p[0])) + abs(np.log(p[1])))
+        folds = copy_aware_folds(X, y, self.folds, self.random_state)
+        if folds is not None:  # rows in held-out fold order: each fold is one range
+            order = np.concatenate([te for _, te in folds])
+            X, y = X[order], y[order]
+            edges = np.cumsum([0] + [len(te) for _, te in folds])
+            folds = [(np.arange(0, a), np.arange(a, b), np.arange(b, len(y))) for a, b in zip(edges, edges[1:])]
+        buffers = KernelBuffers(squared_distances(X)) if self.method == "exact" else None
         if folds is None:  # a class of one distinct image: nothing to hold out
-            from sklearn.frozen import FrozenEstimator
-
-            every = np.arange(len(y))
-            self.calibrated_ = CalibratedClassifierCV(FrozenEstimator(svm.fit(X, y)), method="sigmoid",
-                                                      cv=[(every, every)]).fit(X, y)
+            (C, f), held_out, self.tuning_ = grid[0], None, []
         else:
-            self.calibrated_ = CalibratedClassifierCV(svm, method="sigmoid", ensemble=False,
-                                                      cv=folds).fit(X, y)
+            held = self._held_out_decisions(X, y, buffers, folds, grid, gamma0)
+            self.tuning_ = [{"C": c, "gamma_factor": f, "gamma": gamma0 * f, "score": s}
+                            for (c, f), (s, _) in zip(grid, held)]
+            best = int(np.argmax([s for s, _ in held]))  # first of the best: nearest the defaults
+            (C, f), held_out = grid[best], held[best][1]
+        self.svm_ = GramRBFSVC(C=C, gamma=gamma0 * f, method=self.method, n_components=self.n_components,
+                               random_state=self.random_state)
+        if buffers is not None:
+            buffers.side = np.empty(0)  # the final fit holds the distances and one n x n kernel only
+        self.svm_._fit_rows(X, y, None if buffers is None else buffers.kernel([(0, len(y))], [(0, len(y))], gamma0 * f))
+        del buffers
+        if held_out is None:
+            held_out = self.svm_.decision_function(X)
+        self.sigmoids_ = self._sigmoids(held_out, y)
+        self.best_params_ = {"C": C, "gamma": gamma0 * f}
         return self
 
-    def _calibration_folds(self, X, y):
-        """Stratified folds over groups of identical rows, as many as the smallest class allows.
+    def _held_out_decisions(self, X, y, buffers, folds, grid, gamma0) -> list:
+        """[(balanced accuracy, held-out decision values)] per grid point."""
+        from sklearn.metrics import balanced_accuracy_score
 
-        Returns None when a class has a single distinct row: the sigmoid is then fitted on the
-        training rows' own decision values (in-sample, over-confident). This happens only in CV
-        folds of tiny classes; the saved heads have at least 2 images per class (see
-        :func:`classify.data.cv_folds`).
+        shape = (len(y),) if len(self.classes_) == 2 else (len(y), len(self.classes_))
+        out = {p: np.empty(shape) for p in grid}
+        for f in dict.fromkeys(f for _, f in grid):
+            for before, te, after in folds:  # the held-out range, and the training rows around it
+                tr = np.concatenate([before, after])
+                if buffers is not None:  # one exponential per gamma and fold, one solve per C
+                    ranges = [(r[0], r[-1] + 1) for r in (before, after) if len(r)]
+                    K_tr = buffers.kernel(ranges, ranges, gamma0 * f)
+                    K_te = buffers.kernel([(te[0], te[-1] + 1)], ranges, gamma0 * f, side=True)
+                    for c in (c for c, g in grid if g == f):
+                        with config_context(assume_finite=True):  # the kernel is ours: skip the scans
+                            svc = SVC(kernel="precomputed", C=c, random_state=self.random_state).fit(K_tr, y[tr])
+                            out[(c, f)][te] = svc.decision_function(K_te)
+                else:  # one Nystroem map per gamma and fold, one linear solve per C
+                    for c in (c for c, g in grid if g == f):
+                        svm = GramRBFSVC(C=c, gamma=gamma0 * f, method="nystroem", n_components=self.n_components,
+                                         random_state=self.random_state)
+                        out[(c, f)][te] = svm.fit(X[tr], y[tr]).decision_function(X[te])
+        scores = []
+        for p in grid:
+            dec = out[p]
+            pred = self.classes_[(dec > 0).astype(int)] if dec.ndim == 1 else self.classes_[dec.argmax(1)]
+            scores.append((float(balanced_accuracy_score(y, pred)), dec))
+        return scores
 
-        Raises:
-            ValueError: no folds give every class training rows.
-        """
-        from .data import stratified_group_folds
-
-        rows = np.unique(np.asarray(X, np.float32), axis=0, return_inverse=True)[1].ravel()
-        smallest = min(len(np.unique(rows[y == c])) for c in self.classes_)
-        if smallest < 2:
-            return None
-        for k in range(min(self.folds, smallest), 1, -1):
-            splits, _ = stratified_group_folds(y, rows, k, self.random_state or 0)
-            if all(len(np.unique(y[tr])) == len(self.classes_) for tr, _ in splits):
-                return splits
-        raise ValueError("no calibration folds give every class training images; add images to "
-                         "the smallest class")
+    def _sigmoids(self, dec: np.ndarray, y) -> np.ndarray:
+        """(a, b) per calibrated column: the second class for two classes, else every class."""
+        if dec.ndim == 1:
+            return np.array([platt_sigmoid(dec, y == self.classes_[1])])
+        return np.array([platt_sigmoid(dec[:, k], y == c) for k, c in enumerate(self.classes_)])
 
     def predict_proba(self, X):
-        check_is_fitted(self, "calibrated_")
+        check_is_fitted(self, "sigmoids_")
         X = validate_data(self, X, dtype=np.float32, order="C", reset=False)
-        return self.calibrated_.predict_proba(X)
+        dec = np.asarray(self.svm_.decision_function(X), np.float64)
+        a, b = self.sigmoids_[:, 0], self.sigmoids_[:, 1]
+        p = 1.0 / (1.0 + np.exp(np.clip((dec.reshape(len(X), -1) * a + b), -700, 700)))
+        if p.shape[1] == 1:
+            return np.hstack([1 - p, p])
+        total = p.sum(1, keepdims=True)
+        return np.where(total > 0, p / np.where(total > 0, total, 1), 1.0 / p.shape[1])
 
     def predict(self, X):
-        check_is_fitted(self, "calibrated_")
+        check_is_fitted(self, "sigmoids_")
         return self.classes_[self.predict_proba(X).argmax(1)]
 
     def margins(self, X):
@@ -276,27 +497,64 @@ class CalibratedSVC(ClassifierMixin, BaseEstimator):
         and ``predict`` here is the most probable class after calibration, which can differ
         from the largest margin on a few borderline images.
         """
-        check_is_fitted(self, "calibrated_")
+        check_is_fitted(self, "sigmoids_")
         X = validate_data(self, X, dtype=np.float32, order="C", reset=False)
-        return self.calibrated_.calibrated_classifiers_[0].estimator.decision_function(X)
+        return self.svm_.decision_function(X)
 
 
-def make_heads(seed: int) -> dict:
-    """Returns the registry of heads, each a fresh unfitted pipeline seeded by ``seed``."""
-    return {
+INNER_FOLDS = 3  # held-out folds inside one fit: tuning, and the SVM's calibration
+HALVING_FROM = 1000  # fewer training rows: the MLP's grid is searched whole (halving needs rows per class)
+EARLY_STOPPING_FROM = 4000  # the MLP stops early (10% held out) from this many training images
+
+# The grids TUNE searches, per head, as parameters of the head's pipeline. Chosen from
+# measurements (BENCHMARKS.md): on 1,000-10,000 synthetic and digits vectors the MLP's alpha
+# moved balanced accuracy by under 0.005, and 512 hidden units instead of 128 by under 0.015 at
+# 2.5x the time, which put the 12,420-image comparison over its 60 s budget; 256 is the middle.
+GRIDS = {
+    "logreg": {"logisticregression__C": [0.01, 0.1, 1.0, 10.0]},
+    "svm": {"calibratedsvc__C": [0.1, 1.0, 10.0], "calibratedsvc__gamma_factor": [0.5, 1.0, 2.0]},
+    "mlp": {"mlpclassifier__hidden_layer_sizes": [(128,), (256,)], "mlpclassifier__alpha": [1e-4, 1e-2]},
+}
+
+
+def make_heads(seed: int, tune: bool = False) -> dict:
+    """Returns the registry of heads, each a fresh unfitted estimator seeded by ``seed``.
+
+    ``tune=False``: the fixed settings (logreg C=1; svm C=1, gamma "scale"; mlp 128 hidden units,
+    alpha 1e-4). ``tune=True``: each head searches its :data:`GRIDS` on :data:`INNER_FOLDS`
+    inner folds of whatever it is fitted on (so a cross-validated score is the score of the whole
+    tune-then-fit procedure): logreg by ``GridSearchCV``, the MLP by successive halving
+    (``HalvingGridSearchCV``: all 4 candidates on a third of the rows, the best 2 on all), the SVM
+    inside :class:`CalibratedSVC`, which reuses its distances and calibration folds.
+    """
+    heads = {
         "logreg": make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed)),
-        "svm": make_pipeline(StandardScaler(), CalibratedSVC(C=1.0, random_state=seed)),
+        "svm": make_pipeline(StandardScaler(), CalibratedSVC(C=1.0, folds=INNER_FOLDS, random_state=seed)),
         "mlp": make_pipeline(StandardScaler(), MLPClassifier(
             hidden_layer_sizes=(128,), activation="relu", early_stopping=True,
             validation_fraction=0.1, n_iter_no_change=10, max_iter=200, random_state=seed)),
+    }
+    if not tune:
+        return heads
+    from sklearn.experimental import enable_halving_search_cv  # noqa: F401  (still experimental)
+    from sklearn.model_selection import GridSearchCV, HalvingGridSearchCV
+
+    inner = CopyAwareFolds(INNER_FOLDS, seed)
+    svm_grid = {k.split("__", 1)[1]: v for k, v in GRIDS["svm"].items()}
+    return {
+        "logreg": GridSearchCV(heads["logreg"], GRIDS["logreg"], cv=inner, scoring="balanced_accuracy",
+                               error_score=np.nan),
+        "svm": make_pipeline(StandardScaler(), CalibratedSVC(folds=INNER_FOLDS, random_state=seed, **svm_grid)),
+        "mlp": HalvingGridSearchCV(heads["mlp"], GRIDS["mlp"], factor=3, cv=inner, scoring="balanced_accuracy",
+                                   random_state=seed, error_score=np.nan),
     }
 
 
 HEAD_NAMES = tuple(make_heads(0))
 
 
-def select_heads(spec: str, seed: int) -> dict:
-    """Parses ``HEADS=logreg,svm`` into {name: pipeline}.
+def select_heads(spec: str, seed: int, tune: bool = False) -> dict:
+    """Parses ``HEADS=logreg,svm`` into {name: estimator} (see :func:`make_heads`).
 
     Raises:
         ValueError: an unknown or missing name, listing the known ones.
@@ -307,8 +565,92 @@ def select_heads(spec: str, seed: int) -> dict:
     unknown = [n for n in names if n not in HEAD_NAMES]
     if unknown:
         raise ValueError(f"unknown head {unknown[0]!r} in HEADS={spec}; known heads: {', '.join(HEAD_NAMES)}")
-    heads = make_heads(seed)
+    heads = make_heads(seed, tune)
     return {n: heads[n] for n in dict.fromkeys(names)}
+
+
+def set_inner(model, types, **params) -> None:
+    """Sets ``params`` on ``model`` and every estimator of ``types`` inside it (pipelines, searches)."""
+    if isinstance(model, types):
+        model.set_params(**params)
+    for key, value in list(model.get_params(deep=True).items()):
+        if isinstance(value, types):
+            model.set_params(**{f"{key}__{k}": v for k, v in params.items()})
+
+
+def fit_head(model, X, y):
+    """Fits one head, tuned or fixed, and returns (the fitted model that predicts, its settings).
+
+    A search is unwrapped to its refitted best pipeline. When the inner folds cannot be made (a
+    class with a single distinct image), the search's fixed pipeline is fitted instead. The MLP
+    stops early from :data:`EARLY_STOPPING_FROM` training images (measured: on fewer, holding 10%
+    out cost 0.01-0.11 balanced accuracy; on more, training to the end cost 0.01 and 3x the time).
+    """
+    from sklearn.model_selection._search import BaseSearchCV
+
+    y = np.asarray(y)
+    early = len(y) >= EARLY_STOPPING_FROM
+    set_inner(model, MLPClassifier, early_stopping=early)
+    if early:
+        _widen_validation(model, y)
+    if isinstance(model, BaseSearchCV):
+        if copy_aware_folds(X, y, INNER_FOLDS, 0) is None:
+            model = model.estimator
+        else:
+            if len(y) < HALVING_FROM and hasattr(model, "factor"):  # successive halving saves nothing
+                from sklearn.model_selection import GridSearchCV
+
+                model = GridSearchCV(model.estimator, model.param_grid, cv=model.cv, scoring=model.scoring,
+                                     error_score=model.error_score)
+            model.fit(X, y)
+            return model.best_estimator_, settings_of(model.best_estimator_)
+    model.fit(X, y)
+    return model, settings_of(model)
+
+
+def _widen_validation(model, y) -> None:
+    """Gives an early-stopping MLP at least one validation image per class (its split is stratified)."""
+    classes, counts = np.unique(y, return_counts=True)
+    if counts.min() < 2:  # no stratified validation split is possible: train to the end
+        set_inner(model, MLPClassifier, early_stopping=False)
+    else:
+        need = (len(classes) + 1) / max(len(y), 1)
+        if need > 0.1:
+            set_inner(model, MLPClassifier, validation_fraction=min(0.5, need))
+
+
+SETTINGS = {LogisticRegression: ("C",), MLPClassifier: ("hidden_layer_sizes", "alpha", "early_stopping")}
+
+
+def settings_of(model) -> dict:
+    """The settings that matter of a fitted head: {"C": 1.0} for logreg; C and gamma for the SVM;
+    hidden units, alpha and early stopping for the MLP."""
+    est = model[-1] if hasattr(model, "steps") else model
+    if isinstance(est, CalibratedSVC):
+        return {k: float(f"{v:.4g}") for k, v in est.best_params_.items()}
+    names = next((v for t, v in SETTINGS.items() if isinstance(est, t)), ())
+    out = {}
+    for name in names:
+        value = getattr(est, name)
+        out[name] = list(value) if isinstance(value, tuple) else (float(f"{value:.4g}") if isinstance(value, float) else value)
+    return out
+
+
+def format_settings(settings: dict) -> str:
+    """{"C": 1.0, "gamma": 0.002} -> "C=1 gamma=0.002" (the ``params`` column)."""
+    def show(v):
+        if isinstance(v, list):
+            return "x".join(map(str, v))
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    return " ".join(f"{k}={show(v)}" for k, v in settings.items())
+
+
+def fixed_head(name: str, seed: int, settings: dict):
+    """The head ``name`` with fixed ``settings`` (as :func:`settings_of` gives them), unfitted."""
+    model = make_heads(seed)[name]
+    model[-1].set_params(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+    return model
 
 
 def scores(model, X) -> tuple[np.ndarray, np.ndarray]:

@@ -401,6 +401,7 @@ def section_comparison(out: Path, comparison: pd.DataFrame | None, heads: list[s
               "<code>p_mcnemar</code> McNemar's exact test on the evaluated images; a head is "
               "<em>worse</em> when <code>p_vs_best</code> stays below 0.05 after Holm's "
               "adjustment. The figure <code>intervals.png</code> below draws them.</p>")
+    parts.append(tuning_note(run or {}))
     if run and run.get("more_data"):
         parts.append(f"<p><strong>More images?</strong> {esc(run['more_data'])} "
                      "(<code>learning_curve.png</code> below)</p>")
@@ -409,6 +410,25 @@ def section_comparison(out: Path, comparison: pd.DataFrame | None, heads: list[s
         if txt.is_file():
             parts.append(f"<details><summary>classification report: {esc(head)}</summary>"
                          f"<pre>{esc(txt.read_text(encoding='utf-8', errors='replace'))}</pre></details>")
+    return "".join(parts)
+
+
+def tuning_note(run: dict) -> str:
+    """How each head's settings (the ``params`` column) were chosen, and what each split was for."""
+    tuning, use = run.get("tuning") or {}, run.get("split_use") or {}
+    parts = []
+    if tuning:
+        grids = tuning.get("grids") or {}
+        searched = "; ".join(f"{esc(h)}: " + ", ".join(f"{esc(k)} in {esc(v)}" for k, v in g.items())
+                             for h, g in grids.items())
+        parts.append(f"<p><strong>Settings:</strong> tuning {esc(tuning.get('rule', ''))}"
+                     + (f". Grids: {searched}" if searched else "")
+                     + ". The chosen settings are the <code>params</code> column"
+                     + ("; <code>tuning.csv</code> lists every candidate or fold" if tuning.get("mode") != "off" else "")
+                     + ".</p>")
+    if use:
+        parts.append("<p><strong>Splits:</strong> " + "; ".join(f"<code>{esc(k)}</code>: {esc(v)}"
+                                                              for k, v in use.items()) + ".</p>")
     return "".join(parts)
 
 

@@ -89,7 +89,7 @@ def fake_raw(**over):
                    {"fp32": {"model_only": 7.2, "e2e": 7.0}, "bf16": {"model_only": 13.0, "e2e": 12.5}},
                    {"fp32": {"model_only": 6.0, "e2e": 5.9}, "bf16": {"model_only": 12.0, "e2e": 11.0}}],
         "incremental_full_seconds": 80.0, "incremental_seconds": 1.6,
-        "compare_seconds": 25.0, "compare_n": 12420, "compare_n_train": 9936,
+        "compare_seconds": 14.0, "compare_tuned_seconds": 55.0, "compare_n": 12420, "compare_n_train": 9936,
         "rss_1x_mib": 900.0, "rss_4x_mib": 945.0, "gflop_per_image": 30.7,
         "bf16_min_cosine": 0.9999, "bf16_logreg_accuracy_change": 0.0,
         "noop_seconds_200k": 4.0, "noop_peak_rss_mib_200k": 240.0, "auto_vs_best": 1.0,
@@ -108,7 +108,8 @@ def test_derive_gives_every_required_key_as_medians_of_per_round_ratios():
     assert out["bf16_speedup"] == pytest.approx(11.0 / 5.9)  # median of 1.97, 1.79, 1.86
     assert out["incremental_cost_ratio"] == pytest.approx(0.02)
     assert out["seed_style_seconds_12k"] == pytest.approx(10 * 9936 / 7.0)
-    assert out["seed_style_over_compare"] == pytest.approx(10 * 9936 / 7.0 / 25.0)
+    assert out["seed_style_over_compare"] == pytest.approx(10 * 9936 / 7.0 / 14.0)
+    assert out["compare_tuned_seconds_12k"] == 55.0
     assert out["rss_growth"] == pytest.approx(1.05)
     assert derive(fake_raw(), headline="bf16")["extract_model_only_ips"] == 13.0
 

@@ -251,16 +251,16 @@ def test_small_data_gives_a_message_not_a_traceback(tmp_path, capsys):
 def test_audit_sizes_the_mlp_validation_split_per_fold(tmp_path, monkeypatch):
     import importlib
 
-    compare_module = importlib.import_module("classify.compare")
+    heads_module = importlib.import_module("classify.heads")
     audit_module = importlib.import_module("classify.audit")
     sized = []
-    real = compare_module._fit_small_validation
+    real = heads_module.fit_head
 
-    def spy(model, y_train):
+    def spy(model, X, y_train):
         sized.append(len(y_train))
-        return real(model, y_train)
+        return real(model, X, y_train)
 
-    monkeypatch.setattr(compare_module, "_fit_small_validation", spy)
+    monkeypatch.setattr(heads_module, "fit_head", spy)
     labels = [c for c in "abc" for _ in range(10)]
     fake_cache(tmp_path / "f", labels)
     summary = audit_module.audit(tmp_path / "f", S64, tmp_path / "o", in_dir=tmp_path / "nowhere",

@@ -151,18 +151,35 @@ def test_every_score_is_a_probability_of_the_predicted_class(run3):
 
 
 def test_svm_probabilities_are_calibrated_on_held_out_folds():
-    from sklearn.calibration import CalibratedClassifierCV
     from sklearn.datasets import make_classification
 
     from classify.heads import make_heads
 
     X, y = make_classification(600, 20, n_informative=5, flip_y=0.15, random_state=0)
     svm = make_heads(0)["svm"].fit(X[:400], y[:400])
-    assert isinstance(svm[-1].calibrated_, CalibratedClassifierCV)
     proba = svm.predict_proba(X[400:]).max(1)
     accuracy = (svm.predict(X[400:]) == y[400:]).mean()
     # calibrated: the mean confidence is close to the accuracy (a margin is not a probability)
     assert abs(proba.mean() - accuracy) < 0.08, (proba.mean(), accuracy)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_svm_sigmoids_match_scikit_learns_calibration_on_the_same_folds(n_classes):
+    """Our Platt sigmoids (fitted on the held-out decisions that tuning also uses) give the
+    probabilities of scikit-learn's CalibratedClassifierCV(method="sigmoid", ensemble=False)."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.datasets import make_classification
+
+    from classify.heads import CalibratedSVC, GramRBFSVC, copy_aware_folds
+
+    X, y = make_classification(450, 12, n_informative=6, n_classes=n_classes, flip_y=0.1, random_state=1)
+    X = X.astype(np.float32)
+    ours = CalibratedSVC(random_state=0).fit(X[:300], y[:300])
+    folds = copy_aware_folds(X[:300], y[:300], 3, 0)
+    theirs = CalibratedClassifierCV(GramRBFSVC(gamma=ours.best_params_["gamma"], random_state=0),
+                                    method="sigmoid", ensemble=False, cv=folds).fit(X[:300], y[:300])
+    diff = np.abs(ours.predict_proba(X[300:]) - theirs.predict_proba(X[300:])).max()
+    assert diff < 0.005, diff
 
 
 def test_a_crash_in_compare_leaves_the_previous_run_whole(run3, tmp_path, monkeypatch):

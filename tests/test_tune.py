@@ -1,0 +1,171 @@
+"""Tuned heads (TUNE): nested inner CV, the validation folder used for selection, fixed settings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from test_splits import fake_cache, quiet, run_compare
+
+
+def _three_splits(tmp_path, flip_test: bool = False):
+    """train/valid/test folders of three classes with overlapping clouds (scores below 1, so the
+    settings matter); ``flip_test`` relabels the test images, which must not change any choice."""
+    rng = np.random.default_rng(3)
+    classes = ["a", "b", "c"]
+    centres = rng.normal(0, 1.2, (3, 12))
+    labels, splits, X = [], [], []
+    for split, n in (("train", 40), ("valid", 15), ("test", 15)):
+        for k, c in enumerate(classes):
+            for _ in range(n):
+                labels.append(c if not (flip_test and split == "test") else classes[(k + 1) % 3])
+                splits.append(split)
+                X.append(centres[k] + rng.normal(0, 1, 12))
+    fake_cache(tmp_path / "f", labels, splits=splits, X=np.array(X))
+    return labels, splits
+
+
+def test_the_validation_folder_selects_and_the_test_score_is_untouched(tmp_path):
+    """Issue 13: valid/ images were embedded and then silently unused. Now each candidate of each
+    head's grid is fitted on train and scored on valid; the best is kept; test is only evaluated."""
+    labels, splits = _three_splits(tmp_path)
+    logs = []
+    table = run_compare(tmp_path / "f", tmp_path / "o", log=logs.append, tune="auto")
+    out = tmp_path / "o"
+    run = json.loads((out / "run.json").read_text())
+    assert run["tuning"]["mode"] == "valid"
+    assert "tuning" in run["split_use"]["valid"] and "untouched" in run["split_use"]["test"]
+    assert any(m.startswith("splits: ") and "valid: tuning" in m for m in logs)
+    roles = pd.read_csv(out / "split.csv", keep_default_na=False)
+    assert (roles.loc[roles["path"].str.startswith("valid/"), "role"] == "tune").all()
+    assert (roles["role"] == "tune").sum() == splits.count("valid")
+    assert (roles.loc[roles["path"].str.startswith("test/"), "role"] == "eval").all()
+
+    tuning = pd.read_csv(out / "tuning.csv", keep_default_na=False)
+    assert set(tuning["fit"]) == {"candidate"}
+    assert tuning.groupby("head").size().to_dict() == {"logreg": 4, "svm": 9, "mlp": 4}
+    for head, group in tuning.groupby("head"):
+        chosen = group[group["chosen"] == "yes"]
+        assert len(chosen) == 1
+        assert chosen["score"].item() == group["score"].max()  # the best validation score wins
+        assert 0 <= group["score"].min() <= group["score"].max() <= 1
+    by_head = table.set_index("head")
+    assert by_head.loc["logreg", "params"] == tuning[(tuning["head"] == "logreg") & (tuning["chosen"] == "yes")]["params"].item()
+    assert run["tuning"]["chosen"]["logreg"]["C"] in (0.01, 0.1, 1.0, 10.0)
+
+    # the choice depends on train and valid only: relabelling every test image changes nothing
+    _three_splits(tmp_path / "flipped", flip_test=True)
+    flipped = run_compare(tmp_path / "flipped" / "f", tmp_path / "o2", tune="auto")
+    assert list(flipped["params"]) == list(table["params"])
+    assert (flipped["accuracy"] < table["accuracy"]).all()  # the test score did see the relabelling
+
+
+def test_tune_0_keeps_the_fixed_settings_and_leaves_valid_unused(tmp_path):
+    _three_splits(tmp_path)
+    logs = []
+    table = run_compare(tmp_path / "f", tmp_path / "o", log=logs.append, tune="0")
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["tuning"]["mode"] == "off" and run["tuning"]["grids"] is None
+    assert run["split_use"]["valid"] == "not used (TUNE=0)"
+    assert not (tmp_path / "o" / "tuning.csv").exists()
+    params = table.set_index("head")["params"]
+    assert params["logreg"] == "C=1"
+    assert params["svm"].startswith("C=1 gamma=")
+    gamma = run["tuning"]["chosen"]["svm"]["gamma"]
+    assert gamma == pytest.approx(1 / 12, rel=1e-3)  # "scale" on standardised 12-wide vectors
+    assert params["mlp"] == "hidden_layer_sizes=128 alpha=0.0001 early_stopping=False"  # 120 images
+    roles = pd.read_csv(tmp_path / "o" / "split.csv", keep_default_na=False)
+    assert (roles.loc[roles["path"].str.startswith("valid/"), "role"] == "unused").all()
+
+
+def test_nested_tuning_records_each_folds_choice_and_the_final_one(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = ["a"] * 45 + ["b"] * 45
+    X = np.vstack([rng.normal(0, 1, (45, 10)), rng.normal(0.9, 1, (45, 10))])
+    fake_cache(tmp_path / "f", labels, X=X)
+    table = run_compare(tmp_path / "f", tmp_path / "o", tune="1", folds=3, repeats=2)
+    out = tmp_path / "o"
+    run = json.loads((out / "run.json").read_text())
+    assert run["tuning"]["mode"] == "nested" and run["tuning"]["inner_folds"] == 3
+    tuning = pd.read_csv(out / "tuning.csv", keep_default_na=False)
+    for head, group in tuning.groupby("head"):
+        assert len(group) == 3 * 2 + 1  # folds x repeats, and the final fit
+        assert (group["chosen"] == "yes").sum() == 1 and group.iloc[-1]["fit"] == "final"
+        folds = group[group["fit"] != "final"]
+        scores = pd.read_csv(out / "cv_scores.csv")
+        mine = scores[scores["head"] == head].sort_values(["repeat", "fold"])["score"].to_numpy()
+        assert np.allclose(folds["score"].astype(float).to_numpy(), mine, atol=1e-6)  # nested: the same folds
+    grids = run["tuning"]["grids"]
+    assert run["tuning"]["chosen"]["logreg"]["C"] in grids["logreg"]["C"]
+    assert run["tuning"]["chosen"]["svm"]["C"] in grids["svm"]["C"]
+    assert run["tuning"]["chosen"]["mlp"]["alpha"] in grids["mlp"]["alpha"]
+    assert table.set_index("head").loc["logreg", "params"] == f"C={run['tuning']['chosen']['logreg']['C']:g}"
+
+
+def test_tune_auto_keeps_fixed_settings_on_large_training_parts_and_says_so():
+    from classify.compare import TUNE_AUTO_UP_TO, choose_tuning
+
+    assert choose_tuning("auto", TUNE_AUTO_UP_TO, None)[0] == "nested"
+    assert choose_tuning("auto", TUNE_AUTO_UP_TO, "valid")[0] == "valid"
+    mode, rule = choose_tuning("auto", TUNE_AUTO_UP_TO + 1, "valid")
+    assert mode == "off" and "TUNE=1" in rule
+    assert choose_tuning("1", 10 ** 6, None)[0] == "nested"
+    with pytest.raises(ValueError, match="TUNE must be auto, 1 or 0; received 'yes'"):
+        choose_tuning("yes", 10, None)
+
+
+def test_the_svm_keeps_the_grid_point_with_the_best_held_out_score():
+    """Two rings: a wide kernel cannot separate them, so the grid's choice matters and must be
+    the point whose held-out balanced accuracy is the highest."""
+    from sklearn.datasets import make_circles
+
+    from classify.heads import CalibratedSVC
+
+    X, y = make_circles(300, noise=0.08, factor=0.5, random_state=0)
+    X = X.astype(np.float32)
+    svm = CalibratedSVC(C=[0.1, 1.0, 10.0], gamma=0.02, gamma_factor=[1.0, 30.0], random_state=0).fit(X, y)
+    scores = {(t["C"], t["gamma_factor"]): t["score"] for t in svm.tuning_}
+    assert len(scores) == 6
+    best = max(scores.values())
+    assert scores[(svm.best_params_["C"], svm.best_params_["gamma"] / 0.02)] == pytest.approx(best)
+    assert svm.best_params_["gamma"] == pytest.approx(0.6)  # the narrow kernel
+    assert best > scores[(1.0, 1.0)] + 0.2
+    assert (svm.predict(X) == y).mean() > 0.9
+
+
+def test_inner_folds_keep_identical_rows_together_and_every_class_in_training():
+    from classify.heads import CopyAwareFolds, identical_rows
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(60, 5)).astype(np.float32)
+    X[30:45] = X[0]  # 16 copies of one vector
+    y = np.array(["a"] * 30 + ["a"] * 15 + ["b"] * 15)
+    splitter = CopyAwareFolds(3, 0)
+    folds = list(splitter.split(X, y))
+    assert len(folds) == splitter.get_n_splits(X, y) == 3
+    rows = identical_rows(X)
+    for train, test in folds:
+        assert not set(rows[train]) & set(rows[test])
+        assert set(y[train]) == {"a", "b"}
+    # a class with one distinct vector: no inner folds, and fit_head falls back to the fixed head
+    from classify.heads import fit_head, make_heads
+
+    X2 = np.vstack([X[:20], np.repeat(X[50:51], 5, axis=0)])
+    y2 = np.array(["a"] * 20 + ["b"] * 5)
+    assert splitter.get_n_splits(X2, y2) == 0
+    model, settings = fit_head(make_heads(0, tune=True)["logreg"], X2, y2)
+    assert settings == {"C": 1.0} and list(model.classes_) == ["a", "b"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 255, 257, 700])
+def test_squared_distances_match_the_definition(n):
+    from classify.heads import squared_distances
+
+    X = np.random.default_rng(n).normal(size=(n, 24)).astype(np.float32)
+    ref = ((X[:, None, :].astype(np.float64) - X[None, :, :]) ** 2).sum(-1)
+    D = squared_distances(X)
+    assert D.dtype == np.float32 and D.flags["C_CONTIGUOUS"]
+    assert np.abs(D - ref).max() < 1e-3 * max(1.0, ref.max())
