@@ -32,9 +32,9 @@ from .data import DataError, load_features
 from .outdir import RUN_OUTPUTS, new_run
 
 MATRIX_COLUMNS = ["backbone", "head", "accuracy", "balanced_accuracy", "macro_f1", "cv_mean", "cv_std"]
-# Columns of comparison.csv carried into backbones.csv when present (confidence intervals,
-# tests against the best head, verdicts).
-EXTRA_COLUMN = re.compile(r"(_ci_low|_ci_high)$|^p_vs_|^verdict$")
+# Columns of comparison.csv carried into backbones.csv when present (chosen settings, confidence
+# intervals, tests against the best head, verdicts).
+EXTRA_COLUMN = re.compile(r"(_ci_low|_ci_high)$|^p_vs_|^verdict$|^params$")
 
 
 def settings_for(backbones: list[str], weights: str, size: int | None, pooling: str,
