@@ -43,6 +43,7 @@ FIGURE_CAPTIONS = {
 }
 MAX_GALLERY = 60
 MAX_TSNE = 2000
+MAX_PCA_POINTS = 20_000  # dots drawn on the PCA panel (the PCA itself is fitted on every vector)
 MAX_TABLE_ROWS = 25
 MAX_REJECTED_ROWS = 100
 THUMB_SIZE = 96
@@ -335,19 +336,24 @@ def section_embedding(X, manifest: pd.DataFrame | None, wrong_paths: set, seed: 
     labels = manifest["label"].to_numpy()
     classes = sorted(set(labels))
     wrong = manifest["path"].isin(wrong_paths).to_numpy()
-    pca = PCA(n_components=2, random_state=seed)
-    xy = pca.fit_transform(X)
+    pca = PCA(n_components=2, random_state=seed).fit(X)
     ratio = pca.explained_variance_ratio_
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.6))
-    _scatter(axes[0], xy, labels, classes, wrong,
-             f"PCA of all {n:,} cached vectors ({ratio[0]:.0%} + {ratio[1]:.0%} of the variance)")
+    drawn = np.arange(n)
+    if n > MAX_PCA_POINTS:  # a million dots (and tens of thousands of rings) would be one blot
+        drawn = np.sort(np.random.default_rng(seed).choice(n, MAX_PCA_POINTS, replace=False))
+    _scatter(axes[0], pca.transform(X[drawn]), labels[drawn], classes, wrong[drawn],
+             f"PCA of all {n:,} cached vectors ({ratio[0]:.0%} + {ratio[1]:.0%} of the variance)"
+             + (f", {len(drawn):,} drawn" if len(drawn) < n else ""))
     note = ""
     if n >= 5:
         idx = np.arange(n)
         if n > max_tsne:
             idx = np.sort(np.random.default_rng(seed).choice(n, max_tsne, replace=False))
             note = (f" t-SNE ran on a sample of {max_tsne:,} of the {n:,} vectors, drawn with "
-                    f"SEED={seed}; the PCA panel shows all of them.")
+                    f"SEED={seed}; " + ("the PCA panel shows all of them." if len(drawn) == n else
+                                        f"the PCA panel, fitted on all of them, draws a sample of "
+                                        f"{len(drawn):,}."))
         Xs = X[idx]
         if Xs.shape[1] > 50 and len(idx) > 50:
             Xs = PCA(n_components=50, random_state=seed).fit_transform(Xs)
@@ -366,7 +372,9 @@ def section_embedding(X, manifest: pd.DataFrame | None, wrong_paths: set, seed: 
     uri = data_uri(_png(fig), "image/png")
     return (f'<figure>{img_tag(uri, "PCA and t-SNE maps of the cached embeddings", "wide")}'
             f"<figcaption>Each dot is one cached image, coloured by its class; black rings mark "
-            f"evaluated images that at least one head got wrong ({int(wrong.sum())}).{esc(note)}"
+            f"evaluated images that at least one head got wrong ({int(wrong.sum()):,}"
+            + (f", {int(wrong[drawn].sum()):,} of them among the dots drawn" if len(drawn) < n else "")
+            + f").{esc(note)}"
             "</figcaption></figure>")
 
 
