@@ -319,3 +319,22 @@ def test_report_renders_in_headless_chromium(experiment, tmp_path):
         assert im.size == (1280, height)
         colours = im.convert("RGB").resize((64, 200)).getcolors(64 * 200)
         assert colours and len(colours) > 20  # not a blank page
+
+
+def test_the_pca_map_draws_a_sample_of_large_caches(monkeypatch):
+    """At 1,000,000 images every dot and every error ring made the PCA panel one blot: it draws a
+    seeded sample, fitted on every vector, and says so."""
+    import pandas as pd
+
+    from classify import report
+
+    monkeypatch.setattr(report, "MAX_PCA_POINTS", 40)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 8)).astype(np.float32)
+    man = pd.DataFrame({"path": [f"c{i % 2}/{i}.png" for i in range(120)], "label": [f"c{i % 2}" for i in range(120)]})
+    wrong = {f"c{i % 2}/{i}.png" for i in range(0, 120, 3)}
+    html = report.section_embedding(X, man, wrong, seed=1, max_tsne=30)
+    assert "draws a sample of 40" in html and "(40 of them" not in html
+    assert "black rings mark evaluated images that at least one head got wrong (40, " in html
+    small = report.section_embedding(X[:30], man.iloc[:30], wrong, seed=1, max_tsne=30)
+    assert "drawn" not in small
