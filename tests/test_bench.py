@@ -193,3 +193,13 @@ def test_scale_section_lists_one_off_runs(tmp_path):
     assert "| 1,000 x 512 | compare | prlimit --as=12,000,000,000 | 12.5 (rc 0) | 800.0 | 900.0 | nystroem (256 components) | 1 |  |  |" in text
     assert keys(run, "1k") == {"compare_seconds_1k": 12.5, "compare_peak_rss_mib_1k": 800.0,
                                "audit_seconds_1k": 30.0, "audit_peak_rss_mib_1k": 850.0}
+
+
+def test_time_backbone_measures_a_small_backbone():
+    # The embedder returns NumPy arrays since the engines work (issue 16); `make bench` then
+    # stopped in bench.backbones calling .numpy() on one.
+    from bench.backbones import QUICK, time_backbone
+
+    row = time_backbone("vgg16", dict(QUICK, size=32))
+    assert row["backbone"] == "vgg16" and row["dim"] == 512 and row["timed_calls"] == 1
+    assert row["images_per_second"] > 0 and row["gflop_per_image"] > 0
