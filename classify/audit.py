@@ -44,18 +44,18 @@ def parse(argv=None) -> argparse.Namespace:
 
 def _oof_fold(model, X, y, train, test):
     """One fold of the out-of-fold pass: the MLP's early stopping and validation share sized on
-    this fold's labels (:func:`classify.heads.fit_head`)."""
+    this fold's labels (:func:`classify.heads.fit_head`). ``train``, ``test``: rows of X."""
     from sklearn.exceptions import ConvergenceWarning
 
     from .heads import fit_head
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model, _ = fit_head(model, X[train], y[train])
+        model, _ = fit_head(model, X[train], y[train], private=True)  # a fresh copy
     return test, model.predict_proba(X[test])
 
 
-def out_of_fold_probabilities(model, X, y, groups, folds: int, seed: int, jobs: int):
+def out_of_fold_probabilities(model, X, y, groups, folds: int, seed: int, jobs: int, rows=None):
     """Cross-validated class probabilities: each row predicted by a model that never saw it.
 
     The folds are stratified and group-aware (a duplicate cluster is never split), so a
@@ -63,21 +63,28 @@ def out_of_fold_probabilities(model, X, y, groups, folds: int, seed: int, jobs: 
     follows :func:`classify.data.cv_folds`, and each fold sizes the MLP's validation share on
     its own training part.
 
+    Args:
+        model: the unfitted head.
+        X, y, groups: every image's vector, label and duplicate cluster.
+        rows: the images to predict (default all); the others are neither fitted nor predicted,
+            and X is read by position, never copied as a whole.
+
     Returns:
-        (pred_probs (N, K), the classes in column order, the folds used).
+        (pred_probs (len(rows), K), the classes in column order, the folds used).
     """
     import joblib
     from sklearn.base import clone
 
     from .data import cv_folds
 
-    splits, _ = cv_folds(y, groups, folds, seed, log=lambda *_: None)
-    classes = np.unique(y)
-    probs = np.zeros((len(y), len(classes)))
+    rows = np.arange(len(y)) if rows is None else np.asarray(rows)
+    splits, _ = cv_folds(y[rows], groups[rows], folds, seed, log=lambda *_: None)
+    classes = np.unique(y[rows])
+    probs = np.zeros((len(rows), len(classes)))
     results = joblib.Parallel(n_jobs=min(jobs, len(splits)))(
-        joblib.delayed(_oof_fold)(clone(model), X, y, tr, te) for tr, te in splits)
-    for test, p in results:
-        probs[test] = p
+        joblib.delayed(_oof_fold)(clone(model), X, y, rows[tr], rows[te]) for tr, te in splits)
+    for (_, te), (_, p) in zip(splits, results):
+        probs[te] = p
     return probs, classes, len(splits)
 
 
@@ -320,7 +327,7 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
     role = role_s.replace("", "unused").to_numpy()
     X, y = feats.X, man["label"].to_numpy()
     # the largest SVM fit is the final one on the training part, as in compare
-    plan = plan_for(models, int((role == "train").sum()), X.shape[1], memory_gb, jobs, log)
+    plan = plan_for(models, X, int((role == "train").sum()), memory_gb, jobs, log)
     jobs = plan.n_jobs
 
     conflicts = label_conflicts(man)
@@ -353,8 +360,7 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
     proba_name = next((n for n in models if n in PROBA_HEADS), "logreg")
     proba_model = models.get(proba_name) or make_heads(seed)[proba_name]
     rows = np.flatnonzero(role != "unused")
-    probs, classes, oof_folds = out_of_fold_probabilities(proba_model, X[rows], y[rows], cluster[rows],
-                                                          folds, seed, jobs)
+    probs, classes, oof_folds = out_of_fold_probabilities(proba_model, X, y, cluster, folds, seed, jobs, rows)
     suspects = label_suspects(man, rows, role, probs, classes)
     log(f"label suspects: {len(suspects)} of {len(rows)} images (cleanlab on {oof_folds}-fold "
         f"out-of-fold probabilities of {proba_name})")

@@ -1,5 +1,9 @@
 """Stage 2 within a memory budget (``MEMORY_GB``): which SVM method, how many fits at once.
 
+The budget covers the whole run: what the process already holds when the fits start (the
+libraries, the manifest, the duplicate search's results, and the memory-mapped vectors, whose
+pages the fits read; :func:`resident_bytes`) plus the fits that run at the same time.
+
 The exact RBF SVM (:class:`~classify.heads.CalibratedSVC` with ``method="exact"``) holds the
 n x n float32 squared distances and a float64 Gram matrix per fit: 12 bytes per entry (14 with
 libsvm's copies), 30 GiB at 48,000 training images. It is used while the fits that run at the
@@ -17,14 +21,16 @@ import os
 import resource
 from pathlib import Path
 
+import numpy as np
+
 GIB = 1024 ** 3
-SHARE = 0.5  # the default budget: this share of the smallest memory limit that applies
+SHARE = 1 / 3  # the default budget: this share of the smallest memory limit that applies
 WORKER_BYTES = 400 * 1024 ** 2  # a joblib worker process with numpy, scipy and scikit-learn loaded
 NYSTROEM_COMPONENTS = 1024  # components of the bounded-memory SVM when the budget allows them
 MIN_COMPONENTS = 128  # fewer than this loses too much accuracy (BENCHMARKS.md); refuse instead
 NYSTROEM_MAX_ENTRIES = 25_000_000  # n x components above which LinearSVC takes minutes per fit
-NYSTROEM_BYTES_PER_ENTRY = 28  # float32 features + LinearSVC's float64 copy + liblinear's 16-byte nodes
-ROW_COPIES = 2  # float32 copies of the training rows in a fit: the fold's rows and the scaled rows
+NYSTROEM_BYTES_PER_ENTRY = 24  # float64 features (as liblinear reads them) + liblinear's 16-byte nodes
+ROW_COPIES = 1  # float32 copies of the training rows in a fit: gathered, then standardised in place
 
 
 class BudgetError(ValueError):
@@ -48,6 +54,19 @@ def memory_limits() -> dict[str, int]:
     if soft != resource.RLIM_INFINITY:
         limits["address_space"] = int(soft)
     return limits
+
+
+def resident_bytes(X=None) -> int:
+    """What this process holds before its fits: its anonymous resident memory (``RssAnon`` of
+    ``/proc/self/status``), plus the vectors when X is memory-mapped (the fits read every row,
+    so its pages become resident too). 0 where ``/proc`` is missing."""
+    anon = 0
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            anon = next((int(line.split()[1]) * 1024 for line in fh if line.startswith("RssAnon:")), 0)
+    except OSError:
+        pass
+    return anon + (int(X.nbytes) if isinstance(X, np.memmap) else 0)
 
 
 def default_memory_gb() -> float:
@@ -74,22 +93,25 @@ def parse_memory_gb(value) -> float:
 
 def exact_bytes(n: int, dim: int) -> int:
     """Peak bytes of one exact SVM fit on n rows: the float32 squared distances and the float64
-    Gram matrix made from them (12 bytes per entry), libsvm's own copies, and the rows.
+    Gram matrix made from them (12 bytes per entry), libsvm's own copies, and the rows (gathered,
+    and put in held-out fold order).
 
     Measured: 1,302 MiB above the process's start for 9,936 rows, tuned or not (14 x n^2 and
     the rows make 1,358 MiB).
     """
-    return 14 * n * n + ROW_COPIES * 4 * n * dim
+    return 14 * n * n + (ROW_COPIES + 1) * 4 * n * dim
 
 
 def nystroem_bytes(n: int, dim: int, components: int) -> int:
-    """Peak bytes of one Nystroem SVM fit on n rows with ``components`` components."""
-    return NYSTROEM_BYTES_PER_ENTRY * n * components + ROW_COPIES * 4 * n * dim + 8 * components * components
+    """Peak bytes of one Nystroem SVM fit on n rows with ``components`` components (liblinear
+    adds a bias and an end node to each row)."""
+    return NYSTROEM_BYTES_PER_ENTRY * n * (components + 2) + ROW_COPIES * 4 * n * dim + 8 * components * components
 
 
 def other_bytes(n: int, dim: int) -> int:
-    """Peak bytes of one fit of another head (logreg, mlp): the rows, their scaled copy, slack."""
-    return (ROW_COPIES + 1) * 4 * n * dim
+    """Peak bytes of one fit of another head (logreg, mlp): the rows, the MLP's copy of them split
+    into training and validation parts, and as much again for slack."""
+    return (ROW_COPIES + 2) * 4 * n * dim
 
 
 @dataclasses.dataclass
@@ -101,7 +123,8 @@ class Plan:
         components: Nystroem components (0 for exact).
         n_jobs: parallel fits.
         memory_gb: the budget, GiB.
-        estimate_gb: the planned peak of the concurrent fits, GiB.
+        resident_gb: what the process held before the fits (:func:`resident_bytes`), GiB.
+        estimate_gb: the planned peak: resident_gb and the concurrent fits, GiB.
         reason: the choice, in words, for the console and run.json.
     """
 
@@ -109,6 +132,7 @@ class Plan:
     components: int
     n_jobs: int
     memory_gb: float
+    resident_gb: float
     estimate_gb: float
     reason: str
 
@@ -121,14 +145,16 @@ def _fits_at_once(per_fit: int, budget: int, jobs: int) -> int:
     return max(0, min(jobs, budget // (per_fit + WORKER_BYTES)))
 
 
-def plan_fits(n_train: int, dim: int, memory_gb: float, jobs: int, svm: bool = True) -> Plan:
-    """Chooses the SVM method and the parallel fits so that the concurrent fits fit in the budget.
+def plan_fits(n_train: int, dim: int, memory_gb: float, jobs: int, svm: bool = True,
+              resident: int = 0) -> Plan:
+    """Chooses the SVM method and the parallel fits so that the run fits in the budget.
 
-    The exact kernel is kept whenever one exact fit fits (fewer fits at once if need be);
-    otherwise the Nystroem method with as many components (up to ``NYSTROEM_COMPONENTS``) as
-    fit with at least one fit at a time and keep n x components under ``NYSTROEM_MAX_ENTRIES``
-    (time: LinearSVC grows with it; measured 35 s per fit for 80,000 x 256 on 2 busy cores),
-    but never fewer than ``MIN_COMPONENTS``.
+    What is left of the budget after ``resident`` goes to the fits. The exact kernel is kept
+    whenever one exact fit fits (fewer fits at once if need be); otherwise the Nystroem method
+    with as many components (up to ``NYSTROEM_COMPONENTS``) as fit with at least one fit at a
+    time and keep n x components under ``NYSTROEM_MAX_ENTRIES`` (time: LinearSVC grows with it;
+    measured 35 s per fit for 80,000 x 256 on 2 busy cores), but never fewer than
+    ``MIN_COMPONENTS``.
 
     Args:
         n_train: rows of the largest fit (the final fit on the whole training part).
@@ -136,6 +162,7 @@ def plan_fits(n_train: int, dim: int, memory_gb: float, jobs: int, svm: bool = T
         memory_gb: the budget (MEMORY_GB), GiB.
         jobs: the most parallel fits wanted (JOBS).
         svm: whether an SVM head is among the heads.
+        resident: bytes the process holds before the fits (:func:`resident_bytes`).
 
     Returns:
         A :class:`Plan`.
@@ -143,38 +170,41 @@ def plan_fits(n_train: int, dim: int, memory_gb: float, jobs: int, svm: bool = T
     Raises:
         BudgetError: not even one fit fits; the message says how much memory it needs.
     """
-    budget = int(memory_gb * GIB)
+    budget = int(memory_gb * GIB) - resident
     base = other_bytes(n_train, dim)
+
+    def plan(method, m, n_jobs, per_fit, reason):
+        return Plan(method, m, n_jobs, memory_gb, round(resident / GIB, 2),
+                    round((resident + n_jobs * (per_fit + WORKER_BYTES)) / GIB, 2), reason)
+
+    held = f"; {resident / GIB:.2f} GiB already held (vectors, libraries)" if resident else ""
     if not svm:
-        n_jobs = _fits_at_once(base, budget, jobs)
-        return _checked(Plan("none", 0, n_jobs, memory_gb, _gb(n_jobs, base), "no SVM head"), base)
+        return _checked(plan("none", 0, _fits_at_once(base, budget, jobs), base, "no SVM head" + held),
+                        base, resident)
     need = exact_bytes(n_train, dim)
     n_jobs = _fits_at_once(max(need, base), budget, jobs)
     if n_jobs:
-        return Plan("exact", 0, n_jobs, memory_gb, _gb(n_jobs, need),
+        return plan("exact", 0, n_jobs, max(need, base),
                     f"exact RBF kernel: {n_jobs} fit(s) at once of {need / GIB:.2f} GiB each "
-                    f"(Gram matrix of {n_train:,} rows) fit in MEMORY_GB={memory_gb:g}")
+                    f"(Gram matrix of {n_train:,} rows) fit in MEMORY_GB={memory_gb:g}{held}")
     sizes = [m for m in (NYSTROEM_COMPONENTS, 512, 256) if n_train * m <= NYSTROEM_MAX_ENTRIES]
     for m in (*sizes, MIN_COMPONENTS):
         need_m = max(nystroem_bytes(n_train, dim, m), base)
         n_jobs = _fits_at_once(need_m, budget, jobs)
         if n_jobs:
-            return Plan("nystroem", m, n_jobs, memory_gb, _gb(n_jobs, need_m),
+            return plan("nystroem", m, n_jobs, need_m,
                         f"Nystroem approximation ({m} components) + linear SVM: the exact kernel "
                         f"needs {need / GIB:.1f} GiB per fit ({n_train:,} training rows), over "
-                        f"MEMORY_GB={memory_gb:g}; {n_jobs} fit(s) at once of {need_m / GIB:.2f} GiB")
-    return _checked(Plan("nystroem", MIN_COMPONENTS, 0, memory_gb, 0.0, ""),
-                    nystroem_bytes(n_train, dim, MIN_COMPONENTS))
+                        f"MEMORY_GB={memory_gb:g}{held}; {n_jobs} fit(s) at once of {need_m / GIB:.2f} GiB")
+    need_m = max(nystroem_bytes(n_train, dim, MIN_COMPONENTS), base)
+    return _checked(plan("nystroem", MIN_COMPONENTS, 0, need_m, ""), need_m, resident)
 
 
-def _gb(n_jobs: int, per_fit: int) -> float:
-    return round(n_jobs * (per_fit + WORKER_BYTES) / GIB, 2)
-
-
-def _checked(plan: Plan, per_fit: int) -> Plan:
+def _checked(plan: Plan, per_fit: int, resident: int) -> Plan:
     if plan.n_jobs < 1:
+        held = f" on top of the {resident / GIB:.1f} GiB this run already holds" if resident else ""
         raise BudgetError(
-            f"one fit needs about {(per_fit + WORKER_BYTES) / GIB:.1f} GiB, more than "
+            f"one fit needs about {(per_fit + WORKER_BYTES) / GIB:.1f} GiB{held}, more than "
             f"MEMORY_GB={plan.memory_gb:g}; raise MEMORY_GB (this machine's limits: "
             + ", ".join(f"{k} {v / GIB:.1f} GiB" for k, v in memory_limits().items())
             + ") or use fewer images")
@@ -196,19 +226,20 @@ def apply_plan(models: dict, plan: Plan) -> None:
                   n_components=plan.components or NYSTROEM_COMPONENTS)
 
 
-def plan_for(models: dict, n_train: int, dim: int, memory_gb, jobs: int | None, log=print) -> Plan:
+def plan_for(models: dict, X, n_train: int, memory_gb, jobs: int | None, log=print) -> Plan:
     """Plans (:func:`plan_fits`), applies (:func:`apply_plan`) and logs the budget of a run.
 
     Args:
         models: {head name: unfitted estimator}; changed in place.
+        X: the vectors the fits read (their width, and whether they are memory-mapped).
         n_train: rows of the largest fit.
-        dim: embedding width.
         memory_gb: MEMORY_GB (``auto`` or GiB).
         jobs: JOBS (None or 0: every core).
         log: where the line goes.
     """
     gb = parse_memory_gb(memory_gb)
-    plan = plan_fits(n_train, dim, gb, jobs or os.cpu_count() or 1, svm="svm" in models)
+    plan = plan_fits(n_train, X.shape[1], gb, jobs or os.cpu_count() or 1, svm="svm" in models,
+                     resident=resident_bytes(X))
     apply_plan(models, plan)
     log(f"memory: MEMORY_GB={gb:g}; {plan.n_jobs} parallel fit(s); svm: {plan.reason}")
     return plan

@@ -52,7 +52,7 @@ def _fit(name: str, fold: int, model, X, y, train_idx, test_idx):
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", FitFailedWarning)  # a candidate that cannot fit a small inner fold
         warnings.simplefilter("ignore", UserWarning)  # a class missing from an inner fold's predictions
-        model, chosen = fit_head(model, X[train_idx], y[train_idx])
+        model, chosen = fit_head(model, X[train_idx], y[train_idx], private=True)  # a fresh copy
     seconds = time.perf_counter() - t0
     if test_idx is None:
         return name, fold, model, seconds, chosen
@@ -286,7 +286,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     split_use = _split_use(man, mode)
     log(f"tuning: {tuning_rule}")
     log("splits: " + "; ".join(f"{name}: {use}" for name, use in split_use.items()))
-    plan = plan_for(models, len(train_idx), X.shape[1], memory_gb, jobs, log)
+    plan = plan_for(models, X, len(train_idx), memory_gb, jobs, log)
     n_jobs = plan.n_jobs
     tuning_rows = []
     if mode == "valid":
@@ -321,7 +321,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         figure_names = figures.write_figures(out / "figures", fitted, X[eval_idx], y[eval_idx], class_names)
         settled = {h: fixed_head(h, seed, chosen[h]["final"]) for h in models}  # the chosen settings
         apply_plan(settled, plan)
-        curve = curves.learning_curves(settled, X[train_idx], y[train_idx], fold_sets[0][0], n_jobs, seed)
+        curve = curves.learning_curves(settled, X, y, fold_sets[0][0], n_jobs, seed, rows=train_idx)
         write_csv(out / "learning_curve.csv", list(curve.columns), curve.itertuples(index=False))
         figure_names.append(curves.plot_learning_curves(curve, out / "figures" / "learning_curve.png"))
         reliability = curves.reliability_diagram(fitted, X[eval_idx], y[eval_idx], class_names,

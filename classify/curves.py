@@ -24,7 +24,7 @@ MAX_FOLDS = 3  # the first folds of the comparison: enough for a mean and a spre
 MIN_PER_CLASS = 10  # smaller training sizes than 10 images per class are not drawn
 
 
-def learning_curves(models: dict, X, y, folds: list, n_jobs: int, seed: int) -> pd.DataFrame:
+def learning_curves(models: dict, X, y, folds: list, n_jobs: int, seed: int, rows=None) -> pd.DataFrame:
     """Cross-validated balanced accuracy of each head at growing training sizes.
 
     Each fold's training part is shuffled once (seeded); a size takes its first rows, as
@@ -34,10 +34,11 @@ def learning_curves(models: dict, X, y, folds: list, n_jobs: int, seed: int) -> 
 
     Args:
         models: {head: unfitted estimator}.
-        X, y: the training part.
-        folds: (train, test) positions into ``X``, as the comparison used them.
+        X, y: the vectors and labels (of the training part, or of every image with ``rows``).
+        folds: (train, test) positions into the training part, as the comparison used them.
         n_jobs: parallel fits.
         seed: picks the sample above :data:`MAX_ROWS` rows and shuffles each fold's rows.
+        rows: the training part's positions in X (default: all of X); only the sample is read.
 
     Returns:
         Columns ``head, train_size, score_mean, score_std, n_folds``; a size at which a head
@@ -46,7 +47,8 @@ def learning_curves(models: dict, X, y, folds: list, n_jobs: int, seed: int) -> 
     """
     import joblib
 
-    X, y, folds = _sample(X, y, list(folds)[:MAX_FOLDS], seed)
+    X, y, folds = _sample(X, y, np.arange(len(y)) if rows is None else np.asarray(rows),
+                          list(folds)[:MAX_FOLDS], seed)
     smallest_train = min(len(tr) for tr, _ in folds)
     floor = MIN_PER_CLASS * len(np.unique(y))  # fewer images than this: a head cannot fit them
     columns = ["head", "train_size", "score_mean", "score_std", "n_folds"]
@@ -87,16 +89,17 @@ def _curve_point(model, X, y, train, test) -> float:
         return float(balanced_accuracy_score(y[test], fitted.predict(X[test])))
 
 
-def _sample(X, y, folds, seed):
-    """At most MAX_ROWS rows, keeping the folds (positions re-mapped into the sample)."""
-    n = len(y)
+def _sample(X, y, rows, folds, seed):
+    """At most MAX_ROWS of ``rows``, copied out of X, keeping the folds (positions re-mapped
+    into the sample)."""
+    n = len(rows)
     if n <= MAX_ROWS:
-        return X, y, folds
+        return X[rows], y[rows], folds
     keep = np.sort(np.random.default_rng(seed).choice(n, MAX_ROWS, replace=False))
     where = np.full(n, -1)
     where[keep] = np.arange(len(keep))
     sampled = [(where[tr][where[tr] >= 0], where[te][where[te] >= 0]) for tr, te in folds]
-    return X[keep], y[keep], sampled
+    return X[rows[keep]], y[rows[keep]], sampled
 
 
 def more_data_would_help(curves: pd.DataFrame) -> str:

@@ -13,6 +13,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
+from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -60,6 +61,18 @@ def rbf_gram64(A: np.ndarray, B: np.ndarray, gamma: float, dtype=np.float32) -> 
     for i in range(0, len(A), rows):
         rbf_kernel32(A[i:i + rows], B, gamma, out=K[i:i + rows], dtype=dtype)
     return K
+
+
+def variance(X) -> float:
+    """``X.var()`` over every entry, in float64, ``BLOCK_ROWS`` rows at a time (``X.var()`` makes
+    a temporary as large as X: 1.6 GB at 800,000 x 512)."""
+    mean = float(np.mean(X, dtype=np.float64))
+    total, step = 0.0, 512
+    for i in range(0, len(X), step):
+        d = X[i:i + step].astype(np.float64)
+        d -= mean
+        total += float(np.einsum("ij,ij->", d, d))
+    return total / X.size
 
 
 class GramRBFSVC(ClassifierMixin, BaseEstimator):
@@ -119,19 +132,22 @@ class GramRBFSVC(ClassifierMixin, BaseEstimator):
         """``gamma``, with "scale" resolved on X."""
         if self.gamma != "scale":
             return float(self.gamma)
-        var = float(X.var())
+        var = variance(X)
         return 1.0 / (X.shape[1] * var) if var > 0 else 1.0
 
-    def _fit_rows(self, X, y, K=None) -> None:
-        """Fits on checked float32 rows; ``K``: their kernel matrix when already computed."""
+    def _fit_rows(self, X, y, K=None, rows=None) -> None:
+        """Fits on checked float32 rows; ``K``: their kernel matrix when already computed;
+        ``rows``: positions into X and y to fit on (Nystroem only; default all of them)."""
+        if rows is not None and self.method == "exact":
+            raise ValueError("GramRBFSVC fits a subset of rows by position with method='nystroem' only")
         if not hasattr(self, "classes_"):  # called by CalibratedSVC, which checked X and y
             self.n_features_in_ = X.shape[1]
-            self.classes_ = unique_labels(y)
-            self.gamma_ = self._base_gamma(X)
+            self.classes_ = unique_labels(y if rows is None else y[rows])
+            self.gamma_ = self._base_gamma(X if rows is None or self.gamma != "scale" else X[rows])
         if self.method == "exact":
             self._fit_exact(X, y, K)
         else:
-            self._fit_nystroem(X, y)
+            self._fit_nystroem(X, y, rows)
 
     def _check_params(self) -> None:
         """Raises ValueError naming the first parameter out of its range."""
@@ -161,26 +177,43 @@ class GramRBFSVC(ClassifierMixin, BaseEstimator):
         svc.n_features_in_ = n_sv
         self.svc_ = svc
 
-    def _fit_nystroem(self, X, y) -> None:
-        """Nystroem features in float32 blocks, then a linear SVM on them."""
-        m = min(self.n_components, len(X))
-        self.nystroem_ = Nystroem(kernel="rbf", gamma=self.gamma_, n_components=m,
-                                  random_state=self.random_state).fit(X)
-        self.svc_ = LinearSVC(C=self.C, random_state=self.random_state).fit(self._features(X), y)
+    def _fit_nystroem(self, X, y, rows=None) -> None:
+        """A Nystroem map drawn from the rows fitted on, then a linear SVM on their features.
 
-    def _features(self, X) -> np.ndarray:
-        F = np.empty((len(X), self.nystroem_.components_.shape[0]), np.float32)
-        for i in range(0, len(X), BLOCK_ROWS):
-            F[i:i + BLOCK_ROWS] = self.nystroem_.transform(X[i:i + BLOCK_ROWS])
+        ``rows`` (positions into X and y; default all) are read block by block, never copied as
+        a whole: at 800,000 x 512 a copy is 1.6 GB. The features are written in float64, the
+        type liblinear reads, so ``LinearSVC`` makes no copy of them either.
+        """
+        n = len(X) if rows is None else len(rows)
+        m = min(self.n_components, n)
+        # the draw Nystroem.fit makes (a seeded permutation, its first m), taken from X in place
+        basis = check_random_state(self.random_state).permutation(n)[:m]
+        self.nystroem_ = Nystroem(kernel="rbf", gamma=self.gamma_, n_components=m,
+                                  random_state=self.random_state).fit(X[basis if rows is None else rows[basis]])
+        self.svc_ = LinearSVC(C=self.C, random_state=self.random_state).fit(
+            self._features(X, rows, np.float64), y if rows is None else y[rows])
+
+    def _features(self, X, rows=None, dtype=np.float32) -> np.ndarray:
+        """Nystroem features of X (or of its ``rows``), BLOCK_ROWS rows at a time."""
+        n = len(X) if rows is None else len(rows)
+        F = np.empty((n, self.nystroem_.components_.shape[0]), dtype)
+        for i in range(0, n, BLOCK_ROWS):
+            F[i:i + BLOCK_ROWS] = self.nystroem_.transform(
+                X[i:i + BLOCK_ROWS] if rows is None else X[rows[i:i + BLOCK_ROWS]])
         return F
 
     def _apply(self, X, method: str) -> np.ndarray:
         """``self.svc_.<method>`` on the kernel (or features) of X, block by block."""
         check_is_fitted(self, "svc_")
         X = validate_data(self, X, dtype=np.float32, order="C", reset=False)
+        return self._apply_rows(X, method)
+
+    def _apply_rows(self, X, method: str, rows=None) -> np.ndarray:
+        """:meth:`_apply` on checked float32 X, or on its ``rows`` (positions), without copying them."""
+        n = len(X) if rows is None else len(rows)
         out = []
-        for i in range(0, len(X), BLOCK_ROWS):
-            block = X[i:i + BLOCK_ROWS]
+        for i in range(0, n, BLOCK_ROWS):
+            block = X[i:i + BLOCK_ROWS] if rows is None else X[rows[i:i + BLOCK_ROWS]]
             inner = (rbf_gram64(block, self.support_vectors_, self.gamma_, np.float64) if self.method_ == "exact"
                      else self._features(block))
             out.append(getattr(self.svc_, method)(inner))
@@ -275,9 +308,23 @@ class KernelBuffers:
 
 
 def identical_rows(X: np.ndarray) -> np.ndarray:
-    """An id per row, equal for identical rows (exact copies of an image have identical embeddings)."""
-    X = np.ascontiguousarray(X)
-    keys = X.view(np.dtype((np.void, X.dtype.itemsize * X.shape[1]))).ravel()
+    """An id per row, equal for identical rows (exact copies of an image have identical embeddings).
+
+    A row's id comes from a 64-bit hash of its bytes (a seeded random linear function of its
+    32-bit words, modulo 2^64), computed ``BLOCK_ROWS`` rows at a time, so X is never copied
+    (sorting whole rows did: 1.6 GB at 800,000 x 512). Two different rows share a hash with a
+    probability of about 2^-64 per pair (2^-32 at worst); they would then only share a fold.
+    """
+    X = np.asarray(X)
+    if X.ndim != 2 or not len(X):
+        return np.zeros(len(X), np.int64)
+    words = 4 if X.dtype.itemsize % 4 == 0 else 1
+    weights = np.random.default_rng(0).integers(1, 2 ** 63, X.shape[1] * X.dtype.itemsize // words,
+                                                dtype=np.uint64) | np.uint64(1)
+    keys, step = np.empty(len(X), np.uint64), 512
+    for i in range(0, len(X), step):
+        block = np.ascontiguousarray(X[i:i + step]).view(np.uint32 if words == 4 else np.uint8)
+        keys[i:i + step] = block.astype(np.uint64) @ weights  # integer arithmetic wraps modulo 2^64
     return np.unique(keys, return_inverse=True)[1].ravel()
 
 
@@ -414,11 +461,11 @@ class CalibratedSVC(ClassifierMixin, BaseEstimator):
         # grid order: nearest the defaults first, so that ties keep the plainest model
         grid = sorted(((c, f) for f in factors for c in Cs), key=lambda p: abs(np.log(p[0])) + abs(np.log(p[1])))
         folds = copy_aware_folds(X, y, self.folds, self.random_state)
-        if folds is not None:  # rows in held-out fold order: each fold is one range
-            order = np.concatenate([te for _, te in folds])
+        if folds is not None and self.method == "exact":  # held-out fold order: each fold is one range
+            order = np.concatenate([te for _, te in folds])  # (Nystroem reads the rows in place)
             X, y = X[order], y[order]
             edges = np.cumsum([0] + [len(te) for _, te in folds])
-            folds = [(np.arange(0, a), np.arange(a, b), np.arange(b, len(y))) for a, b in zip(edges, edges[1:])]
+            folds = [(np.r_[0:a, b:len(y)], np.arange(a, b)) for a, b in zip(edges, edges[1:])]
         buffers = KernelBuffers(squared_distances(X)) if self.method == "exact" else None
         if folds is None:  # a class of one distinct image: nothing to hold out
             (C, f), held_out, self.tuning_ = grid[0], None, []
@@ -447,10 +494,10 @@ class CalibratedSVC(ClassifierMixin, BaseEstimator):
         shape = (len(y),) if len(self.classes_) == 2 else (len(y), len(self.classes_))
         out = {p: np.empty(shape) for p in grid}
         for f in dict.fromkeys(f for _, f in grid):
-            for before, te, after in folds:  # the held-out range, and the training rows around it
-                tr = np.concatenate([before, after])
+            for tr, te in folds:
                 if buffers is not None:  # one exponential per gamma and fold, one solve per C
-                    ranges = [(r[0], r[-1] + 1) for r in (before, after) if len(r)]
+                    # te is one range of rows; the training rows are the ranges around it
+                    ranges = [(a, b) for a, b in ((0, te[0]), (te[-1] + 1, len(y))) if b > a]
                     K_tr = buffers.kernel(ranges, ranges, gamma0 * f)
                     K_te = buffers.kernel([(te[0], te[-1] + 1)], ranges, gamma0 * f, side=True)
                     for c in (c for c, g in grid if g == f):
@@ -461,7 +508,8 @@ class CalibratedSVC(ClassifierMixin, BaseEstimator):
                     for c in (c for c, g in grid if g == f):
                         svm = GramRBFSVC(C=c, gamma=gamma0 * f, method="nystroem", n_components=self.n_components,
                                          random_state=self.random_state)
-                        out[(c, f)][te] = svm.fit(X[tr], y[tr]).decision_function(X[te])
+                        svm._fit_rows(X, y, rows=tr)
+                        out[(c, f)][te] = svm._apply_rows(X, "decision_function", te)
         scores = []
         for p in grid:
             dec = out[p]
@@ -578,21 +626,33 @@ def set_inner(model, types, **params) -> None:
             model.set_params(**{f"{key}__{k}": v for k, v in params.items()})
 
 
-def fit_head(model, X, y):
+def fit_head(model, X, y, private: bool = False):
     """Fits one head, tuned or fixed, and returns (the fitted model that predicts, its settings).
 
     A search is unwrapped to its refitted best pipeline. When the inner folds cannot be made (a
     class with a single distinct image), the search's fixed pipeline is fitted instead. The MLP
     stops early from :data:`EARLY_STOPPING_FROM` training images (measured: on fewer, holding 10%
     out cost 0.01-0.11 balanced accuracy; on more, training to the end cost 0.01 and 3x the time).
-    """
-    from sklearn.model_selection._search import BaseSearchCV
 
+    ``private=True``: X is the caller's own copy (e.g. rows gathered from the cache), so the
+    scaler may standardise it in place while fitting instead of making a second copy (1.6 GB at
+    800,000 x 512). The returned model copies again, so prediction never changes its input.
+    """
     y = np.asarray(y)
     early = len(y) >= EARLY_STOPPING_FROM
     set_inner(model, MLPClassifier, early_stopping=early)
     if early:
         _widen_validation(model, y)
+    set_inner(model, StandardScaler, copy=not private)
+    model, settings = _fit_unwrapped(model, X, y)
+    set_inner(model, StandardScaler, copy=True)
+    return model, settings
+
+
+def _fit_unwrapped(model, X, y):
+    """:func:`fit_head`'s fit: a search's refitted best pipeline, or the model itself."""
+    from sklearn.model_selection._search import BaseSearchCV
+
     if isinstance(model, BaseSearchCV):
         if copy_aware_folds(X, y, INNER_FOLDS, 0) is None:
             model = model.estimator

@@ -110,10 +110,35 @@ def test_plan_refuses_a_budget_below_one_fit():
         budget.plan_fits(1_000_000, 512, memory_gb=0.5, jobs=2)
 
 
-def test_memory_gb_auto_is_half_of_the_smallest_limit(monkeypatch):
-    monkeypatch.setattr(budget, "memory_limits", lambda: {"physical": 16 * budget.GIB,
+def test_plan_counts_what_the_process_already_holds():
+    # Reproduced (issue 14): at 1,000,000 x 512 the plan budgeted the fit alone (5.7 GiB of a
+    # 11.8 GiB budget), and the run peaked at 10.6 GiB: the fit ran on top of the process's own
+    # memory and the 2 GB of memory-mapped vectors it reads.
+    gib = budget.GIB
+    alone = budget.plan_fits(800_000, 512, memory_gb=7.8, jobs=2)
+    held = budget.plan_fits(800_000, 512, memory_gb=7.8, jobs=2, resident=int(2.6 * gib))
+    assert held.estimate_gb <= 7.8 and held.resident_gb == 2.6
+    assert held.n_jobs == alone.n_jobs == 1 and "already held" in held.reason
+    assert held.estimate_gb == pytest.approx(held.resident_gb + alone.estimate_gb, abs=0.02)
+    exact = budget.plan_fits(9_936, 512, memory_gb=4.0, jobs=2)
+    assert (exact.method, exact.n_jobs) == ("exact", 2)
+    assert budget.plan_fits(9_936, 512, memory_gb=4.0, jobs=2, resident=gib).n_jobs == 1
+    with pytest.raises(budget.BudgetError, match="already holds"):
+        budget.plan_fits(800_000, 512, memory_gb=3.0, jobs=2, resident=int(2.6 * gib))
+
+
+def test_resident_bytes_count_memory_mapped_vectors_whole(tmp_path):
+    np.save(tmp_path / "v.npy", np.zeros((4000, 256), np.float32))
+    mapped = np.load(tmp_path / "v.npy", mmap_mode="r")
+    own = budget.resident_bytes()
+    assert own > 0  # this process's anonymous memory
+    assert abs(budget.resident_bytes(mapped) - own - mapped.nbytes) < 1024 ** 2  # RssAnon moves a little
+
+
+def test_memory_gb_auto_is_a_third_of_the_smallest_limit(monkeypatch):
+    monkeypatch.setattr(budget, "memory_limits", lambda: {"physical": 24 * budget.GIB,
                                                            "address_space": 12 * budget.GIB})
-    assert budget.parse_memory_gb("auto") == 6.0
+    assert budget.parse_memory_gb("auto") == 4.0
     assert budget.parse_memory_gb("2.5") == 2.5
     with pytest.raises(ValueError, match="MEMORY_GB must be 'auto' or a positive number"):
         budget.parse_memory_gb("-1")
@@ -128,7 +153,7 @@ def test_memory_limits_see_an_address_space_limit():
             "from classify.budget import default_memory_gb; print(default_memory_gb())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert 0 < float(out.stdout) <= 4.0
+    assert float(out.stdout) == pytest.approx(8 / 3, abs=0.01)
 
 
 def test_compare_uses_and_records_the_bounded_method_when_the_kernel_does_not_fit(tmp_path, monkeypatch):

@@ -1,0 +1,118 @@
+"""Stage 2 at a million rows: the fits read the cached rows in place instead of copying them.
+
+Reproduced (issue 14): at 1,000,000 x 512 `make compare` peaked at 10.6 GiB with a plan of
+5.7 GiB for its one fit. Besides the 2 GB of memory-mapped vectors, the SVM fit held the
+gathered training rows, the scaler's copy, the rows again in calibration-fold order, each
+calibration fold's training rows, a sorted copy for finding identical rows, and the float32
+features beside LinearSVC's float64 copy: 1.6 GB for each copy of the rows.
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+from sklearn.datasets import make_classification
+
+from classify.heads import CalibratedSVC, GramRBFSVC, fit_head, identical_rows, make_heads
+
+
+def _data(n=600, dim=16, classes=3, seed=0):
+    X, y = make_classification(n, dim, n_informative=min(dim, 8), n_classes=classes, random_state=seed)
+    return (X * 3 + 5).astype(np.float32), y
+
+
+def _traced_peak(fn) -> int:
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_nystroem_fit_by_position_equals_a_fit_on_copied_rows():
+    X, y = _data()
+    rows = np.random.default_rng(1).permutation(len(X))[:400]
+    held = np.setdiff1d(np.arange(len(X)), rows)
+    by_position = GramRBFSVC(gamma=0.05, method="nystroem", n_components=32, random_state=0)
+    by_position._fit_rows(X, y, rows=rows)
+    copied = GramRBFSVC(gamma=0.05, method="nystroem", n_components=32, random_state=0).fit(X[rows], y[rows])
+    np.testing.assert_allclose(by_position._apply_rows(X, "decision_function", held),
+                               copied.decision_function(X[held]), atol=1e-6)
+    np.testing.assert_array_equal(by_position.nystroem_.components_, copied.nystroem_.components_)
+
+
+def test_the_calibrated_nystroem_svm_keeps_no_copy_of_its_rows():
+    X, y = _data(20_000, 256)  # 20 MB of rows
+    svm = CalibratedSVC(method="nystroem", n_components=16, random_state=0)
+    peak = _traced_peak(lambda: svm.fit(X, y))
+    assert peak < 0.5 * X.nbytes, f"{peak / 1e6:.1f} MB allocated while fitting on {X.nbytes / 1e6:.1f} MB of rows"
+    assert svm.score(X, y) > 0.6  # and it learned something
+
+
+def test_identical_rows_groups_copies_without_copying_the_rows():
+    X, _ = _data(30_000, 128)
+    X[7] = X[29_000]
+    X[100:110] = X[5]
+    ids = identical_rows(X)
+    assert ids[7] == ids[29_000] and (ids[100:110] == ids[5]).all()
+    assert len(np.unique(ids)) == len(X) - 1 - 10
+    assert _traced_peak(lambda: identical_rows(X)) < 0.25 * X.nbytes
+    as64 = X[:50].astype(np.float64)  # other dtypes hash alike
+    as64[3] = as64[4]
+    ids64 = identical_rows(as64)
+    assert ids64[3] == ids64[4] and len(np.unique(ids64)) == 49
+
+
+def test_a_private_fit_scales_in_place_and_predicts_like_a_copying_fit():
+    X, y = _data(300, 12)
+    for name, model in make_heads(0).items():
+        own = X.copy()
+        private, _ = fit_head(model, own, y, private=True)
+        copying, _ = fit_head(make_heads(0)[name], X.copy(), y)
+        assert not np.array_equal(own, X)  # standardised where it lay
+        query = X.copy()
+        np.testing.assert_array_equal(private.predict(query), copying.predict(X))
+        np.testing.assert_array_equal(query, X)  # prediction never changes its input
+    kept = X.copy()
+    fit_head(make_heads(0)["logreg"], kept, y)
+    np.testing.assert_array_equal(kept, X)  # nor does a fit that is not told its rows are private
+
+
+def test_tuned_heads_fit_privately_alike():
+    X, y = _data(240, 12)
+    for name, model in make_heads(0, tune=True).items():
+        private, p_settings = fit_head(model, X.copy(), y, private=True)
+        copying, c_settings = fit_head(make_heads(0, tune=True)[name], X.copy(), y)
+        assert p_settings == c_settings
+        query = X.copy()
+        np.testing.assert_array_equal(private.predict(query), copying.predict(X))
+        np.testing.assert_array_equal(query, X)
+
+
+def test_out_of_fold_probabilities_read_their_rows_in_place():
+    from classify.audit import out_of_fold_probabilities
+
+    X, y = _data(400, 12)
+    groups = np.arange(len(y))
+    rows = np.flatnonzero(np.random.default_rng(2).random(len(y)) < 0.7)
+    model = make_heads(0)["logreg"]
+    by_position, classes, k = out_of_fold_probabilities(model, X, y, groups, 3, 0, 1, rows=rows)
+    subset, classes2, k2 = out_of_fold_probabilities(model, X[rows], y[rows], groups[rows], 3, 0, 1)
+    assert by_position.shape == (len(rows), 3) and (k, list(classes)) == (k2, list(classes2))
+    np.testing.assert_allclose(by_position, subset)
+
+
+def test_learning_curves_sample_their_rows_in_place(monkeypatch):
+    from classify import curves
+    from classify.data import stratified_group_folds
+
+    monkeypatch.setattr(curves, "MAX_ROWS", 300)
+    X, y = _data(900, 12)
+    rows = np.arange(100, 900)
+    folds, _ = stratified_group_folds(y[rows], np.arange(len(rows)), 3, 0)
+    heads = {"logreg": make_heads(0)["logreg"]}
+    by_position = curves.learning_curves(heads, X, y, folds, 1, 0, rows=rows)
+    subset = curves.learning_curves(heads, X[rows], y[rows], folds, 1, 0)
+    assert len(by_position) and by_position.equals(subset)
