@@ -110,8 +110,8 @@ def nystroem_bytes(n: int, dim: int, components: int) -> int:
 
 def other_bytes(n: int, dim: int) -> int:
     """Peak bytes of one fit of another head (logreg, mlp): the rows, the MLP's copy of them split
-    into training and validation parts, and as much again for slack."""
-    return (ROW_COPIES + 2) * 4 * n * dim
+    into training and validation parts (early stopping), and a tenth of that for slack."""
+    return int(1.1 * (ROW_COPIES + 1) * 4 * n * dim)
 
 
 @dataclasses.dataclass
@@ -141,8 +141,15 @@ class Plan:
 
 
 def _fits_at_once(per_fit: int, budget: int, jobs: int) -> int:
-    """How many fits of ``per_fit`` bytes (plus a worker each) fit in ``budget``, at most ``jobs``."""
-    return max(0, min(jobs, budget // (per_fit + WORKER_BYTES)))
+    """How many fits of ``per_fit`` bytes fit in ``budget``, at most ``jobs``: one runs in this
+    process; two or more run in joblib workers, each with its own libraries (``WORKER_BYTES``)."""
+    parallel = min(jobs, budget // (per_fit + WORKER_BYTES))
+    return parallel if parallel >= 2 else int(per_fit <= budget)
+
+
+def _fits_bytes(n_jobs: int, per_fit: int) -> int:
+    """The planned bytes of ``n_jobs`` concurrent fits (see :func:`_fits_at_once`)."""
+    return n_jobs * (per_fit + WORKER_BYTES) if n_jobs >= 2 else n_jobs * per_fit
 
 
 def plan_fits(n_train: int, dim: int, memory_gb: float, jobs: int, svm: bool = True,
@@ -175,7 +182,7 @@ def plan_fits(n_train: int, dim: int, memory_gb: float, jobs: int, svm: bool = T
 
     def plan(method, m, n_jobs, per_fit, reason):
         return Plan(method, m, n_jobs, memory_gb, round(resident / GIB, 2),
-                    round((resident + n_jobs * (per_fit + WORKER_BYTES)) / GIB, 2), reason)
+                    round((resident + _fits_bytes(n_jobs, per_fit)) / GIB, 2), reason)
 
     held = f"; {resident / GIB:.2f} GiB already held (vectors, libraries)" if resident else ""
     if not svm:
@@ -204,7 +211,7 @@ def _checked(plan: Plan, per_fit: int, resident: int) -> Plan:
     if plan.n_jobs < 1:
         held = f" on top of the {resident / GIB:.1f} GiB this run already holds" if resident else ""
         raise BudgetError(
-            f"one fit needs about {(per_fit + WORKER_BYTES) / GIB:.1f} GiB{held}, more than "
+            f"one fit needs about {per_fit / GIB:.1f} GiB{held}, more than "
             f"MEMORY_GB={plan.memory_gb:g}; raise MEMORY_GB (this machine's limits: "
             + ", ".join(f"{k} {v / GIB:.1f} GiB" for k, v in memory_limits().items())
             + ") or use fewer images")
