@@ -326,14 +326,14 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
     role_s, split_rule = assign_split(man, test_size, seed)
     role = role_s.replace("", "unused").to_numpy()
     X, y = feats.X, man["label"].to_numpy()
-    # the largest SVM fit is the final one on the training part, as in compare
-    plan = plan_for(models, X, int((role == "train").sum()), memory_gb, jobs, log)
-    jobs = plan.n_jobs
-
     conflicts = label_conflicts(man)
     for conflict in conflicts:
         log(describe_conflict(conflict))
     dups = cached_duplicates(X, man["sha256"], dup_threshold, Path(out_dir) / ".dups")
+    # planned after the search, on what the run then holds; the largest SVM fit is the final one
+    # on the training part, as in compare
+    plan = plan_for(models, X, int((role == "train").sum()), memory_gb, jobs, log)
+    jobs = plan.n_jobs
     content = unit_ids(content_key(man))  # exact copies
     cluster = unit_ids(content_key(man), dups.groups())  # joined with near-duplicates
     p = listed_pairs(dups.pairs)

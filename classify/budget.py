@@ -17,6 +17,7 @@ BENCHMARKS.md, and :func:`exact_bytes`).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import resource
 from pathlib import Path
@@ -86,7 +87,7 @@ def parse_memory_gb(value) -> float:
         gb = float(value)
     except ValueError:
         gb = float("nan")
-    if not gb > 0:
+    if not (gb > 0 and math.isfinite(gb)):
         raise ValueError(f"MEMORY_GB must be 'auto' or a positive number of GiB; received {value!r}")
     return gb
 
@@ -245,6 +246,12 @@ def plan_for(models: dict, X, n_train: int, memory_gb, jobs: int | None, log=pri
         log: where the line goes.
     """
     gb = parse_memory_gb(memory_gb)
+    limits = memory_limits()
+    if gb * GIB > min(limits.values()):
+        log(f"warning: MEMORY_GB={gb:g} is more than this machine lets the run use ("
+            + ", ".join(f"{k} {v / GIB:.1f} GiB" for k, v in limits.items())
+            + "): a plan that needs it will swap or be killed; MEMORY_GB=auto plans within "
+            f"{default_memory_gb():g} GiB")
     plan = plan_fits(n_train, X.shape[1], gb, jobs or os.cpu_count() or 1, svm="svm" in models,
                      resident=resident_bytes(X))
     apply_plan(models, plan)

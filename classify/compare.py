@@ -28,10 +28,9 @@ from .data import (DataError, Features, assign_split, check_coverage, content_ke
                    eval_split_of, tune_split_of,
                    cv_folds, describe_conflict, label_conflicts, load_features, unit_ids)
 from . import curves, stats
-from .budget import plan_for
+from .budget import apply_plan, plan_for
 from .dups import cached_duplicates
-from .budget import apply_plan
-from .heads import (GRIDS, INNER_FOLDS, decision_values, fit_head, fixed_head, format_settings, scores,
+from .heads import (GRIDS, INNER_FOLDS, candidates, decision_values, fit_head, fixed_head, format_settings, scores,
                     select_heads)
 from .outdir import check_out_dir, new_run
 
@@ -283,7 +282,14 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     mode, tuning_rule = choose_tuning(tune, len(train_idx), tune_split_of(man) if len(valid_idx) else None)
     if mode == "nested":
         models = select_heads(heads, seed, tune=True)
-    split_use = _split_use(man, mode)
+    split_use = _split_use(man, mode, {"train": len(crossing)})
+    if mode == "valid":
+        chose = copies_across(man, role, of="tune")
+        if chose:
+            log(f"warning: {len(chose)} evaluated images are exact copies of {tune_split_of(man)}/ images "
+                f"(e.g. {chose[0]}), which choose each head's settings, so the test score is not "
+                "independent of that choice: delete the copies or move them into one split")
+            split_use = _split_use(man, mode, {"train": len(crossing), tune_split_of(man): len(chose)})
     log(f"tuning: {tuning_rule}")
     log("splits: " + "; ".join(f"{name}: {use}" for name, use in split_use.items()))
     plan = plan_for(models, X, len(train_idx), memory_gb, jobs, log)
@@ -489,14 +495,20 @@ def choose_tuning(tune, n_train: int, valid: str | None) -> tuple[str, str]:
                       "every fit (nested: the CV scores include the tuning)")
 
 
-def _split_use(man: pd.DataFrame, mode: str) -> dict:
-    """What each split folder (or the hold-out) was used for, for the console, run.json and report."""
+def _split_use(man: pd.DataFrame, mode: str, copies: dict | None = None) -> dict:
+    """What each split folder (or the hold-out) was used for, for the console, run.json and report.
+
+    ``copies``: {split: how many evaluated images are exact copies of its images}; any such
+    copies qualify "untouched".
+    """
     evaluated = eval_split_of(man)
+    trained = "fitted on, and cross-validated on" + (" (tuning nested in every fit)" if mode == "nested" else "")
+    seen = {k: n for k, n in (copies or {}).items() if n}
+    score = "the reported score, untouched by fitting and tuning" + "".join(
+        f", except {n} exact copies of {k}/ images" for k, n in seen.items())
     if evaluated is None:
-        return {"train": "fitted on, and cross-validated on" + (" (tuning nested in every fit)" if mode == "nested" else ""),
-                "hold-out": "the reported score, untouched by fitting and tuning"}
-    use = {"train": "fitted on, and cross-validated on" + (" (tuning nested in every fit)" if mode == "nested" else ""),
-           evaluated: "the reported score, untouched by fitting and tuning"}
+        return {"train": trained, "hold-out": score}
+    use = {"train": trained, evaluated: score}
     valid = tune_split_of(man)
     if valid:
         use[valid] = "tuning: selects each head's settings" if mode == "valid" else "not used (TUNE=0)"
@@ -511,22 +523,20 @@ def _select_on_validation(models: dict, X, y, train_idx, valid_idx, n_jobs: int,
     Returns:
         ({head: the unfitted head with its best settings}, rows of tuning.csv).
     """
-    from sklearn.model_selection import ParameterGrid
-
     tasks = [(name, i, clone(model).set_params(**params))
-             for name, model in models.items() for i, params in enumerate(ParameterGrid(GRIDS[name]))]
+             for name, model in models.items() for i, params in enumerate(candidates(name))]
     results = joblib.Parallel(n_jobs=min(n_jobs, len(tasks)))(
         joblib.delayed(_fit)(name, i, model, X, y, train_idx, valid_idx) for name, i, model in tasks)
     best = {}
-    for name, i, score, _, settings in results:
-        if name not in best or score > best[name][1]:
+    for name, i, score, _, settings in results:  # candidates come nearest the fixed settings first:
+        if name not in best or score > best[name][1]:  # a tie keeps the plainest
             best[name] = (i, score)
     rows, chosen = [], {}
     for name, i, score, _, settings in results:
         rows.append((name, "candidate", format_settings(settings), round(float(score), 6),
                      "yes" if best[name][0] == i else ""))
     for name, model in models.items():
-        params = list(ParameterGrid(GRIDS[name]))[best[name][0]]
+        params = candidates(name)[best[name][0]]
         chosen[name] = clone(model).set_params(**params)
         log(f"tuning {name}: {format_settings({k.split('__', 1)[1]: v for k, v in params.items()})} "
             f"scored best on the validation folder ({best[name][1]:.4f})")

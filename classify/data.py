@@ -177,15 +177,16 @@ def label_conflicts(manifest: pd.DataFrame) -> list[dict]:
     return sorted(out, key=lambda c: c["paths"][0])
 
 
-def copies_across(manifest: pd.DataFrame, role: pd.Series) -> list[str]:
-    """Paths of evaluated images whose exact copy (same ``sha256``) is trained on.
+def copies_across(manifest: pd.DataFrame, role: pd.Series, of: str = "train") -> list[str]:
+    """Paths of evaluated images whose exact copy (same ``sha256``) has role ``of``: trained on
+    (``train``), or used to choose settings (``tune``, the validation folder).
 
     Only split folders can cause this (the hold-out keeps copies on one side); they are the
     user's decision, so the images are reported, not moved.
     """
     key = content_key(manifest)
-    trained = set(key[role == "train"])
-    hit = (role == "eval") & key.isin(trained)
+    seen = set(key[role == of])
+    hit = (role == "eval") & key.isin(seen)
     return sorted(manifest.loc[hit, "path"].astype(str))
 
 

@@ -6,7 +6,7 @@ from numbers import Integral, Real
 
 import numpy as np
 from sklearn import config_context
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.kernel_approximation import Nystroem
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
@@ -340,7 +340,9 @@ def copy_aware_folds(X, y, k: int, seed) -> list | None:
     y = np.asarray(y)
     rows = identical_rows(np.asarray(X))
     classes = np.unique(y)
-    smallest = min(len(np.unique(rows[y == c])) for c in classes)
+    # groups are stratified by their first row's label: copies filed under two labels count once
+    first_labels = y[np.unique(rows, return_index=True)[1]]
+    smallest = min(int((first_labels == c).sum()) for c in classes)
     for kk in range(min(k, smallest), 1, -1):
         splits, _ = stratified_group_folds(y, rows, kk, seed or 0)
         if all(len(np.unique(y[tr])) == len(classes) for tr, _ in splits):
@@ -563,6 +565,20 @@ GRIDS = {
     "svm": {"calibratedsvc__C": [0.1, 1.0, 10.0], "calibratedsvc__gamma_factor": [0.5, 1.0, 2.0]},
     "mlp": {"mlpclassifier__hidden_layer_sizes": [(128,), (256,)], "mlpclassifier__alpha": [1e-4, 1e-2]},
 }
+FIXED = {"logisticregression__C": 1.0, "calibratedsvc__C": 1.0, "calibratedsvc__gamma_factor": 1.0,
+         "mlpclassifier__hidden_layer_sizes": (128,), "mlpclassifier__alpha": 1e-4}  # TUNE=0's settings
+
+
+def candidates(name: str) -> list[dict]:
+    """Every point of ``GRIDS[name]``, nearest the fixed settings first (the sum of each
+    parameter's |log(value / fixed value)|), so that a search keeping the first of tied scores
+    keeps the plainest model, as :class:`CalibratedSVC` does."""
+    from sklearn.model_selection import ParameterGrid
+
+    def distance(point: dict) -> float:
+        return sum(abs(np.log(np.prod(v) / np.prod(FIXED[k]))) for k, v in point.items())
+
+    return sorted(ParameterGrid(GRIDS[name]), key=distance)
 
 
 def make_heads(seed: int, tune: bool = False) -> dict:
@@ -590,7 +606,8 @@ def make_heads(seed: int, tune: bool = False) -> dict:
     inner = CopyAwareFolds(INNER_FOLDS, seed)
     svm_grid = {k.split("__", 1)[1]: v for k, v in GRIDS["svm"].items()}
     return {
-        "logreg": GridSearchCV(heads["logreg"], GRIDS["logreg"], cv=inner, scoring="balanced_accuracy",
+        "logreg": GridSearchCV(heads["logreg"], [{k: [v] for k, v in point.items()} for point in candidates("logreg")],
+                               cv=inner, scoring="balanced_accuracy",
                                error_score=np.nan),
         "svm": make_pipeline(StandardScaler(), CalibratedSVC(folds=INNER_FOLDS, random_state=seed, **svm_grid)),
         "mlp": HalvingGridSearchCV(heads["mlp"], GRIDS["mlp"], factor=3, cv=inner, scoring="balanced_accuracy",
@@ -644,18 +661,22 @@ def fit_head(model, X, y, private: bool = False):
     if early:
         _widen_validation(model, y)
     set_inner(model, StandardScaler, copy=not private)
-    model, settings = _fit_unwrapped(model, X, y)
-    set_inner(model, StandardScaler, copy=True)
-    return model, settings
+    try:
+        fitted, settings = _fit_unwrapped(model, X, y)
+    finally:  # the model passed in (and what was fitted from it) copies again, fitted or not
+        set_inner(model, StandardScaler, copy=True)
+    set_inner(fitted, StandardScaler, copy=True)
+    return fitted, settings
 
 
 def _fit_unwrapped(model, X, y):
     """:func:`fit_head`'s fit: a search's refitted best pipeline, or the model itself."""
+    from sklearn.model_selection import check_cv
     from sklearn.model_selection._search import BaseSearchCV
 
     if isinstance(model, BaseSearchCV):
-        if copy_aware_folds(X, y, INNER_FOLDS, 0) is None:
-            model = model.estimator
+        if not check_cv(model.cv, y, classifier=True).get_n_splits(X, y):  # its inner folds hold nothing out
+            model = clone(model.estimator)
         else:
             if len(y) < HALVING_FROM and hasattr(model, "factor"):  # successive halving saves nothing
                 from sklearn.model_selection import GridSearchCV

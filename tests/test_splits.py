@@ -256,9 +256,9 @@ def test_audit_sizes_the_mlp_validation_split_per_fold(tmp_path, monkeypatch):
     sized = []
     real = heads_module.fit_head
 
-    def spy(model, X, y_train):
+    def spy(model, X, y_train, **kw):
         sized.append(len(y_train))
-        return real(model, X, y_train)
+        return real(model, X, y_train, **kw)
 
     monkeypatch.setattr(heads_module, "fit_head", spy)
     labels = [c for c in "abc" for _ in range(10)]
