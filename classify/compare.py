@@ -77,6 +77,7 @@ def cv_score(y_true, y_pred) -> float:
 TRUSTED_TYPES = (
     "classify.heads.CalibratedSVC",
     "classify.heads.GramRBFSVC",
+    "classify.heads.RowBlockScaler",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
 )
 MODEL_SUFFIX = ".skops"
