@@ -26,10 +26,11 @@ import threading
 import time
 from pathlib import Path
 
-
 from . import suite
 
 SCALES = {"200k": 200_000, "1m": 1_000_000}
+
+
 def _tree(pid: int) -> list[int]:
     """``pid`` and its descendants, from /proc."""
     children: dict[int, list[int]] = {}
