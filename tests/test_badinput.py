@@ -173,11 +173,22 @@ def test_errors_name_the_rule(corpus):
 
 
 def _start(in_dir, features, *extra, size=96, batch=4):
+    """Starts ``python -m extract`` as a command typed in a terminal: Ctrl-C (SIGINT) reaches it.
+
+    A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored
+    across exec, so a suite run as ``make test &`` would hand its children a deaf Ctrl-C.
+    A signal with a handler is reset to its default on exec, so the child is started while this
+    process has Python's own handler.
+    """
     cmd = [sys.executable, "-m", "extract", "--in", str(in_dir), "--features", str(features),
            "--weights", "none", "--size", str(size), "--batch", str(batch), "--quiet",
            "--flush-seconds", "0", *map(str, extra)]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _wait_for_shards(folder: Path, proc, minimum: int = 2, timeout: float = 180):
