@@ -71,5 +71,5 @@ def add_heads_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dup-threshold", default="auto",
                    help="cosine similarity for near-duplicates, or auto (DUP_THRESHOLD)")
     p.add_argument("--memory-gb", default="auto",
-                   help="memory budget of the concurrent fits in GiB, or auto: half of this "
-                        "machine's memory or of the process limit (MEMORY_GB)")
+                   help="memory budget of the run and its concurrent fits in GiB, or auto: a third "
+                        "of the smallest of RAM, cgroup and process limit (MEMORY_GB)")
