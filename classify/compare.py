@@ -30,8 +30,8 @@ from .data import (DataError, Features, assign_split, check_coverage, content_ke
 from . import curves, stats
 from .budget import apply_plan, plan_for
 from .dups import cached_duplicates
-from .heads import (GRIDS, INNER_FOLDS, candidates, decision_values, fit_head, fixed_head, format_settings, scores,
-                    select_heads)
+from .heads import (GRIDS, INNER_FOLDS, candidates, decision_values, fit_head, fixed_head, format_settings,
+                    labels_of, outputs, select_heads)
 from .outdir import check_out_dir, new_run
 
 TIMING_COLUMNS = ["fit_seconds", "cv_seconds"]
@@ -312,7 +312,8 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
                   zip(man["path"], man["label"], roles, fold_col))
         if tuning_rows:
             write_csv(out / "tuning.csv", ["head", "fit", "params", "score", "chosen"], tuning_rows)
-        comparison = _evaluate(out, fitted, cv_scores, fit_seconds, cv_seconds, X, y, man, eval_idx,
+        outs = {h: outputs(m, X[eval_idx]) for h, m in fitted.items()}  # each model's one pass
+        comparison = _evaluate(out, fitted, outs, cv_scores, fit_seconds, cv_seconds, y, man, eval_idx,
                                leaked, class_names, feats, split_rule, seed, len(train_idx),
                                {h: chosen[h]["final"] for h in fitted})
         comparison = _compare_heads(comparison, cv_scores, n_folds, y[eval_idx],
@@ -325,13 +326,14 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
                    for (r, k), s in zip(fold_ids, cv_scores[h])))
         from . import figures
 
-        figure_names = figures.write_figures(out / "figures", fitted, X[eval_idx], y[eval_idx], class_names)
+        probas = {h: proba for h, (proba, _) in outs.items()}
+        figure_names = figures.write_figures(out / "figures", fitted, probas, y[eval_idx], class_names)
         settled = {h: fixed_head(h, seed, chosen[h]["final"]) for h in models}  # the chosen settings
         apply_plan(settled, plan)
         curve = curves.learning_curves(settled, X, y, fold_sets[0][0], n_jobs, seed, rows=train_idx)
         write_csv(out / "learning_curve.csv", list(curve.columns), curve.itertuples(index=False))
         figure_names.append(curves.plot_learning_curves(curve, out / "figures" / "learning_curve.png"))
-        reliability = curves.reliability_diagram(fitted, X[eval_idx], y[eval_idx], class_names,
+        reliability = curves.reliability_diagram(probas, y[eval_idx], class_names,
                                                  out / "figures" / "reliability.png")
         figure_names += [reliability] if reliability else []
         figure_names.append(curves.plot_intervals(comparison, out / "figures" / "intervals.png"))
@@ -544,11 +546,12 @@ def _select_on_validation(models: dict, X, y, train_idx, valid_idx, n_jobs: int,
     return chosen, rows
 
 
-def _evaluate(out: Path, fitted: dict, cv_scores: dict, fit_seconds: dict, cv_seconds: dict, X, y,
+def _evaluate(out: Path, fitted: dict, outs: dict, cv_scores: dict, fit_seconds: dict, cv_seconds: dict, y,
               man: pd.DataFrame, eval_idx, leaked, class_names: list[str], feats: Features,
               split_rule: str, seed: int, n_train: int, settings: dict) -> pd.DataFrame:
     """Scores every fitted head on the evaluated images and writes comparison.csv,
-    predictions.csv, reports/ and models/ under ``out``.
+    predictions.csv, reports/ and models/ under ``out``. ``outs``: each head's
+    :func:`classify.heads.outputs` on the evaluated images.
 
     macro-F1 has one definition: the unweighted mean of the per-class F1 over the model's
     classes (``class_names``), read from the same classification report that is written.
@@ -561,10 +564,11 @@ def _evaluate(out: Path, fitted: dict, cv_scores: dict, fit_seconds: dict, cv_se
     for name, model in fitted.items():
         if list(model.classes_) != class_names:
             raise RuntimeError(f"head {name} learnt classes {list(model.classes_)}, not {class_names}")
-        labels, score = scores(model, X[eval_idx])
+        proba, margins = outs[name]
+        labels, score = labels_of(model, proba)
         pred[name] = labels
         pred[f"{name}_score"] = np.round(score.astype(float), 6)
-        decision = decision_values(model, X[eval_idx], labels)
+        decision = decision_values(model, margins, labels)
         if decision is not None:
             pred[f"{name}_decision"] = np.round(decision.astype(float), 6)
         report = classification_report(y_eval, labels, labels=class_names, zero_division=0, output_dict=True)

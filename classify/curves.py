@@ -150,8 +150,12 @@ def plot_learning_curves(curves: pd.DataFrame, path: Path) -> str:
     return _save(fig, Path(path))
 
 
-def reliability_diagram(models: dict, X_eval, y_eval, class_names: list[str], path: Path) -> str | None:
-    """Writes figures/reliability.png for two classes (both evaluated); None otherwise."""
+def reliability_diagram(probas: dict, y_eval, class_names: list[str], path: Path) -> str | None:
+    """Writes figures/reliability.png for two classes (both evaluated); None otherwise.
+
+    ``probas``: {head: its probabilities on the evaluated images, columns in the order of
+    ``class_names``}.
+    """
     if len(class_names) != 2 or len(set(np.asarray(y_eval))) != 2:
         return None
     import matplotlib.pyplot as plt
@@ -162,9 +166,8 @@ def reliability_diagram(models: dict, X_eval, y_eval, class_names: list[str], pa
     fig, ax = plt.subplots(figsize=(5, 5))
     y_bin = (np.asarray(y_eval) == class_names[1]).astype(int)
     bins = int(np.clip(len(y_bin) // 10, 3, 10))
-    for name, model in models.items():
-        proba = model.predict_proba(X_eval)[:, list(model.classes_).index(class_names[1])]
-        CalibrationDisplay.from_predictions(y_bin, proba, n_bins=bins, name=name, ax=ax)
+    for name, proba in probas.items():
+        CalibrationDisplay.from_predictions(y_bin, proba[:, 1], n_bins=bins, name=name, ax=ax)
     ax.set_title(f"Reliability on the evaluated images, positive class {class_names[1]!r}")
     return _save(fig, Path(path))
 

@@ -13,8 +13,6 @@ from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E40
 
 from extract.cache import atomic_write  # noqa: E402
 
-from .heads import positive_scores  # noqa: E402
-
 
 def _save(fig, path: Path) -> str:
     atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110, bbox_inches="tight"))
@@ -22,10 +20,11 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def write_figures(folder: Path, models: dict, X_eval: np.ndarray, y_eval: np.ndarray,
+def write_figures(folder: Path, models: dict, probas: dict, y_eval: np.ndarray,
                   class_names: list[str]) -> list[str]:
     """Writes confusion_matrices.png, roc.png (two classes, both evaluated) and mlp_history.png
-    (MLP head).
+    (MLP head). ``probas``: {head: its probabilities on the evaluated images, columns in the
+    order of ``class_names``}; a head's label is its most probable class, as in predictions.csv.
 
     Returns:
         The file names written.
@@ -36,9 +35,9 @@ def write_figures(folder: Path, models: dict, X_eval: np.ndarray, y_eval: np.nda
     n = len(models)
     side = max(3.2, 0.45 * len(class_names) + 2)
     fig, axes = plt.subplots(1, n, figsize=(side * n, side + 0.4), squeeze=False)
-    for ax, (name, model) in zip(axes[0], models.items()):
+    for ax, name in zip(axes[0], models):
         ConfusionMatrixDisplay.from_predictions(
-            y_eval, model.predict(X_eval), labels=class_names, ax=ax, colorbar=False,
+            y_eval, np.asarray(class_names)[probas[name].argmax(1)], labels=class_names, ax=ax, colorbar=False,
             xticks_rotation=45 if len(class_names) > 4 else "horizontal")
         ax.set_title(name)
     fig.suptitle("Confusion matrices on the evaluated images (rows: true, columns: predicted)")
@@ -47,9 +46,8 @@ def write_figures(folder: Path, models: dict, X_eval: np.ndarray, y_eval: np.nda
     if len(class_names) == 2 and len(set(np.asarray(y_eval))) == 2:  # a ROC needs both classes
         fig, ax = plt.subplots(figsize=(5, 5))
         y_bin = (np.asarray(y_eval) == class_names[1]).astype(int)
-        for name, model in models.items():
-            RocCurveDisplay.from_predictions(y_bin, positive_scores(model, X_eval), name=name, ax=ax,
-                                             pos_label=1)
+        for name in models:
+            RocCurveDisplay.from_predictions(y_bin, probas[name][:, 1], name=name, ax=ax, pos_label=1)
         ax.plot([0, 1], [0, 1], ls=":", c="grey")
         ax.set_title(f"ROC, positive class {class_names[1]!r}")
         written.append(_save(fig, folder / "roc.png"))

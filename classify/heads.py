@@ -545,11 +545,15 @@ class CalibratedSVC(ClassifierMixin, BaseEstimator):
         return np.array([platt_sigmoid(dec[:, k], y == c) for k, c in enumerate(self.classes_)])
 
     def predict_proba(self, X):
+        return self.proba_of_margins(self.margins(X))
+
+    def proba_of_margins(self, dec) -> np.ndarray:
+        """The calibrated probabilities of rows whose :meth:`margins` are ``dec`` (the kernel,
+        the costly part, is then evaluated once for both)."""
         check_is_fitted(self, "sigmoids_")
-        X = validate_data(self, X, dtype=np.float32, order="C", reset=False)
-        dec = np.asarray(self.svm_.decision_function(X), np.float64)
+        dec = np.asarray(dec, np.float64)
         a, b = self.sigmoids_[:, 0], self.sigmoids_[:, 1]
-        p = 1.0 / (1.0 + np.exp(np.clip((dec.reshape(len(X), -1) * a + b), -700, 700)))
+        p = 1.0 / (1.0 + np.exp(np.clip((dec.reshape(len(dec), -1) * a + b), -700, 700)))
         if p.shape[1] == 1:
             return np.hstack([1 - p, p])
         total = p.sum(1, keepdims=True)
@@ -753,33 +757,39 @@ def fixed_head(name: str, seed: int, settings: dict):
     return model
 
 
-def scores(model, X) -> tuple[np.ndarray, np.ndarray]:
-    """Predicts and returns (labels, calibrated probability of the predicted class, per row).
+def outputs(model, X) -> tuple[np.ndarray, np.ndarray | None]:
+    """(probabilities, raw margins or None) of every row of X, from one pass over the model.
 
     Every head gives probabilities (logreg and mlp natively, the SVM through
-    :class:`CalibratedSVC`), so a score means the same thing in every column.
+    :class:`CalibratedSVC`, whose probabilities are its calibrated margins: its kernel is
+    evaluated once for both). Heads without margins give None.
     """
-    proba = model.predict_proba(X)
+    head = model[-1] if hasattr(model, "steps") else model
+    if not isinstance(head, CalibratedSVC):
+        return model.predict_proba(X), None
+    dec = np.asarray(head.margins(model[:-1].transform(X) if hasattr(model, "steps") else X))
+    return head.proba_of_margins(dec), dec
+
+
+def labels_of(model, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, probability of the predicted class) per row: the most probable class, so that a
+    label and its score always agree and a score means the same thing in every head."""
     idx = proba.argmax(1)
     return model.classes_[idx], proba[np.arange(len(idx)), idx]
 
 
-def decision_values(model, X, labels) -> np.ndarray | None:
-    """The raw decision value behind each row's predicted label, or None for heads without one.
+def scores(model, X) -> tuple[np.ndarray, np.ndarray]:
+    """Predicts and returns (labels, calibrated probability of the predicted class, per row)."""
+    return labels_of(model, outputs(model, X)[0])
+
+
+def decision_values(model, margins: np.ndarray | None, labels) -> np.ndarray | None:
+    """The raw decision value behind each row's predicted label (None for heads without margins).
 
     Two classes: the signed value for the second class (positive means it). More classes: the
     one-vs-rest value of the predicted class. Larger is surer; it is not a probability.
     """
-    head = model[-1] if hasattr(model, "steps") else model
-    if not isinstance(head, CalibratedSVC):
-        return None
-    dec = np.asarray(head.margins(model[:-1].transform(X) if hasattr(model, "steps") else X))
-    if dec.ndim == 1:
-        return dec
+    if margins is None or margins.ndim == 1:
+        return margins
     idx = np.searchsorted(model.classes_, labels)
-    return dec[np.arange(len(idx)), idx]
-
-
-def positive_scores(model, X) -> np.ndarray:
-    """The probability of the second class (for ROC curves of two-class problems)."""
-    return model.predict_proba(X)[:, 1]
+    return margins[np.arange(len(idx)), idx]

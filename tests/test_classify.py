@@ -226,6 +226,33 @@ def test_gram_svc_matches_sklearn_svc():
                                atol=1e-3)
 
 
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_one_pass_outputs_agree_with_each_heads_own_methods(n_classes):
+    """compare scores, draws and reports from one pass per head (the SVM's kernel once): the
+    labels, probabilities and margins must be what predict, predict_proba and margins give."""
+    from sklearn.datasets import make_classification
+
+    from classify.heads import decision_values, labels_of, outputs, select_heads
+
+    X, y = make_classification(240, 16, n_informative=6, n_classes=n_classes, random_state=1)
+    X, y = X.astype(np.float32), np.array(["a", "b", "c"])[y]
+    for name, model in select_heads("logreg,svm,mlp", 0).items():
+        model.fit(X[:180], y[:180])
+        proba, margins = outputs(model, X[180:])
+        np.testing.assert_allclose(proba, model.predict_proba(X[180:]), rtol=1e-6, atol=1e-9)
+        labels, score = labels_of(model, proba)
+        assert (labels == model.predict(X[180:])).all(), name
+        np.testing.assert_allclose(score, proba.max(1))
+        if name != "svm":
+            assert margins is None and decision_values(model, margins, labels) is None
+            continue
+        raw = model[-1].margins(model[:-1].transform(X[180:]))
+        np.testing.assert_allclose(margins, raw)
+        chosen = decision_values(model, margins, labels)
+        expected = raw if n_classes == 2 else raw[np.arange(len(labels)), np.searchsorted(model.classes_, labels)]
+        np.testing.assert_allclose(chosen, expected)
+
+
 def test_compare_never_imports_tensorflow(cached, tmp_path):
     code = (
         "import sys; sys.path.insert(0, %r)\n"
