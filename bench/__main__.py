@@ -275,20 +275,14 @@ def main(argv=None) -> int:
     raw["noop_seconds_1m_estimate"] = round(seconds + (1_000_000 - n_noop) * raw["noop_seconds_per_image_us"] / 1e6, 1)
     raw["noop_peak_rss_mib_1m_estimate"] = round(mib + (1_000_000 - n_noop) * raw["noop_kib_per_image"] / 1024)
 
-    # ---- stage 2 on synthetic 12,420 x 512 embeddings
-    from classify import compare
-
+    # ---- stage 2 on synthetic 12,420 x 512 embeddings (each run a fresh process, as make compare)
     X, yy = suite.fake_embeddings(cfg["compare_n"])
     fake = work / "fake12k"
     settings = suite.write_fake_cache(fake / "features", X, yy)
-    t0 = time.perf_counter()
-    table = compare(fake / "features", settings, fake / "out", heads="logreg,svm,mlp", seed=42,
-                    folds=5, log=lambda *a, **k: None, dataset=suite.FAKE_DATASET, tune="0")
-    raw["compare_seconds"] = round(time.perf_counter() - t0, 2)
-    t0 = time.perf_counter()
-    tuned = compare(fake / "features", settings, fake / "out-tuned", heads="logreg,svm,mlp", seed=42,
-                    folds=5, log=lambda *a, **k: None, dataset=suite.FAKE_DATASET, tune="1")
-    raw["compare_tuned_seconds"] = round(time.perf_counter() - t0, 2)
+    seconds, table = suite.compare_in_child(fake / "features", fake / "out", settings, tune="0")
+    raw["compare_seconds"] = round(seconds, 2)
+    seconds, tuned = suite.compare_in_child(fake / "features", fake / "out-tuned", settings, tune="1")
+    raw["compare_tuned_seconds"] = round(seconds, 2)
     raw["compare_tuned_heads"] = {h: {"cv_mean": round(float(r["cv_mean"]), 4), "accuracy": round(float(r["accuracy"]), 4),
                                       "params": r["params"]} for h, r in tuned.set_index("head").iterrows()}
     raw["compare_n"] = cfg["compare_n"]
