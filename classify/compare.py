@@ -6,7 +6,6 @@ import datetime as dt
 import hashlib
 import io
 import json
-import os
 import platform
 import time
 import warnings
