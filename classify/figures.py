@@ -13,6 +13,8 @@ from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E40
 
 from extract.cache import atomic_write  # noqa: E402
 
+from .heads import labels_of  # noqa: E402
+
 
 def _save(fig, path: Path) -> str:
     atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=110, bbox_inches="tight"))
@@ -37,7 +39,7 @@ def write_figures(folder: Path, models: dict, probas: dict, y_eval: np.ndarray,
     fig, axes = plt.subplots(1, n, figsize=(side * n, side + 0.4), squeeze=False)
     for ax, name in zip(axes[0], models):
         ConfusionMatrixDisplay.from_predictions(
-            y_eval, np.asarray(class_names)[probas[name].argmax(1)], labels=class_names, ax=ax, colorbar=False,
+            y_eval, labels_of(models[name], probas[name])[0], labels=class_names, ax=ax, colorbar=False,
             xticks_rotation=45 if len(class_names) > 4 else "horizontal")
         ax.set_title(name)
     fig.suptitle("Confusion matrices on the evaluated images (rows: true, columns: predicted)")
