@@ -160,7 +160,7 @@ def main(argv=None) -> int:
 
     # ---- PRECISION=auto: what the calibration picks, against the best fixed precision measured
     from extract import precision as auto
-    from extract.model import device_name
+    from extract.backend import device_name
 
     calib = auto.calibrate(S["fp32"], suite.sample_uint8(pool, size, auto.CALIBRATION_IMAGES),
                            device_name(), log=say)
@@ -219,10 +219,10 @@ def main(argv=None) -> int:
     raw["incremental_precision"] = ip
     say(f"incremental ({ip}): full {n_inc} images {full.seconds:.1f} s, +{inc.computed} images "
         f"{inc.seconds:.2f} s (reused {inc.reused})")
-    # the same +1% without the per-process model cache (extract.run.embedder): build + trace again
-    import extract.run
+    # the same +1% without the per-process model cache (extract.backend.embedder): build + trace again
+    import extract.backend
 
-    extract.run._EMBEDDERS.clear()
+    extract.backend._EMBEDDERS.clear()
     suite.write_images(inc_in, n_new, start=n_inc + n_new, shape=IMAGE_SHAPE, seed=2)
     cold = extract_features(str(inc_in), str(inc_feat), S[ip], batch=batch, progress=False,
                             log=lambda *a, **k: None)

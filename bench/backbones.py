@@ -2,7 +2,7 @@
 
 So users can weigh a backbone's accuracy (``make compare BACKBONES=...``) against its cost. Each
 backbone runs with random weights (``WEIGHTS=none``: the speed does not depend on the values)
-through the extraction's own traced model call (``extract.run.embedder``) on preprocessed
+through the extraction's own traced model call (``extract.backend.embedder``) on preprocessed
 batches already in memory; after one untimed call (tracing), at most ``batches`` calls are timed
 and at most ``max_seconds`` spent per backbone; images/s is the batch over the median call.
 GFLOP per image counts 2 per multiply-add of every convolution and dense layer (what the
@@ -77,7 +77,7 @@ def time_backbone(name: str, cfg: dict) -> dict:
     """Model-only images/s and GFLOP/s of backbone ``name`` in fp32 (see the module docstring)."""
     from extract.backbones import get
     from extract.model import Settings, build, preprocess_fn
-    from extract.run import embedder
+    from extract.backend import embedder
 
     size = max(cfg["size"], get(name).min_size)  # quick mode's 64 px is below InceptionV3's 75
     settings = Settings(name, "none", size).check()

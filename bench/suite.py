@@ -229,12 +229,11 @@ def write_cached_input(in_dir: Path, features: Path, n: int, dim: int = 512, per
             folder.mkdir(parents=True, exist_ok=True)
         (folder / f"img_{i:07d}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + i.to_bytes(8, "little"))
     listing = files.list_images(in_dir)
-    rows = [{"path": c.path, "label": c.label, "split": c.split,
-             "sha256": files.sha256_file(c.abspath), "size": c.size, "mtime_ns": c.mtime_ns}
-            for c in listing.candidates]
+    rows = [dict(c.fields(), sha256=files.sha256_file(c.abspath)) for c in listing.candidates]
     rng = np.random.default_rng(0)
     meta = {"key": settings.key, "backbone": "vgg16", "weights": "none", "image_size": 224,
             "pooling": "avg", "precision": "fp32", "dim": dim, "n": len(rows),
+            "layout": listing.layout, "empty_classes": listing.empty_classes,
             "class_names": list(CLASSES), "computed": len(rows), "reused": 0, "rejected": 0,
             "seconds": 0.0, "input": os.path.abspath(in_dir), "input_id": input_id(in_dir),
             "note": "random vectors written by make bench"}
@@ -265,7 +264,7 @@ def sample_uint8(folder: Path, size: int, n: int) -> np.ndarray:
 def model_only_ips(settings, images, n_batches: int) -> float:
     """Images/s of the extraction's own traced model call on an in-memory batch (median of
     ``n_batches`` timed calls, after one untimed call)."""
-    from extract.run import embedder
+    from extract.backend import embedder
 
     run = embedder(settings)
     run(images)

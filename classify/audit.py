@@ -308,7 +308,7 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
         DataError: missing features, fewer than two classes, no training or evaluated images.
         ValueError: an unknown head, a bad threshold, or a budget too small for one fit.
     """
-    from extract.cache import write_csv, write_json
+    from extract.atomic import write_csv, write_json
 
     from .budget import plan_for
     from .data import (DataError, assign_split, content_key, describe_conflict, label_conflicts,

@@ -20,7 +20,7 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, classification_report
 
-from extract.cache import atomic_write, write_csv, write_json
+from extract.atomic import atomic_write, write_csv, write_json
 from extract.model import Settings
 
 from .data import (DataError, Features, assign_split, check_coverage, content_key, copies_across,

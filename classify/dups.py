@@ -415,7 +415,7 @@ def cached_duplicates(X, sha, threshold="auto", cache_dir=None, block: int = BLO
     import hashlib
     from pathlib import Path
 
-    from extract.cache import atomic_write
+    from extract.atomic import atomic_write
 
     X = np.ascontiguousarray(X, dtype=np.float32)
     sha = [str(s) for s in sha]

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
 
-from extract.cache import atomic_write  # noqa: E402
+from extract.atomic import atomic_write  # noqa: E402
 
 from .heads import labels_of  # noqa: E402
 

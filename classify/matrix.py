@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from extract.atomic import write_csv, write_json
 from extract.backbones import BACKBONES
-from extract.cache import write_csv, write_json
 from extract.model import Settings
 
 from .compare import compare

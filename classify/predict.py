@@ -212,7 +212,7 @@ def _cached_vectors(features_dir, key: str, log):
     Vectors are identified by content, so an image cached for any input is not embedded again.
     """
     from extract.cache import CacheError, caches_of_key, open_cache
-    from extract.run import VectorStore
+    from extract.store import VectorStore
 
     store = VectorStore()
     folders = caches_of_key(features_dir, key)
@@ -353,7 +353,7 @@ def predict_images(images, features_dir="features", out_dir="out", head: str | N
     df.attrs.update(head=name, features_key=key, cached=n_cached, embedded=n_embedded,
                     weights_error=weights_error)
     if write:
-        from extract.cache import write_csv
+        from extract.atomic import write_csv
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from extract.cache import atomic_write, read_cache
+from extract.atomic import atomic_write
+from extract.cache import read_cache
 
 from .data import DataError
 

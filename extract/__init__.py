@@ -6,11 +6,14 @@ Public API::
     summary = extract_features("in", "features", Settings(weights="none", size=64))
 """
 
-from .cache import CacheError, CacheWriteError, cache_folder, input_id, open_cache, read_cache
+from .assemble import Summary
+from .atomic import CacheWriteError
+from .cache import CacheError, cache_folder, input_id, open_cache, read_cache
+from .compute import Interrupted
 from .embed import embed_files
 from .load import ImageError, load_image
 from .model import Settings, WeightsUnavailable
-from .run import Interrupted, Summary, extract_features
+from .run import extract_features
 
 __all__ = [
     "CacheError", "CacheWriteError", "ImageError", "Interrupted", "Settings", "Summary", "WeightsUnavailable",

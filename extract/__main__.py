@@ -8,7 +8,7 @@ import sys
 
 from .backbones import BACKBONES, parse_list
 from .load import DEFAULT_MAX_PIXELS
-from .cache import CacheWriteError
+from .atomic import CacheWriteError
 from .model import Settings, WeightsUnavailable
 
 
@@ -102,7 +102,8 @@ def extract_one(settings: Settings, args: argparse.Namespace) -> int:
     Returns:
         The exit code: 0, 1 (STRICT and rejections), 2 (usage or weights) or 130 (Ctrl-C).
     """
-    from .run import Interrupted, extract_features
+    from .compute import Interrupted
+    from .run import extract_features
 
     try:
         extra = {}

@@ -1,14 +1,14 @@
-"""The feature cache on disk: one folder per input and setting, written atomically, resumable.
+"""The feature cache on disk: where each cache lives, reading one whole, writing one atomically.
 
 Layout under ``FEATURES``::
 
     <input-id>/<key>/embeddings.npy    float32 (N, D); row i belongs to row i of manifest.csv
-    <input-id>/<key>/manifest.csv      path,label,split,sha256,size,mtime_ns (sorted by path)
+    <input-id>/<key>/manifest.csv      path,label,split,sha256 and the file's stamp:
+                                       size,mtime_ns,inode,ctime_ns (sorted by path)
     <input-id>/<key>/meta.json         settings, counts, timing, device, versions, input, input_id
     <input-id>/<key>/rejected.csv      path,reason for every file that could not be embedded
-    <input-id>/.partial/<key>/*.npz    finished batches of an unfinished run: vectors by sha256,
-                                       and the hashes of the files read (path, size, mtime_ns)
-    <input-id>/.locks/<key>.lock       held while a run writes <input-id>/<key>
+    <input-id>/.partial/<key>/*.npz    finished batches of an unfinished run (:mod:`extract.shards`)
+    <input-id>/.locks/<key>.lock       held while a run writes <input-id>/<key> (:mod:`extract.locks`)
     <input-id>/.tmp.<key>.<hex>/       a new cache being written (renamed to <key> when complete)
     <input-id>/.old.<key>.<hex>/       the previous cache, aside for the instant of the swap
 
@@ -22,43 +22,28 @@ folder into place, so at every instant it is either complete or absent. No Tenso
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import hashlib
 import json
 import os
 import re
 import shutil
-import sys
-import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-MANIFEST_COLUMNS = ["path", "label", "split", "sha256", "size", "mtime_ns"]
+# atomic_write and CacheWriteError are importable from here too, as before they had a module.
+from .atomic import CacheWriteError, atomic_write, write_csv, write_failure, write_json  # noqa: F401
+from .files import STAMP_FIELDS
+
+MANIFEST_COLUMNS = ["path", "label", "split", "sha256", *STAMP_FIELDS]
 REQUIRED_COLUMNS = MANIFEST_COLUMNS[:4]
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
 
 
 class CacheError(RuntimeError):
     """A cache folder that is missing pieces or disagrees with itself."""
-
-
-class CacheWriteError(RuntimeError):
-    """The cache cannot be written (disk full, read-only, not a folder); the old one is intact."""
-
-
-def write_failure(folder, err: OSError) -> CacheWriteError:
-    """The message for a failed write under ``folder``: what, where, and what to do."""
-    reason = err.strerror or str(err)
-    return CacheWriteError(
-        f"cannot write the feature cache under {folder} ({reason}); the previous cache there, if "
-        "any, is intact. Free disk space, fix the folder's permissions, or choose another "
-        "FEATURES=<writable folder>, then run the same command again (finished batches are kept "
-        "when they could be written)"
-    )
 
 
 def input_id(in_dir, dataset: str | None = None) -> str:
@@ -107,56 +92,43 @@ def caches_of_key(features, key: str, exclude: Path | None = None) -> list[Path]
     return [p for p in found if p.resolve() != skip and not p.parent.name.startswith(".")]
 
 
-def atomic_write(path, write) -> None:
-    """Writes a file under a temporary name in its folder, then renames it into place.
+def check_same_input(root: Path, in_dir, dataset: str | None) -> None:
+    """Refuses to let ``DATASET`` take over the cache of another input folder that still exists.
 
-    Readers see the old file or the new one, never a part; a crash leaves no partial file.
+    A ``DATASET`` name is the folder of one input under ``FEATURES``. Given to a second input,
+    the run would replace the first input's cache with the second's. An input recorded there
+    that no longer exists (a moved or renamed folder) is taken over: its cache is the one to
+    keep up to date. Imported vectors (``make import``) record their labels file, not a folder.
 
-    Args:
-        path: the file to (re)write.
-        write: called with the open binary temporary file; writes the content.
+    Raises:
+        ValueError: another existing input folder's cache is under ``root``, naming both.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    if not dataset:
+        return  # a derived input id names one absolute path
+    here = os.path.abspath(in_dir)
+    for meta_file in sorted(Path(root).glob("*/meta.json")):
+        if meta_file.parent.name.startswith("."):
+            continue
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # a damaged cache is rebuilt by the run
+        recorded = meta.get("input") if isinstance(meta, dict) else None
+        if (not isinstance(recorded, str) or recorded == here or meta.get("backbone") == "imported"
+                or not os.path.isdir(recorded) or _same_folder(recorded, here)):
+            continue
+        raise ValueError(
+            f"DATASET={dataset} already holds the cache of another input folder, {recorded} "
+            f"({meta_file.parent}); IN={in_dir} ({here}) would replace it. To replace it on "
+            f"purpose, delete {root} first; to keep both, give this input another DATASET (or "
+            "none: each input folder then gets its own)")
+
+
+def _same_folder(a: str, b: str) -> bool:
     try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_json(path: Path, obj) -> None:
-    """Writes ``obj`` as indented JSON, atomically."""
-    atomic_write(Path(path), lambda fh: fh.write((json.dumps(obj, indent=2, default=str) + "\n").encode()))
-
-
-def write_csv(path: Path, header: list[str], rows) -> None:
-    """Writes a UTF-8 CSV atomically (quoted as needed, so commas and quotes in paths survive).
-
-    Lines end in ``\n``; the csv module then does not quote a field holding a lone ``\r`` (a
-    legal character in a file name), which readers take for a line break, so such a row is
-    written with every field quoted.
-    """
-    import io
-
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    quoted = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
-    writer.writerow(header)
-    for row in rows:
-        has_cr = any(isinstance(v, str) and "\r" in v for v in row)
-        (quoted if has_cr else writer).writerow(row)
-    atomic_write(Path(path), lambda fh: fh.write(buf.getvalue().encode("utf-8")))
-
-
-def read_csv_rows(path: Path) -> list[dict]:
-    """Reads a CSV written by :func:`write_csv` into a list of dicts of strings."""
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _read_manifest(fh) -> pd.DataFrame:
@@ -214,21 +186,40 @@ def open_cache(folder, mmap: bool = False, check_values: bool = True):
     with open(folder / "embeddings.npy", "rb") as f_emb, \
             open(folder / "manifest.csv", newline="", encoding="utf-8") as f_man, \
             open(folder / "meta.json", encoding="utf-8") as f_meta:
-        try:
-            manifest = _read_manifest(f_man)
-        except (ValueError, pd.errors.ParserError) as err:
-            raise CacheError(f"{folder / 'manifest.csv'} cannot be read ({err}); run `make features` again") from None
-        try:
-            meta = json.load(f_meta)
-        except ValueError as err:
-            raise CacheError(f"{folder / 'meta.json'} is not valid JSON ({err}); run `make features` again") from None
-        try:
-            emb = _open_npy(f_emb, mmap)
-        except Exception as err:
+        manifest, meta, emb = _read_three(folder, f_emb, f_man, f_meta, mmap)
+    _check_agree(folder, emb, manifest, meta)
+    if check_values:
+        bad = _non_finite_rows(emb)
+        if bad.size:
             raise CacheError(
-                f"{folder / 'embeddings.npy'} cannot be read ({type(err).__name__}: {err}); "
-                "it is damaged: run `make features` again to rebuild it"
-            ) from None
+                f"{folder / 'embeddings.npy'} has {bad.size} rows with NaN or infinite values "
+                f"(first: row {bad[0]}, {manifest['path'].iloc[bad[0]]!r}); run `make features` again"
+            )
+    return emb, manifest, meta
+
+
+def _read_three(folder: Path, f_emb, f_man, f_meta, mmap: bool):
+    """(manifest, meta, embeddings) read from the open files of one cache folder."""
+    try:
+        manifest = _read_manifest(f_man)
+    except (ValueError, pd.errors.ParserError) as err:
+        raise CacheError(f"{folder / 'manifest.csv'} cannot be read ({err}); run `make features` again") from None
+    try:
+        meta = json.load(f_meta)
+    except ValueError as err:
+        raise CacheError(f"{folder / 'meta.json'} is not valid JSON ({err}); run `make features` again") from None
+    try:
+        emb = _open_npy(f_emb, mmap)
+    except Exception as err:
+        raise CacheError(
+            f"{folder / 'embeddings.npy'} cannot be read ({type(err).__name__}: {err}); "
+            "it is damaged: run `make features` again to rebuild it"
+        ) from None
+    return manifest, meta, emb
+
+
+def _check_agree(folder: Path, emb: np.ndarray, manifest: pd.DataFrame, meta) -> None:
+    """Raises CacheError unless the three files of a cache agree with each other."""
     if not isinstance(meta, dict):
         raise CacheError(f"{folder / 'meta.json'} must hold a JSON object; run `make features` again")
     if emb.dtype != np.float32 or emb.ndim != 2:
@@ -247,14 +238,6 @@ def open_cache(folder, mmap: bool = False, check_values: bool = True):
         raise CacheError(
             f"{folder}: meta.json says dim {meta.get('dim')} but embeddings.npy has {emb.shape[1]} columns"
         )
-    if check_values:
-        bad = _non_finite_rows(emb)
-        if bad.size:
-            raise CacheError(
-                f"{folder / 'embeddings.npy'} has {bad.size} rows with NaN or infinite values "
-                f"(first: row {bad[0]}, {manifest['path'].iloc[bad[0]]!r}); run `make features` again"
-            )
-    return emb, manifest, meta
 
 
 def _non_finite_rows(emb: np.ndarray, block: int = 65536) -> np.ndarray:
@@ -262,17 +245,6 @@ def _non_finite_rows(emb: np.ndarray, block: int = 65536) -> np.ndarray:
     bad = [np.flatnonzero(~np.isfinite(emb[i:i + block]).all(axis=1)) + i
            for i in range(0, emb.shape[0], block)]
     return np.concatenate(bad) if bad else np.zeros(0, np.int64)
-
-
-def read_csv_rows_head(path: Path, n: int) -> list[tuple[str, str]]:
-    """The first ``n`` data rows of a two-column CSV (for messages), or [] when unreadable."""
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.reader(fh)
-            next(reader, None)
-            return [tuple(row[:2]) for _, row in zip(range(n), reader)]
-    except OSError:
-        return []
 
 
 def read_cache(folder: Path, mmap: bool = False):
@@ -441,125 +413,3 @@ def recover(root: Path, key: str) -> list[str]:
     for stale in [*olds, *(p for p in entries if _own("tmp", key, p.name))]:
         shutil.rmtree(stale, ignore_errors=True)
     return notes
-
-
-class Shards:
-    """Finished work of a run, under ``<input-id>/.partial/<key>/`` until the cache is written.
-
-    Each shard holds the vectors embedded since the last one (``sha256``, ``emb``), the hashes
-    of every file read since then (``path``, ``size``, ``mtime_ns``, ``path_sha256``), and the
-    key and input folder it belongs to. A resumed run takes the vectors of shards of its key
-    (vectors are identified by content) and the hashes only of shards of its own input folder
-    (a path, size and modification time say nothing of another folder's files).
-    """
-
-    def __init__(self, root: Path, key: str, dim: int | None = None, input_dir: str = ""):
-        self.folder = Path(root) / ".partial" / key
-        self.key = key
-        self.dim = dim
-        self.input = os.path.abspath(input_dir) if input_dir else ""
-        self._run = f"{int(time.time())}-{uuid.uuid4().hex[:6]}"
-        self._count = 0
-
-    def _read(self, path: Path):
-        """(sha256, emb, seen or None) of one shard; raises CacheError when it is not usable."""
-        with np.load(path, allow_pickle=False) as data:
-            shas, emb = data["sha256"], data["emb"]
-            key = str(data["key"]) if "key" in data else "(not recorded)"
-            source = str(data["input"]) if "input" in data else ""
-            seen = [data[k] for k in ("path", "size", "mtime_ns", "path_sha256")] \
-                if "path" in data and source and source == self.input else None
-        if key != self.key:
-            raise CacheError(f"it belongs to the setting {key}, not {self.key}")
-        if emb.ndim != 2 or emb.shape[0] != shas.shape[0] or emb.dtype != np.float32:
-            raise CacheError(f"{shas.shape[0]} hashes for embeddings of shape {emb.shape}")
-        if emb.shape[0] and self.dim is not None and emb.shape[1] != self.dim:
-            raise CacheError(f"vectors {emb.shape[1]} wide, expected {self.dim}")
-        if not np.isfinite(emb).all():
-            raise CacheError("NaN or infinite values")
-        return shas, emb, seen
-
-    def load(self) -> tuple[dict[str, np.ndarray], dict[tuple[str, int, int], str], list[str]]:
-        """Returns ({sha256: vector}, {(path, size, mtime_ns): sha256}, [warnings]).
-
-        Unusable shards (damaged, of another key or none recorded, another width than the
-        cache's) are deleted: their images are read and embedded again.
-        """
-        vectors, hashes, notes = {}, {}, []
-        if not self.folder.is_dir():
-            return vectors, hashes, notes
-        for path in sorted(self.folder.glob("*.npz")):
-            try:
-                shas, emb, seen = self._read(path)
-            except Exception as err:
-                notes.append(f"unusable partial file {path.name} ({err}); its images are computed again")
-                with contextlib.suppress(OSError):
-                    path.unlink()
-                continue
-            if emb.shape[0] and self.dim is None:
-                self.dim = int(emb.shape[1])
-            for sha, row in zip(shas.tolist(), emb):
-                vectors[sha] = row
-            if seen is not None:
-                for p, size, mtime, sha in zip(*(a.tolist() for a in seen)):
-                    hashes[(p, size, mtime)] = sha
-        return vectors, hashes, notes
-
-    def save(self, shas: list[str], emb: np.ndarray | None, seen: list[tuple[str, int, int, str]]) -> None:
-        """Writes one shard atomically: vectors by hash, the hashes of the files read, key, input.
-
-        Raises:
-            CacheWriteError: the shard cannot be written.
-        """
-        if not shas and not seen:
-            return
-        self._count += 1
-        path = self.folder / f"{self._run}-{self._count:05d}.npz"
-        if emb is None or not len(shas):
-            emb = np.zeros((0, self.dim or 0), np.float32)
-        cols = list(zip(*seen)) if seen else [[], [], [], []]
-        arrays = {
-            "sha256": np.asarray(shas, dtype="U64"), "emb": np.asarray(emb, np.float32),
-            "path": np.asarray(cols[0], dtype=str), "size": np.asarray(cols[1], np.int64),
-            "mtime_ns": np.asarray(cols[2], np.int64), "path_sha256": np.asarray(cols[3], dtype="U64"),
-            "key": np.asarray(self.key), "input": np.asarray(self.input),
-        }
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, lambda fh: np.savez(fh, **arrays))
-        except OSError as err:
-            raise write_failure(self.folder, err) from None
-
-    def clear(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            self.folder.parent.rmdir()  # only when no other key has partial work
-
-
-@contextlib.contextmanager
-def locked(root: Path, key: str, log=print):
-    """Holds ``<input-id>/.locks/<key>.lock`` for the block; waits (saying so) while another run holds it.
-
-    The lock is an OS file lock, so it is released when its process dies, even after ``kill -9``.
-
-    Raises:
-        CacheWriteError: the lock cannot be created (a read-only or full ``FEATURES``).
-    """
-    from filelock import FileLock, Timeout
-
-    folder = Path(root) / ".locks"
-    lock = FileLock(str(folder / f"{key}.lock"))
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock.acquire(timeout=0)
-    except Timeout:
-        log(f"another extraction is writing {Path(root) / key}; waiting for it to finish "
-            "(Ctrl-C to stop waiting)")
-        sys.stdout.flush()
-        lock.acquire()
-    except OSError as err:
-        raise write_failure(root, err) from None
-    try:
-        yield
-    finally:
-        lock.release()

@@ -40,8 +40,8 @@ def embed_files(paths, settings: Settings, batch: int = 32, max_pixels: int = DE
     """
     from tqdm import tqdm
 
+    from .backend import Device, embedded
     from .pipeline import read_ahead
-    from .run import Device, embedded
 
     settings.check()
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:

@@ -23,6 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .backend import NAN_REASON, NOTHING_RAN
 from .model import Settings
 from .pipeline import Read
 
@@ -50,8 +51,16 @@ def start(log=print):
         env = {"working_dir": str(ROOT), "env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"},
                "excludes": [".venv", ".git", "features", "in", "out", "demo", "bench/work",
                             "test-artifacts"]}
-    ray.init(address=address, runtime_env=env, log_to_driver=False, include_dashboard=False,
-             configure_logging=True, logging_level="ERROR")
+    try:
+        ray.init(address=address, runtime_env=env, log_to_driver=False, include_dashboard=False,
+                 configure_logging=True, logging_level="ERROR")
+    except Exception as err:  # Ray raises ConnectionError, ValueError, RuntimeError, ...
+        first = (str(err).strip().splitlines() or [""])[0]
+        where = f"the cluster at RAY_ADDRESS={address!r}" if address else "Ray on this machine"
+        fix = ("start that cluster, correct RAY_ADDRESS, or unset it to start Ray on this machine"
+               if address else "check the Ray installation (make setup-ray)")
+        raise ValueError(f"ENGINE=ray cannot use {where} ({type(err).__name__}: {first}); {fix}, "
+                         "or use ENGINE=local") from None
     res = ray.cluster_resources()
     log(f"Ray: {'cluster ' + address if address else 'started on this machine'}, "
         f"{int(res.get('CPU', 0))} CPUs, {int(res.get('GPU', 0))} GPUs")
@@ -94,8 +103,8 @@ class _Embed:
     """A Ray actor: one model, embedding the decoded images of each batch."""
 
     def __init__(self, settings: dict):
-        from .model import device_name, preprocess_fn
-        from .run import embedder
+        from .backend import device_name, embedder
+        from .model import preprocess_fn
 
         self.settings = Settings(**settings)
         self.run = embedder(self.settings)
@@ -127,7 +136,7 @@ def _actors(ray, actors: int | None) -> tuple[int, float]:
 def ray_embedded(paths: list[str], settings: Settings, batch: int, max_pixels: int,
                  known: set, device, log=print, progress: bool = True,
                  actors: int | None = None) -> Iterator[tuple[Read, np.ndarray | None]]:
-    """The Ray counterpart of :func:`extract.run.embedded` over ``paths``.
+    """The Ray counterpart of :func:`extract.backend.embedded` over ``paths``.
 
     Args:
         known: content hashes with a vector (or a remembered failure) already: read and
@@ -137,8 +146,6 @@ def ray_embedded(paths: list[str], settings: Settings, batch: int, max_pixels: i
     index); ``device.name`` names the devices the actors ran on.
     """
     ray = start(log)
-    from .run import NAN_REASON
-
     import logging
 
     ctx = ray.data.DataContext.get_current()  # imports ray.data, which sets up its loggers
@@ -171,7 +178,7 @@ def ray_embedded(paths: list[str], settings: Settings, batch: int, max_pixels: i
     for out in ds.iter_batches(batch_size=None, batch_format="numpy"):
         devices = set(out["device"].tolist())
         if devices:
-            device.name = ", ".join(sorted(devices | ({device.name} - {"none needed (everything cached)"})))
+            device.name = ", ".join(sorted(devices | ({device.name} - {NOTHING_RAN})))
         for i, sha, decoded, error, lasting, vec in zip(out["index"], out["sha256"], out["decoded"],
                                                          out["error"], out["lasting"], out["emb"]):
             r = Read(int(i), str(sha), None, str(error), bool(lasting))

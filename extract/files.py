@@ -9,7 +9,13 @@ Layouts (the input folder is never modified):
 A file is an image candidate when its content starts like a JPEG, PNG, BMP, GIF or WebP file,
 or when its name ends like one (so that a broken ``.jpg`` is reported, not ignored). Everything
 else (``notes.txt``, ``Thumbs.db``) is skipped and counted. Hidden files and folders (a leading
-``.``) are skipped silently.
+``.``) are skipped silently. Only regular files are ever opened: a named pipe, socket or device
+is rejected with its kind, never read (reading a pipe would wait for a writer forever).
+
+Each candidate carries its stamp, ``(size, mtime_ns, inode, ctime_ns)``: a file with the stamp
+recorded when it was hashed is taken to hold the same bytes. ``os.utime`` can set a file's times
+back after changing it in place, but not its change time (ctime), which the kernel sets on every
+write; the inode tells a file replaced by another with the same times apart.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import dataclasses
 import hashlib
 import os
 import re
+import stat
 import sys
 from pathlib import Path
 
@@ -34,6 +41,9 @@ _MAGIC = (
 )
 
 
+STAMP_FIELDS = ("size", "mtime_ns", "inode", "ctime_ns")
+
+
 @dataclasses.dataclass(slots=True)
 class Candidate:
     """One file under the input folder that should become a row of the cache."""
@@ -44,7 +54,18 @@ class Candidate:
     abspath: str
     size: int
     mtime_ns: int
-    sha256: str = ""
+    inode: int = 0
+    ctime_ns: int = 0
+
+    @property
+    def stamp(self) -> tuple[str, str, str, str]:
+        """``(size, mtime_ns, inode, ctime_ns)`` as text, as manifest.csv holds them."""
+        return (str(self.size), str(self.mtime_ns), str(self.inode), str(self.ctime_ns))
+
+    def fields(self) -> dict:
+        """The manifest fields of this file other than its hash."""
+        return {"path": self.path, "label": self.label, "split": self.split, "size": self.size,
+                "mtime_ns": self.mtime_ns, "inode": self.inode, "ctime_ns": self.ctime_ns}
 
 
 @dataclasses.dataclass
@@ -72,11 +93,32 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
+_SPECIAL = ((stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket"),
+            (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"))
+
+
+def special_kind(mode: int) -> str | None:
+    """None for a regular file; else what it is (``named pipe``, ``socket``, ...)."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for test, name in _SPECIAL if test(mode)), "special file")
+
+
+def not_regular_reason(kind: str) -> str:
+    """The rejection reason of a file that is not a regular file."""
+    return f"not a regular file ({kind}): not read; put the image file itself there"
+
+
 def is_image_candidate(path) -> bool:
-    """True when a file is named like a supported image or its content starts like one."""
+    """True when a file is named like a supported image or its content starts like one.
+
+    Only a regular file is opened to look at its content.
+    """
     if Path(path).suffix.lower() in IMAGE_SUFFIXES:
         return True
     try:
+        if special_kind(os.stat(path).st_mode) is not None:
+            return False
         with open(path, "rb") as fh:
             return sniff(fh.read(16)) is not None
     except OSError:
@@ -244,7 +286,8 @@ def list_images(root: str | os.PathLike, progress: bool = False) -> Listing:
     """Lists the image candidates under ``root`` with label and split, sorted by path.
 
     Files directly in ``root`` (or directly in a split folder) have no class and are skipped.
-    Folders that cannot be listed and files that cannot be opened are rejected with the reason.
+    Folders that cannot be listed, files that cannot be opened and files that are not regular
+    files are rejected with the reason.
 
     Args:
         root: the input folder.
@@ -260,30 +303,50 @@ def list_images(root: str | os.PathLike, progress: bool = False) -> Listing:
     layout = detect_layout(root)
     from tqdm import tqdm
 
-    candidates, rejected, skipped, empty, unreadable = [], [], [], [], []
+    found = Listing([], [], [], layout, [])
+    unreadable: list = []
     bar = tqdm(desc="listing", unit="file", disable=not progress, delay=1.0, file=sys.stderr,
                mininterval=0.5 if sys.stderr.isatty() else 15)
     for split, label, folder in _class_folders(root, layout, unreadable):
-        found = 0
-        for path in walk_files(folder, unreadable, root=root):
-            bar.update(1)
-            rel = _rel(path, root)
-            try:
-                st = path.stat()
-            except OSError as err:
-                reason = "broken or looping symbolic link" if path.is_symlink() else str(err)
-                rejected.append((rel, f"cannot open: {reason}"))
-                continue
-            if not is_image_candidate(path):
-                skipped.append(rel)
-                continue
-            found += 1
-            candidates.append(Candidate(rel, label, split, str(path), st.st_size, st.st_mtime_ns))
-        if not found:
-            empty.append(f"{split}/{label}" if split else label)
+        if not _list_class(root, folder, split, label, found, unreadable, bar.update):
+            found.empty_classes.append(f"{split}/{label}" if split else label)
     bar.close()
-    rejected += [(_rel(folder, root) + "/", reason) for folder, reason in unreadable]
-    candidates.sort(key=lambda c: c.path)
+    found.rejected += [(_rel(folder, root) + "/", reason) for folder, reason in unreadable]
+    found.candidates.sort(key=lambda c: c.path)
+    found.candidates = _one_per_name(found.candidates, found.rejected)
+    found.rejected.sort()
+    found.skipped = sorted(found.skipped + _loose_files(root, layout))
+    return found
+
+
+def _list_class(root: Path, folder: Path, split: str, label: str, found: Listing,
+                unreadable: list, tick) -> int:
+    """Adds the files of one class folder to ``found``; returns how many candidates it holds."""
+    count = 0
+    for path in walk_files(folder, unreadable, root=root):
+        tick(1)
+        rel = _rel(path, root)
+        try:
+            st = path.stat()
+        except OSError as err:
+            reason = "broken or looping symbolic link" if path.is_symlink() else str(err)
+            found.rejected.append((rel, f"cannot open: {reason}"))
+            continue
+        kind = special_kind(st.st_mode)
+        if kind is not None:
+            found.rejected.append((rel, not_regular_reason(kind)))
+            continue
+        if not is_image_candidate(path):
+            found.skipped.append(rel)
+            continue
+        count += 1
+        found.candidates.append(Candidate(rel, label, split, str(path), st.st_size,
+                                          st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
+    return count
+
+
+def _one_per_name(candidates: list[Candidate], rejected: list) -> list[Candidate]:
+    """Drops (and rejects) a candidate whose stored name equals the previous one's (sorted)."""
     kept = candidates[:1]
     for cand in candidates[1:]:
         if cand.path == kept[-1].path:  # two real names escaped to one text
@@ -291,20 +354,7 @@ def list_images(root: str | os.PathLike, progress: bool = False) -> Listing:
                                         f"({kept[-1].abspath!a} and {cand.abspath!a}); rename one"))
         else:
             kept.append(cand)
-    return Listing(kept, sorted(rejected), sorted(skipped + _loose_files(root, layout)), layout, empty)
-
-
-def first_images(root, n: int) -> list[str]:
-    """Paths of up to ``n`` image candidates under ``root``, found without listing everything."""
-    root = Path(root)
-    found: list[str] = []
-    for _split, _label, folder in _class_folders(root, detect_layout(root), []):
-        for path in walk_files(folder):
-            if is_image_candidate(path):
-                found.append(str(path))
-                if len(found) >= n:
-                    return found
-    return found
+    return kept
 
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:

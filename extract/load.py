@@ -9,12 +9,14 @@ the borders of the longer side are cropped, as in ImageNet's centre-crop evaluat
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .files import sniff
+from .files import not_regular_reason, sniff, special_kind
 
 # Pillow's own decompression-bomb limit (Image.MAX_IMAGE_PIXELS), made explicit. decode_image
 # checks it (or the caller's MAX_PIXELS) itself, right after reading the header and before any
@@ -55,12 +57,24 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def read_bytes(path) -> bytes:
-    """Reads a whole file; the bytes are both hashed and decoded, so each file is read once.
+    """Reads a whole regular file; the bytes are both hashed and decoded, so each file is read once.
+
+    The file is opened without waiting (``O_NONBLOCK``) and checked to be a regular file before
+    any read, so a named pipe put where an image was listed fails at once instead of waiting
+    for a writer forever.
 
     Raises:
-        OSError: as ``open``/``read`` raise it.
+        OSError: as ``open``/``read`` raise it, or ``EINVAL`` for a file that is not regular.
     """
-    with open(path, "rb") as fh:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        kind = special_kind(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise OSError(errno.EINVAL, not_regular_reason(kind))
+    except BaseException:
+        os.close(fd)
+        raise
+    with open(fd, "rb") as fh:
         return fh.read()
 
 

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import os
 import socket
+import threading
 from pathlib import Path
 
 from .backbones import BACKBONES, Backbone
@@ -98,10 +99,14 @@ class Settings:
 
     @property
     def weights_tag(self) -> str:
-        """A short readable name of the weights: imagenet, none, or <file stem>-<8 hex of its hash>."""
+        """A short readable name of the weights: imagenet, none, or <file stem>-<8 hex of its hash>.
+
+        A weights file is hashed once per process while its stamp stays the same (see
+        :func:`file_sha256`), however often the key is asked for.
+        """
         if self.weights in ("imagenet", "none"):
             return self.weights
-        digest = hashlib.sha256(Path(self.weights).read_bytes()).hexdigest()[:8]
+        digest = file_sha256(self.weights)[:8]
         stem = "".join(c if c.isalnum() else "_" for c in Path(self.weights).name.split(".")[0])
         return f"{stem[:24]}-{digest}"
 
@@ -115,25 +120,35 @@ class Settings:
         return key if self.precision == "fp32" else f"{key}-{self.precision}"
 
 
+_DIGESTS: dict[tuple, str] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
+def file_sha256(path) -> str:
+    """The SHA-256 of a file, remembered per process by its path and stamp.
+
+    The stamp (size, modification and change time, inode) changes with every write, so a file
+    changed since is hashed again.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    st = os.stat(path)
+    stamp = (os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    with _DIGESTS_LOCK:
+        if stamp not in _DIGESTS:
+            digest = hashlib.sha256()
+            with open(path, "rb") as fh:
+                while block := fh.read(1 << 20):
+                    digest.update(block)
+            _DIGESTS[stamp] = digest.hexdigest()
+        return _DIGESTS[stamp]
+
+
 def keras_cache_file(backbone: str) -> Path:
     """Where Keras keeps the downloaded no-top weights of ``backbone``."""
     home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
     return Path(home) / "models" / BACKBONES[backbone].weights_file
-
-
-def device_name() -> str:
-    """Names the device TensorFlow will run the model on (first GPU, else CPU)."""
-    from ._tf import tensorflow
-
-    tf = tensorflow()
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        try:
-            details = tf.config.experimental.get_device_details(gpus[0])
-            return f"GPU:0 ({details.get('device_name', 'unknown')})"
-        except Exception:
-            return "GPU:0"
-    return f"CPU ({os.cpu_count()} cores)"
 
 
 def preprocess_fn(backbone: str):

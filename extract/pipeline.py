@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
@@ -28,6 +29,29 @@ class Read:
     image: np.ndarray | None  # (size, size, 3) uint8; None when not decoded
     error: str  # "" or the reason, for a person
     lasting: bool  # the content itself is at fault: the same bytes fail again
+
+
+class Claims:
+    """Which contents a run still has to decode: each new content is claimed by its first read.
+
+    Called from the reading threads with the SHA-256 of the bytes just read. True means: do not
+    decode (the content is known already, or another read of the same content claimed it), so
+    identical files in one run are decoded and embedded once; the copies take that vector.
+    """
+
+    def __init__(self, known: Callable[[str], bool]):
+        self._known = known
+        self._claimed: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, sha: str) -> bool:
+        if self._known(sha):
+            return True
+        with self._lock:
+            if sha in self._claimed:
+                return True
+            self._claimed.add(sha)
+            return False
 
 
 def read_one(index: int, path: str, size: int, max_pixels: int,

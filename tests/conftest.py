@@ -70,9 +70,9 @@ def only_cache(features) -> dict:
 def model_dies_at_batch(n: int):
     """Within the block, the model call raises KeyboardInterrupt at its ``n``-th batch (a Ctrl-C
     in the middle of a run)."""
-    from extract import run
+    from extract import backend
 
-    real, calls = run.embedder, {"n": 0}
+    real, calls = backend.embedder, {"n": 0}
 
     def dying(settings):
         f = real(settings)
@@ -84,11 +84,11 @@ def model_dies_at_batch(n: int):
             return f(x)
         return call
 
-    run.embedder = dying
+    backend.embedder = dying
     try:
         yield
     finally:
-        run.embedder = real
+        backend.embedder = real
 
 
 def vectors_in(folder: Path) -> int:
@@ -122,3 +122,25 @@ def run_make(*args, timeout=900, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(["make", "--no-print-directory", *map(str, args), f"VENV={venv}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, **(env or {})))
+
+
+@contextlib.contextmanager
+def counting_model_rows():
+    """Within the block, the model call records how many images each batch held (a list)."""
+    from extract import backend
+
+    real, seen = backend.embedder, []
+
+    def counting(settings):
+        f = real(settings)
+
+        def call(x):
+            seen.append(int(x.shape[0]))
+            return f(x)
+        return call
+
+    backend.embedder = counting
+    try:
+        yield seen
+    finally:
+        backend.embedder = real

@@ -18,7 +18,7 @@ from PIL import Image
 
 from conftest import ROOT, colour_image, run_make, vectors_in, write_class_folder
 from extract import ImageError, Settings, cache_folder, extract_features, load_image, read_cache
-from extract.cache import read_csv_rows
+from extract.atomic import read_csv_rows
 
 S64 = Settings(weights="none", size=64)
 RED, BLUE = (210, 40, 40), (40, 40, 210)

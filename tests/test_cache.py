@@ -17,8 +17,9 @@ import pytest
 
 from conftest import ROOT, colour_image, model_dies_at_batch, run_cli, write_class_folder
 from extract import Settings, extract_features, read_cache
-from extract import cache, files, load
-from extract.cache import CacheWriteError, input_id
+from extract import atomic, cache, files, load
+from extract.atomic import CacheWriteError
+from extract.cache import input_id
 
 S64 = Settings(weights="none", size=64)
 
@@ -257,7 +258,7 @@ def test_full_disk_keeps_the_previous_cache_and_says_so(two_class, tmp_path, mon
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(cache, "atomic_write", full)
+    monkeypatch.setattr(atomic, "atomic_write", full)
     with pytest.raises(CacheWriteError) as err:
         _extract(two_class, features)
     assert str(Path(s.folder).parent) in str(err.value) and "No space left" in str(err.value)
@@ -284,7 +285,7 @@ def test_import_extract_leaves_pillow_limit_alone():
 
 def test_fp32_after_bf16_in_one_process_turns_tf32_off():
     from extract._tf import tensorflow
-    from extract.run import embedder
+    from extract.backend import embedder
 
     tf = tensorflow()
     embedder(Settings(weights="none", size=32, precision="fp32"))

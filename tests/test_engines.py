@@ -56,7 +56,7 @@ def test_auto_precision_without_a_calibration_is_a_clear_stage_2_error(tmp_path)
 
 def test_calibration_prefers_fp32_when_the_faster_one_disagrees(monkeypatch):
     """A faster precision whose vectors drift below the cosine bound is not chosen."""
-    import extract.run as R
+    from extract import backend
 
     def fake_embedder(settings):
         def run(x):
@@ -66,7 +66,7 @@ def test_calibration_prefers_fp32_when_the_faster_one_disagrees(monkeypatch):
             return base.astype(np.float32)
         return run
 
-    monkeypatch.setattr(R, "embedder", fake_embedder)
+    monkeypatch.setattr(backend, "embedder", fake_embedder)
     monkeypatch.setattr(P, "TIMED_CALLS", 1)
     images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
     info = P.calibrate(Settings(weights="none", size=32), images, "CPU (2 cores)", log=_quiet)

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import colour_image, run_cli, write_class_folder
 from extract import Settings, WeightsUnavailable, cache_folder, extract_features, read_cache
-from extract.cache import Shards
+from extract.shards import Shards
 from extract.files import list_images
 from extract.model import build
 

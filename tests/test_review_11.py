@@ -50,12 +50,16 @@ def test_dataset_shared_by_two_folders_never_serves_the_other_folders_vectors(tm
 
     plan() trusts the previous manifest's (path, size, mtime) -> sha256 without checking that the
     manifest was made from this folder, so c's rows get b's hashes and vectors; once c has one
-    new file the cache is rewritten with input=c and stage 2 accepts it.
+    new file the cache is rewritten with input=c and stage 2 accepts it. (While b exists, c is
+    refused DATASET=x; once b is gone, c takes the name over.)
     """
     b, c, features = tmp_path / "b", tmp_path / "c", tmp_path / "features"
     _same_stamps_other_content(b, c)
     _extract(b, features, dataset="x")
     colour_image((40, 190, 60), 7).save(c / "red" / "extra.bmp")
+    with pytest.raises(ValueError, match="DATASET=x already holds"):
+        _extract(c, features, dataset="x")
+    shutil.rmtree(b)
     _extract(c, features, dataset="x")
     from classify.data import load_features
 
