@@ -255,20 +255,22 @@ def main(argv=None) -> int:
 
     # ---- a run that finds everything cached, over many images and a quarter as many (fresh
     # processes): the difference gives the cost per image without the interpreter's fixed cost
-    noop = {}
+    noop, noop_auto = {}, None
     for n_noop in (cfg["noop_images"] // 4, cfg["noop_images"]):
         say(f"writing {n_noop} files and their cache for the no-op run")
-        noop_in, noop_feat = work / "in_noop", work / "features_noop"
-        noop_settings = suite.write_cached_input(noop_in, noop_feat, n_noop)
-        cmd = [sys.executable, "-m", "extract", "--in", str(noop_in), "--features", str(noop_feat),
-               "--weights", "none", "--size", str(noop_settings.size), "--quiet"]
-        noop[n_noop] = suite.child_peak_rss(cmd, env)
-        say(f"no-op over {n_noop} cached images: {noop[n_noop][1]:.2f} s, "
-            f"{noop[n_noop][0]:.0f} MiB peak (rc {noop[n_noop][2]})")
-        shutil.rmtree(noop_in, ignore_errors=True)
-        shutil.rmtree(noop_feat, ignore_errors=True)
+        full_size = n_noop == cfg["noop_images"]
+        runs = suite.measure_noop(work, n_noop, env, ("fp32", "auto") if full_size else ("fp32",))
+        noop[n_noop] = runs["fp32"]
+        noop_auto = runs.get("auto", noop_auto)
+        for precision, (mib_p, sec_p, rc_p) in runs.items():
+            say(f"no-op over {n_noop} cached images, PRECISION={precision}: {sec_p:.2f} s, "
+                f"{mib_p:.0f} MiB peak (rc {rc_p})")
+            if rc_p:
+                notes.append(f"the no-op run over {n_noop} images with PRECISION={precision} exited {rc_p}")
     (small, (mib_s, sec_s, _)), (n_noop, (mib, seconds, _)) = sorted(noop.items())
     raw["noop_seconds_200k"], raw["noop_peak_rss_mib_200k"] = round(seconds, 2), round(mib, 1)
+    raw["noop_seconds_200k_auto"] = round(noop_auto[1], 2)
+    raw["noop_peak_rss_mib_200k_auto"] = round(noop_auto[0], 1)
     raw["noop_images"] = n_noop
     raw["noop_seconds_per_image_us"] = round((seconds - sec_s) / (n_noop - small) * 1e6, 2)
     raw["noop_kib_per_image"] = round((mib - mib_s) / (n_noop - small) * 1024, 3)

@@ -30,6 +30,7 @@ REQUIRED_KEYS = (
     "bf16_speedup", "bf16_min_cosine", "bf16_logreg_accuracy_change",
     "incremental_cost_ratio", "compare_seconds_12k", "compare_tuned_seconds_12k", "seed_style_seconds_12k",
     "seed_style_over_compare", "rss_growth", "noop_seconds_200k", "noop_peak_rss_mib_200k",
+    "noop_seconds_200k_auto",
     "auto_vs_best", "compare_seconds_200k", "compare_peak_rss_mib_200k",
     "audit_seconds_200k", "audit_peak_rss_mib_200k",
 )
@@ -45,6 +46,7 @@ TARGETS = (
     ("compare_tuned_seconds_12k", "<=", 60.0),  # nested tuning of the 3 heads (issue 13)
     ("seed_style_over_compare", ">=", 100.0),
     ("noop_seconds_200k", "<=", 10.0),
+    ("noop_seconds_200k_auto", "<=", 10.0),
     ("auto_vs_best", ">=", 0.95),
     ("noop_peak_rss_mib_200k", "<=", 1024.0),
     ("compare_seconds_200k", "<=", 300.0),
@@ -241,6 +243,44 @@ def write_cached_input(in_dir: Path, features: Path, n: int, dim: int = 512, per
                 lambda a, b: rng.standard_normal((b - a, dim), dtype=np.float32), rows, meta, [],
                 dim=dim)
     return settings
+
+
+def remember_fp32(features: Path, settings, batch: int = 32) -> None:
+    """Records fp32 as this machine's ``PRECISION=auto`` choice for ``settings`` and ``batch``,
+    as a calibrating run would leave it, so a later ``--precision auto`` run only looks it up."""
+    from extract import choices
+    from extract.machine import machine_id
+    from extract.precision import setting_id
+
+    info = {"chosen": "fp32", "note": "written by make bench for the PRECISION=auto no-op run"}
+    choices.remember(features, machine_id(), setting_id(settings, batch), info,
+                     log=lambda msg: print(msg, file=sys.stderr))
+
+
+def measure_noop(work: Path, n: int, env: dict, precisions=("fp32",)) -> dict:
+    """``python -m extract`` over ``n`` already-cached files, once per precision (fresh processes).
+
+    For ``auto``, fp32 is remembered as this machine's choice first, so the run resolves the
+    precision from ``FEATURES/.precision.json`` and has nothing to compute.
+
+    Returns:
+        ``{precision: (peak MiB, seconds, exit code)}``.
+    """
+    noop_in, noop_feat = Path(work) / "in_noop", Path(work) / "features_noop"
+    settings = write_cached_input(noop_in, noop_feat, n)
+    out = {}
+    try:
+        for precision in precisions:
+            if precision == "auto":
+                remember_fp32(noop_feat, settings)
+            cmd = [sys.executable, "-m", "extract", "--in", str(noop_in), "--features", str(noop_feat),
+                   "--weights", "none", "--size", str(settings.size), "--batch", "32",
+                   "--precision", precision, "--quiet"]
+            out[precision] = child_peak_rss(cmd, env)
+    finally:
+        shutil.rmtree(noop_in, ignore_errors=True)
+        shutil.rmtree(noop_feat, ignore_errors=True)
+    return out
 
 
 # ---------------------------------------------------------------- extraction measurements
@@ -515,6 +555,8 @@ def markdown(results: dict) -> str:
     row("noop_seconds_200k", f"a `python -m extract` run over {r.get('noop_images')} already-cached images "
         "(listing, stat, reading and checking the cache; nothing computed, nothing written)", " s")
     row("noop_peak_rss_mib_200k", "its peak resident memory", " MiB")
+    row("noop_seconds_200k_auto", "the same run with PRECISION=auto, the choice remembered for this "
+        "machine in FEATURES/.precision.json (no framework imported)", " s")
     lines.append("")
     from .scale import scale_section
 

@@ -47,6 +47,22 @@ def test_cached_input_is_found_whole_by_a_run(tmp_path):
     assert (folder / "manifest.csv").stat().st_mtime_ns == before
 
 
+def test_the_auto_no_op_input_resolves_from_memory_without_calibrating(tmp_path, monkeypatch):
+    """The PRECISION=auto no-op benchmark: the remembered fp32 is looked up, nothing is computed."""
+    import dataclasses
+
+    from extract import extract_features
+    from extract import precision as P
+
+    settings = suite.write_cached_input(tmp_path / "in", tmp_path / "features", 50, dim=8, per_folder=10)
+    suite.remember_fp32(tmp_path / "features", settings)
+    monkeypatch.setattr(P, "calibrate", lambda *a, **k: pytest.fail("calibrated"))
+    s = extract_features(tmp_path / "in", tmp_path / "features",
+                         dataclasses.replace(settings, precision="auto"), batch=32, progress=False,
+                         log=lambda *_: None)
+    assert (s.computed, s.reused, s.key) == (0, 50, settings.key)
+
+
 def test_child_peak_is_the_childs_own_memory():
     """The peak of a small child is not inflated by this (larger) test process."""
     import sys
@@ -92,7 +108,8 @@ def fake_raw(**over):
         "compare_seconds": 14.0, "compare_tuned_seconds": 55.0, "compare_n": 12420, "compare_n_train": 9936,
         "rss_1x_mib": 900.0, "rss_4x_mib": 945.0, "gflop_per_image": 30.7,
         "bf16_min_cosine": 0.9999, "bf16_logreg_accuracy_change": 0.0,
-        "noop_seconds_200k": 4.0, "noop_peak_rss_mib_200k": 240.0, "auto_vs_best": 1.0,
+        "noop_seconds_200k": 4.0, "noop_peak_rss_mib_200k": 240.0, "noop_seconds_200k_auto": 4.1,
+        "auto_vs_best": 1.0,
         "compare_seconds_200k": 250.0, "compare_peak_rss_mib_200k": 3000.0,
         "audit_seconds_200k": 600.0, "audit_peak_rss_mib_200k": 3500.0,
     }
