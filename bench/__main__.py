@@ -358,7 +358,9 @@ def main(argv=None) -> int:
         f"a fresh `python -m extract` adds them: the +1% run took {raw['incremental_cli_seconds']} s "
         f"that way (estimated CLI ratio {raw['incremental_cost_ratio_cli_estimate']}).",
         f"No-op runs at {small:,} and {n_noop:,} cached images: {sec_s:.2f} s / {mib_s:.0f} MiB and "
-        f"{seconds:.2f} s / {mib:.0f} MiB; the difference costs {raw['noop_seconds_per_image_us']} us and "
+        f"{raw['noop_seconds_200k']:.2f} s / {raw['noop_peak_rss_mib_200k']:.0f} MiB (with "
+        f"PRECISION=auto {raw['noop_seconds_200k_auto']:.2f} s / "
+        f"{raw['noop_peak_rss_mib_200k_auto']:.0f} MiB); the difference costs {raw['noop_seconds_per_image_us']} us and "
         f"{raw['noop_kib_per_image']} KiB per image, so 1,000,000 cached images should take about "
         f"{raw['noop_seconds_1m_estimate']} s and {raw['noop_peak_rss_mib_1m_estimate']:,} MiB. Peaks "
         "are each child's own VmHWM (bench/peak.py).",
