@@ -145,6 +145,32 @@ def test_identical_contents_in_one_run_are_embedded_once(tmp_path):
             np.testing.assert_array_equal(v, vecs[0])
 
 
+def test_the_first_batch_is_embedded_before_every_file_is_read(tmp_path, monkeypatch):
+    """The read-ahead is bounded: decoded images wait for the model a window at a time."""
+    from extract import backend, load
+
+    root = tmp_path / "in"
+    write_class_folder(root, 30)  # 60 images
+    reads: list[str] = []
+    real_read, real_embedder = load.read_bytes, backend.embedder
+    monkeypatch.setattr(load, "read_bytes", lambda p: reads.append(str(p)) or real_read(p))
+    read_at_first_batch: list[int] = []
+
+    def watching(settings):
+        f = real_embedder(settings)
+
+        def call(x):
+            if not read_at_first_batch:
+                read_at_first_batch.append(len(reads))
+            return f(x)
+        return call
+
+    monkeypatch.setattr(backend, "embedder", watching)
+    s = _extract(root, tmp_path / "features", batch=4)
+    assert s.computed == 60
+    assert read_at_first_batch[0] < 30, f"{read_at_first_batch[0]} of 60 files read before the first batch"
+
+
 def test_a_broken_file_and_its_copy_are_both_rejected_for_their_content(two_class, tmp_path):
     broken = b"\x89PNG\r\n\x1a\n" + b"garbage" * 20
     (two_class / "red" / "broken.png").write_bytes(broken)
