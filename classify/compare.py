@@ -315,14 +315,14 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         comparison = _evaluate(out, fitted, outs, cv_scores, fit_seconds, cv_seconds, y, man, eval_idx,
                                leaked, class_names, feats, split_rule, seed, len(train_idx),
                                {h: chosen[h]["final"] for h in fitted})
-        comparison = _compare_heads(comparison, cv_scores, n_folds, y[eval_idx],
+        comparison = _compare_heads(comparison, cv_scores, n_folds, [len(te) for _, te in fold_list], y[eval_idx],
                                     man["path"].to_numpy()[eval_idx],
                                     pd.read_csv(out / "predictions.csv", keep_default_na=False,
                                                 dtype=str), log)
         write_csv(out / "comparison.csv", list(comparison.columns), comparison.itertuples(index=False))
-        write_csv(out / "cv_scores.csv", ["head", "repeat", "fold", "score"],
-                  ((h, r, k, round(float(s), 6)) for h in cv_scores
-                   for (r, k), s in zip(fold_ids, cv_scores[h])))
+        write_csv(out / "cv_scores.csv", ["head", "repeat", "fold", "score", "n_images"],
+                  ((h, r, k, round(float(s), 6), len(te)) for h in cv_scores
+                   for (r, k), s, (_, te) in zip(fold_ids, cv_scores[h], fold_list)))
         from . import figures
 
         probas = {h: proba for h, (proba, _) in outs.items()}
@@ -395,12 +395,13 @@ def choose_repeats(repeats, n_train: int) -> int:
     return value
 
 
-def _compare_heads(comparison: pd.DataFrame, cv_scores: dict, n_folds: int, y_eval, paths_eval,
-                   pred: pd.DataFrame, log) -> pd.DataFrame:
+def _compare_heads(comparison: pd.DataFrame, cv_scores: dict, n_folds: int, fold_sizes: list, y_eval,
+                   paths_eval, pred: pd.DataFrame, log) -> pd.DataFrame:
     """Adds 95% intervals, each head's paired tests against the best head, and the verdicts.
 
     The best head is the one with the best ``cv_mean`` (as for ``make predict``). ``p_vs_best``
-    is the corrected resampled paired t on the fold scores (they come from the same folds);
+    is the corrected resampled paired t on the fold scores (they come from the same folds; each
+    fold's held-out images, ``fold_sizes``, set the least variance a fold score can have);
     ``p_mcnemar`` is McNemar's exact test on the evaluated images. ``verdict`` is ``best``,
     ``tied`` or ``worse`` (``p_vs_best`` below 0.05 after Holm's adjustment).
     """
@@ -410,8 +411,9 @@ def _compare_heads(comparison: pd.DataFrame, cv_scores: dict, n_folds: int, y_ev
     by_path = pred.set_index("path")
     right = {h: by_path.loc[paths_eval, h].to_numpy().astype(str) == y_eval for h in table["head"]}
     ci = [stats.wilson_interval(int(right[h].sum()), len(y_eval)) for h in table["head"]]
-    cv_ci = [stats.corrected_t_interval(cv_scores[h], 1 / n_folds) for h in table["head"]]
-    p_cv = {h: stats.corrected_paired_t(cv_scores[h], cv_scores[best], 1 / n_folds) for h in table["head"]}
+    cv_ci = [stats.corrected_t_interval(cv_scores[h], 1 / n_folds, fold_sizes) for h in table["head"]]
+    p_cv = {h: stats.corrected_paired_t(cv_scores[h], cv_scores[best], 1 / n_folds, fold_sizes)
+            for h in table["head"]}
     p_mc = {h: stats.mcnemar_exact(right[h], right[best]) for h in table["head"]}
     verdict = stats.verdicts(best, p_cv)
     at = list(table.columns).index("cv_std") + 1

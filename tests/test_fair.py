@@ -43,7 +43,7 @@ def test_comparison_has_intervals_tests_and_verdicts(colours, tmp_path):
     assert set(table["verdict"]) <= {"best", "tied", "worse"}
 
     scores = pd.read_csv(tmp_path / "out" / "cv_scores.csv")
-    assert list(scores.columns) == ["head", "repeat", "fold", "score"]
+    assert list(scores.columns) == ["head", "repeat", "fold", "score", "n_images"]
     assert len(scores) == 3 * 2 * 3  # heads x repeats x folds
     for head, group in scores.groupby("head"):
         assert group["score"].mean() == pytest.approx(table.set_index("head").loc[head, "cv_mean"])
