@@ -367,6 +367,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             "more_data": more_data,
             "n_images": len(man), "n_train": len(train_idx), "n_eval": len(eval_idx),
             "class_names": class_names,
+            "classes_not_measured": [c for c in class_names if c not in measured_classes(class_names, y[eval_idx])],
             "figures": figure_names,
             "seconds": round(time.perf_counter() - t_start, 3),
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -555,11 +556,17 @@ def _evaluate(out: Path, fitted: dict, outs: dict, cv_scores: dict, fit_seconds:
     :func:`classify.heads.outputs` on the evaluated images.
 
     macro-F1 has one definition: the unweighted mean of the per-class F1 over the model's
-    classes (``class_names``), read from the same classification report that is written.
+    classes that have evaluated images (:func:`measured_classes`), read from the same
+    classification report that is written. A class with no evaluated image has no F1 to measure
+    (counting it as 0 would make a perfect head score below 1); it is named in the report.
     """
     for sub in ("reports", "models"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     y_eval = y[eval_idx]
+    measured = measured_classes(class_names, y_eval)
+    left_out = [c for c in class_names if c not in measured]
+    note = ("" if not left_out else "not measured (no evaluated image; left out of every average): "
+            + ", ".join(map(repr, left_out)) + "\n")
     pred = pd.DataFrame({"path": man["path"].to_numpy()[eval_idx], "label": y_eval})
     rows = []
     for name, model in fitted.items():
@@ -572,8 +579,8 @@ def _evaluate(out: Path, fitted: dict, outs: dict, cv_scores: dict, fit_seconds:
         decision = decision_values(model, margins, labels)
         if decision is not None:
             pred[f"{name}_decision"] = np.round(decision.astype(float), 6)
-        report = classification_report(y_eval, labels, labels=class_names, zero_division=0, output_dict=True)
-        report_txt = classification_report(y_eval, labels, labels=class_names, zero_division=0, digits=4)
+        report = classification_report(y_eval, labels, labels=measured, zero_division=0, output_dict=True)
+        report_txt = classification_report(y_eval, labels, labels=measured, zero_division=0, digits=4)
         folds_score = cv_scores[name]
         rows.append({
             "head": name,
@@ -592,8 +599,8 @@ def _evaluate(out: Path, fitted: dict, outs: dict, cv_scores: dict, fit_seconds:
             "cv_seconds": round(cv_seconds[name], 3),
         })
         (out / "reports" / f"{name}.txt").write_text(
-            f"head: {name}\nfeatures: {feats.key}\nevaluated on {len(eval_idx)} images ({split_rule})\n\n"
-            + report_txt, encoding="utf-8")
+            f"head: {name}\nfeatures: {feats.key}\nevaluated on {len(eval_idx)} images ({split_rule})\n"
+            + note + "\n" + report_txt, encoding="utf-8")
         write_json(out / "reports" / f"{name}.json", report)
         save_model(out / "models" / f"{name}{MODEL_SUFFIX}", {
             "model": model, "head": name, "class_names": class_names,
@@ -607,6 +614,13 @@ def _evaluate(out: Path, fitted: dict, outs: dict, cv_scores: dict, fit_seconds:
     pred = pred.sort_values("path", kind="stable")
     write_csv(out / "predictions.csv", list(pred.columns), pred.itertuples(index=False))
     return comparison
+
+
+def measured_classes(class_names: list[str], y_eval) -> list[str]:
+    """The model's classes that have at least one evaluated image, in the model's order: the
+    classes whose precision, recall and F1 can be measured (and averaged)."""
+    present = set(np.asarray(y_eval).astype(str))
+    return [c for c in class_names if c in present]
 
 
 def _versions() -> dict:

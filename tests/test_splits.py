@@ -187,6 +187,27 @@ def test_saved_class_names_are_the_models_classes(tmp_path):
         assert f1 == pytest.approx(report["macro avg"]["f1-score"])
 
 
+def test_a_class_without_evaluated_images_is_left_out_of_macro_f1(tmp_path):
+    # 'c' is trained on but has no test/ folder: a head that gets every evaluated image right
+    # scored macro-F1 0.667 (c's F1 counted as 0) beside accuracy and balanced accuracy 1.0
+    labels = ["a"] * 10 + ["b"] * 10 + ["c"] * 10 + ["a"] * 5 + ["b"] * 5
+    splits = ["train"] * 30 + ["test"] * 10
+    X = np.zeros((40, 6))
+    for k, lab in enumerate(labels):
+        X[k, "abc".index(lab)] = 10.0
+    X += np.random.default_rng(0).normal(0, 0.1, X.shape)  # far apart: every head is right
+    fake_cache(tmp_path / "f", labels, splits=splits, X=X)
+    table = run_compare(tmp_path / "f", tmp_path / "o", heads="logreg").set_index("head")
+    assert table.loc["logreg", "accuracy"] == table.loc["logreg", "balanced_accuracy"] == 1.0
+    assert table.loc["logreg", "macro_f1"] == 1.0
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["class_names"] == ["a", "b", "c"] and run["classes_not_measured"] == ["c"]
+    text = (tmp_path / "o" / "reports" / "logreg.txt").read_text()
+    assert "not measured (no evaluated image" in text and "'c'" in text
+    report = json.loads((tmp_path / "o" / "reports" / "logreg.json").read_text())
+    assert "c" not in report and report["macro avg"]["f1-score"] == 1.0
+
+
 def test_macro_f1_has_one_definition(tmp_path):
     """comparison.csv and reports/<head>.json agree when a head predicts a class absent from eval."""
     labels = ["a"] * 12 + ["b"] * 12 + ["c"] * 12 + ["a"] * 4 + ["b"] * 4
