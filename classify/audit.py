@@ -313,7 +313,7 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
     from .budget import plan_for
     from .data import (DataError, assign_split, content_key, describe_conflict, label_conflicts,
                        load_features, unit_ids)
-    from .dups import cached_duplicates
+    from .dups import cached_duplicates, share_warning
     from .heads import make_heads, select_heads
 
     t0 = time.perf_counter()
@@ -355,6 +355,8 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
         f"images, largest {counts['largest_exact_group']}), {int((p['kind'] == 'near').sum())} near pairs; "
         f"{len(p)} pairs listed, {int(cross.sum())} across train/eval, {int(disagree.sum())} with "
         f"different labels; {dups.rule}; search: {dups.search}")
+    if share_warning(dups):
+        log(share_warning(dups))
 
     # label suspects from out-of-fold probabilities of the first head that has them
     proba_name = next((n for n in models if n in PROBA_HEADS), "logreg")
@@ -384,6 +386,7 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
         "dup_threshold": dups.threshold if np.isfinite(dups.threshold) else None,
         "dup_threshold_setting": str(dup_threshold),
         "dup_threshold_rule": dups.rule,
+        "dup_threshold_basis": dups.basis,
         "nn_similarity": ({"min": float(nn.min()), "median": float(np.median(nn)), "max": float(nn.max())}
                           if len(nn) else None),
         "duplicates": {

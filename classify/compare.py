@@ -28,7 +28,7 @@ from .data import (DataError, Features, assign_split, check_coverage, content_ke
                    cv_folds, describe_conflict, label_conflicts, load_features, unit_ids)
 from . import curves, stats
 from .budget import apply_plan, plan_for
-from .dups import cached_duplicates
+from .dups import cached_duplicates, share_warning
 from .heads import (GRIDS, INNER_FOLDS, candidates, decision_values, fit_head, fixed_head, format_settings,
                     labels_of, outputs, select_heads)
 from .outdir import check_out_dir, new_run
@@ -241,6 +241,8 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     for conflict in conflicts:
         log(describe_conflict(conflict))
     dups = cached_duplicates(feats.X, man["sha256"], dup_threshold, Path(out_dir) / ".dups")
+    if share_warning(dups):
+        log(share_warning(dups))
     cluster = dups.groups()
     role, split_rule = assign_split(man, test_size, seed, units=cluster if groups == "dups" else None)
     unit = "duplicate clusters" if groups == "dups" else "exact copies"
@@ -361,8 +363,8 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             "split_rule": split_rule,
             "groups": groups,
             "duplicates": {"threshold": dups.threshold if np.isfinite(dups.threshold) else None,
-                           "rule": dups.rule, "search": dups.search,
-                           "pairs": len(dups.pairs), "eval_with_train_duplicate": int(leaked.sum())},
+                           "rule": dups.rule, "search": dups.search, "basis": dups.basis,
+                           **dups.summary(), "eval_with_train_duplicate": int(leaked.sum())},
             "label_conflicts": conflicts,
             "more_data": more_data,
             "n_images": len(man), "n_train": len(train_idx), "n_eval": len(eval_idx),
