@@ -42,16 +42,18 @@ def parse(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _oof_fold(model, X, y, train, test):
+def _oof_fold(model, X, y, train, test, groups=None):
     """One fold of the out-of-fold pass: the MLP's early stopping and validation share sized on
-    this fold's labels (:func:`classify.heads.fit_head`). ``train``, ``test``: rows of X."""
+    this fold's labels (:func:`classify.heads.fit_head`), the splits inside the fit keeping each
+    duplicate cluster (``groups``, per row of X) whole. ``train``, ``test``: rows of X."""
     from sklearn.exceptions import ConvergenceWarning
 
     from .heads import fit_head
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model, _ = fit_head(model, X[train], y[train], private=True)  # a fresh copy
+        model, _ = fit_head(model, X[train], y[train], private=True,  # a fresh copy
+                            groups=None if groups is None else groups[train])
     return test, model.predict_proba(X[test])
 
 
@@ -59,7 +61,8 @@ def out_of_fold_probabilities(model, X, y, groups, folds: int, seed: int, jobs: 
     """Cross-validated class probabilities: each row predicted by a model that never saw it.
 
     The folds are stratified and group-aware (a duplicate cluster is never split), so a
-    mislabelled image cannot be vouched for by its own copy in the training folds. Their number
+    mislabelled image cannot be vouched for by its own copy in the training folds (nor in the
+    splits inside each fit: the SVM's calibration, the MLP's early stopping). Their number
     follows :func:`classify.data.cv_folds`, and each fold sizes the MLP's validation share on
     its own training part.
 
@@ -82,7 +85,7 @@ def out_of_fold_probabilities(model, X, y, groups, folds: int, seed: int, jobs: 
     classes = np.unique(y[rows])
     probs = np.zeros((len(rows), len(classes)))
     results = joblib.Parallel(n_jobs=min(jobs, len(splits)))(
-        joblib.delayed(_oof_fold)(clone(model), X, y, rows[tr], rows[te]) for tr, te in splits)
+        joblib.delayed(_oof_fold)(clone(model), X, y, rows[tr], rows[te], groups) for tr, te in splits)
     for (_, te), (_, p) in zip(splits, results):
         probs[te] = p
     return probs, classes, len(splits)
@@ -128,7 +131,8 @@ def leakage_scores(models: dict, X, y, role: np.ndarray, leaked: np.ndarray, clu
                    content: np.ndarray, folds: int, seed: int, jobs: int) -> dict:
     """Per head: accuracy on the evaluated images, all and without a train duplicate; the CV
     score (balanced accuracy, as in ``make compare``) on the training part with folds that keep
-    exact copies together (``content``) and with folds that keep duplicate clusters together."""
+    exact copies together (``content``) and with folds that keep duplicate clusters together
+    (``cluster``; then the splits inside each fit keep them together too)."""
     import joblib
     from sklearn.base import clone
     from sklearn.metrics import accuracy_score
@@ -150,7 +154,8 @@ def leakage_scores(models: dict, X, y, role: np.ndarray, leaked: np.ndarray, clu
             for k, (tr, te) in enumerate(splits):
                 tasks.append((name, (kind, k), clone(model), train_idx[tr], train_idx[te]))
     results = joblib.Parallel(n_jobs=min(jobs, len(tasks)))(
-        joblib.delayed(_fit)(name, key, model, X, y, tr, te) for name, key, model, tr, te in tasks)
+        joblib.delayed(_fit)(name, key, model, X, y, tr, te, cluster if key[0] == "groups" else None)
+        for name, key, model, tr, te in tasks)
     out = {name: {} for name in models}
     cv = {(name, kind): [] for name in models for kind in ("plain", "groups")}
     for name, (kind, k), value, _, _ in results:

@@ -38,9 +38,10 @@ AUTO_REPEATS_UP_TO = 5000  # REPEATS=auto: 3 repeats up to this many training im
 TUNE_AUTO_UP_TO = 20_000  # TUNE=auto tunes up to this many training images (see choose_tuning)
 
 
-def _fit(name: str, fold: int, model, X, y, train_idx, test_idx):
+def _fit(name: str, fold: int, model, X, y, train_idx, test_idx, groups=None):
     """One unit of parallel work: fit (tuning included) on train_idx; score on test_idx (a CV
-    fold, or the validation folder) or return the model.
+    fold, or the validation folder) or return the model. ``groups``: every row's duplicate
+    cluster (``GROUPS=dups``), kept whole by the splits inside the fit.
 
     Returns:
         (name, fold, the model or the score, seconds, the head's chosen settings).
@@ -50,7 +51,8 @@ def _fit(name: str, fold: int, model, X, y, train_idx, test_idx):
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", FitFailedWarning)  # a candidate that cannot fit a small inner fold
         warnings.simplefilter("ignore", UserWarning)  # a class missing from an inner fold's predictions
-        model, chosen = fit_head(model, X[train_idx], y[train_idx], private=True)  # a fresh copy
+        model, chosen = fit_head(model, X[train_idx], y[train_idx], private=True,  # a fresh copy
+                                 groups=None if groups is None else groups[train_idx])
     seconds = time.perf_counter() - t0
     if test_idx is None:
         return name, fold, model, seconds, chosen
@@ -76,6 +78,7 @@ def cv_score(y_true, y_pred) -> float:
 TRUSTED_TYPES = (
     "classify.heads.CalibratedSVC",
     "classify.heads.GramRBFSVC",
+    "classify.heads.GroupedMLPClassifier",
     "classify.heads.RowBlockScaler",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
 )
@@ -199,7 +202,9 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         log: where messages go.
         groups: ``none``, or ``dups`` (GROUPS): keep each duplicate cluster (exact or near,
             see :mod:`classify.dups`) on one side of the hold-out and in one CV fold, with the
-            balanced rule of :func:`classify.data.balanced_holdout`.
+            balanced rule of :func:`classify.data.balanced_holdout`, and whole in the splits
+            inside every fit (tuning folds, the SVM's calibration folds, the MLP's
+            early-stopping share).
         dup_threshold: ``auto`` or a cosine similarity (DUP_THRESHOLD); decides which evaluated
             images have a near-duplicate in the training part (``accuracy_no_dups``).
         dataset: ``DATASET``, the input's folder name under FEATURES when not derived from IN.
@@ -297,9 +302,12 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     plan = plan_for(models, X, len(train_idx), memory_gb, jobs, log)
     n_jobs = plan.n_jobs
     tuning_rows = []
+    inner_groups = fold_groups if groups == "dups" else None  # splits inside each fit keep clusters whole
     if mode == "valid":
-        models, tuning_rows = _select_on_validation(models, X, y, train_idx, valid_idx, n_jobs, log)
-    fitted, cv_scores, fit_seconds, cv_seconds, chosen = _fit_all(models, X, y, train_idx, fold_list, n_jobs)
+        models, tuning_rows = _select_on_validation(models, X, y, train_idx, valid_idx, n_jobs, log,
+                                                    inner_groups)
+    fitted, cv_scores, fit_seconds, cv_seconds, chosen = _fit_all(models, X, y, train_idx, fold_list, n_jobs,
+                                                                  inner_groups)
     if mode == "nested":
         tuning_rows = [(h, f"repeat {r} fold {k}" if k >= 0 else "final", format_settings(s),
                         "" if k < 0 else round(float(cv_scores[h][i]), 6), "yes" if k < 0 else "")
@@ -443,8 +451,9 @@ def _fold_groups(man: pd.DataFrame, cluster) -> np.ndarray:
     return unit_ids(*keys)
 
 
-def _fit_all(models: dict, X, y, train_idx, fold_list, n_jobs: int):
-    """Fits every head on every CV fold and on the whole training part, in parallel.
+def _fit_all(models: dict, X, y, train_idx, fold_list, n_jobs: int, groups=None):
+    """Fits every head on every CV fold and on the whole training part, in parallel; ``groups``
+    (one id per row of X, or None) go to the splits inside each fit.
 
     Returns:
         ({head: fitted model}, {head: [fold scores]}, {head: fit seconds}, {head: CV seconds},
@@ -458,7 +467,7 @@ def _fit_all(models: dict, X, y, train_idx, fold_list, n_jobs: int):
     # The SVM's tasks are the longest: start them first so the workers finish together.
     tasks.sort(key=lambda t: (t[0] != "svm", t[0], t[1]))
     results = joblib.Parallel(n_jobs=min(n_jobs, len(tasks)))(
-        joblib.delayed(_fit)(name, k, model, X, y, tr, te) for name, k, model, tr, te in tasks)
+        joblib.delayed(_fit)(name, k, model, X, y, tr, te, groups) for name, k, model, tr, te in tasks)
     fitted, fit_seconds, chosen = {}, {}, {n: {"folds": {}} for n in models}
     cv_scores, cv_seconds = {n: {} for n in models}, dict.fromkeys(models, 0.0)
     for name, k, value, seconds, settings in results:
@@ -524,8 +533,9 @@ def _split_use(man: pd.DataFrame, mode: str, copies: dict | None = None) -> dict
     return use
 
 
-def _select_on_validation(models: dict, X, y, train_idx, valid_idx, n_jobs: int, log):
-    """Fits every candidate of every head's grid on train, scores it on the validation folder.
+def _select_on_validation(models: dict, X, y, train_idx, valid_idx, n_jobs: int, log, groups=None):
+    """Fits every candidate of every head's grid on train, scores it on the validation folder
+    (``groups``: as in :func:`_fit_all`).
 
     Returns:
         ({head: the unfitted head with its best settings}, rows of tuning.csv).
@@ -533,7 +543,7 @@ def _select_on_validation(models: dict, X, y, train_idx, valid_idx, n_jobs: int,
     tasks = [(name, i, clone(model).set_params(**params))
              for name, model in models.items() for i, params in enumerate(candidates(name))]
     results = joblib.Parallel(n_jobs=min(n_jobs, len(tasks)))(
-        joblib.delayed(_fit)(name, i, model, X, y, train_idx, valid_idx) for name, i, model in tasks)
+        joblib.delayed(_fit)(name, i, model, X, y, train_idx, valid_idx, groups) for name, i, model in tasks)
     best = {}
     for name, i, score, _, settings in results:  # candidates come nearest the fixed settings first:
         if name not in best or score > best[name][1]:  # a tie keeps the plainest
