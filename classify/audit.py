@@ -289,7 +289,7 @@ def contact_sheets(in_dir, out: Path, dup_table: pd.DataFrame, suspects: pd.Data
 def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm,mlp", seed: int = 42,
           test_size: float = 0.2, folds: int = 5, jobs: int | None = None, dup_threshold="auto",
           top: int = TOP, log=print, fallback_none: bool = False, dataset: str | None = None,
-          memory_gb="auto") -> dict:
+          memory_gb="auto", stale: str = "stop") -> dict:
     """Finds duplicates and label suspects, scores the heads plainly and leakage-aware.
 
     Args:
@@ -305,19 +305,22 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
         dataset: ``DATASET``, the input's folder name under FEATURES when not derived from IN.
         memory_gb: ``auto`` or GiB (MEMORY_GB), as in ``make compare``: decides the SVM method
             and how many fits run at once.
+        stale: ``stop`` or ``ok`` (STALE), as in ``make compare``: images added to or removed
+            from IN since ``make features`` stop the audit, or the cache is used as it is.
 
     Returns:
         The summary (also written to ``OUT/audit/summary.json``).
 
     Raises:
-        DataError: missing features, fewer than two classes, no training or evaluated images.
+        DataError: missing features, images added or removed since they were extracted (with
+            ``stale="stop"``), fewer than two classes, no training or evaluated images.
         ValueError: an unknown head, a bad threshold, or a budget too small for one fit.
     """
     from extract.cache import write_csv, write_json
 
     from .budget import plan_for
-    from .data import (DataError, assign_split, content_key, describe_conflict, label_conflicts,
-                       load_features, unit_ids)
+    from .data import (DataError, assign_split, check_input, content_key, describe_conflict, features_command,
+                       label_conflicts, load_features, unit_ids)
     from .dups import cached_duplicates, share_warning
     from .heads import make_heads, select_heads
 
@@ -325,6 +328,7 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
     models = select_heads(heads, seed)
     feats = load_features(features_dir, settings, in_dir=str(in_dir), fallback_none=fallback_none,
                           dataset=dataset)
+    check_input(feats, in_dir, features_command(settings, str(in_dir), str(features_dir), dataset), stale, log, dataset)
     man = feats.manifest
     if man["label"].nunique() < 2:
         raise DataError(f"{feats.folder} holds one class only; the audit needs at least two class folders")
@@ -431,7 +435,7 @@ def main(argv=None) -> int:
                             heads=args.heads, seed=args.seed, test_size=args.test_size,
                             folds=args.folds, jobs=args.jobs or None,
                             dup_threshold=args.dup_threshold, top=args.top,
-                            dataset=args.dataset or None, memory_gb=args.memory_gb)
+                            dataset=args.dataset or None, memory_gb=args.memory_gb, stale=args.stale)
     except (DataError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -23,8 +23,8 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, classificat
 from extract.cache import atomic_write, write_csv, write_json
 from extract.model import Settings
 
-from .data import (DataError, Features, assign_split, check_coverage, content_key, copies_across,
-                   eval_split_of, tune_split_of,
+from .data import (DataError, Features, assign_split, check_coverage, check_input, content_key, copies_across,
+                   eval_split_of, features_command, tune_split_of,
                    cv_folds, describe_conflict, label_conflicts, load_features, unit_ids)
 from . import curves, stats
 from .budget import apply_plan, plan_for
@@ -179,7 +179,8 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             seed: int = 42, test_size: float = 0.2, folds: int = 5, jobs: int | None = None,
             in_dir: str = "in", fallback_none: bool = False, log=print, groups: str = "none",
             dup_threshold="auto", dataset: str | None = None,
-            repeats: int | str = "auto", memory_gb="auto", tune: str = "auto") -> pd.DataFrame:
+            repeats: int | str = "auto", memory_gb="auto", tune: str = "auto",
+            stale: str = "stop") -> pd.DataFrame:
     """Trains, cross-validates and evaluates the heads; writes one whole run to ``out_dir``.
 
     The run is written into a temporary folder beside ``out_dir`` and swapped into place when
@@ -197,7 +198,9 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         test_size: hold-out fraction when the input has no split folders (TEST_SIZE).
         folds: cross-validation folds on the training part (FOLDS).
         jobs: parallel workers (default: every core).
-        in_dir: only for hints in messages.
+        in_dir: IN: the input folder, whose images are checked against the cache's (the folder
+            the cache records as its input, when it records one; see
+            :func:`classify.data.check_input`), and named in hints.
         fallback_none: (demo) use the random-weights cache when the ImageNet one is missing.
         log: where messages go.
         groups: ``none``, or ``dups`` (GROUPS): keep each duplicate cluster (exact or near,
@@ -216,6 +219,8 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         tune: ``auto``, ``1`` or ``0`` (TUNE): search each head's grid (:data:`classify.heads.GRIDS`)
             on the validation folder when there is one, else by inner cross-validation inside
             every fit (see :func:`choose_tuning`); ``0`` keeps the fixed settings.
+        stale: ``stop`` or ``ok`` (STALE): whether images added to or removed from IN since
+            ``make features`` stop the run, or the cache is used as it is.
 
     Returns:
         The comparison table (also written to ``out_dir/comparison.csv``), with each head's chosen
@@ -225,8 +230,9 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         ``p_mcnemar``) and ``verdict`` (see :mod:`classify.stats`).
 
     Raises:
-        DataError: missing or damaged features, a class with evaluated but no training images,
-            too few classes or images, an OUT that cannot be replaced as a whole.
+        DataError: missing or damaged features, images added or removed since they were extracted
+            (with ``stale="stop"``), a class with evaluated but no training images, too few
+            classes or images, an OUT that cannot be replaced as a whole.
         ValueError: an unknown head, or a budget too small for one fit.
     """
     t_start = time.perf_counter()
@@ -236,6 +242,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     check_out_dir(out_dir)
     feats: Features = load_features(features_dir, settings, in_dir=in_dir, fallback_none=fallback_none,
                                     dataset=dataset)
+    check_input(feats, in_dir, features_command(settings, in_dir, str(features_dir), dataset), stale, log, dataset)
     man = feats.manifest
     if man["label"].nunique() < 2:
         raise DataError(
