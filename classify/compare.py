@@ -344,9 +344,11 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
 
         probas = {h: proba for h, (proba, _) in outs.items()}
         figure_names = figures.write_figures(out / "figures", fitted, probas, y[eval_idx], class_names)
-        settled = {h: fixed_head(h, seed, chosen[h]["final"]) for h in models}  # the chosen settings
-        apply_plan(settled, plan)
-        curve = curves.learning_curves(settled, X, y, fold_sets[0][0], n_jobs, seed, rows=train_idx)
+        settled, curve_settings = _curve_heads(models, chosen, mode, n_folds, seed)
+        for heads_of_folds in settled.values():
+            apply_plan(dict(enumerate(heads_of_folds)), plan)
+        curve = curves.learning_curves(settled, X, y, fold_sets[0][0], n_jobs, seed, rows=train_idx,
+                                       groups=inner_groups, settings=curve_settings)
         write_csv(out / "learning_curve.csv", list(curve.columns), curve.itertuples(index=False))
         figure_names.append(curves.plot_learning_curves(curve, out / "figures" / "learning_curve.png"))
         reliability = curves.reliability_diagram(probas, y[eval_idx], class_names,
@@ -382,6 +384,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
                            **dups.summary(), "eval_with_train_duplicate": int(leaked.sum())},
             "label_conflicts": conflicts,
             "more_data": more_data,
+            "learning_curve": {"settings": curve_settings, "folds": int(curve["n_folds"].max()) if len(curve) else 0},
             "n_images": len(man), "n_train": len(train_idx), "n_eval": len(eval_idx),
             "class_names": class_names,
             "classes_not_measured": [c for c in class_names if c not in measured_classes(class_names, y[eval_idx])],
@@ -391,6 +394,23 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             "versions": _versions(),
         })
     return comparison
+
+
+def _curve_heads(models: dict, chosen: dict, mode: str, n_folds: int, seed: int) -> tuple[dict, str]:
+    """The learning curves' heads: per head, one unfitted head per fold of the first repeat, and
+    how their settings were chosen, in words.
+
+    With nested tuning each fold's curve uses the settings that fold's own fit chose on its
+    training rows (``chosen[h]["folds"]``, the first repeat first), so the held-out images the
+    curve is scored on never helped choose them; it costs no fit. Otherwise the settings are
+    the same in every fold: fixed (TUNE=0), or chosen on the validation folder, which the CV
+    folds never score.
+    """
+    if mode == "nested":
+        return ({h: [fixed_head(h, seed, s) for s in chosen[h]["folds"][:n_folds]] for h in models},
+                "chosen in each fold on its training rows (nested tuning)")
+    words = "fixed (TUNE=0 or above TUNE=auto's size)" if mode == "off" else "chosen on the validation folder"
+    return {h: [fixed_head(h, seed, chosen[h]["final"])] * n_folds for h in models}, words
 
 
 def choose_repeats(repeats, n_train: int) -> int:
