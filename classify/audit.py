@@ -320,7 +320,7 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
 
     from .budget import plan_for
     from .data import (DataError, assign_split, check_input, content_key, describe_conflict, features_command,
-                       label_conflicts, load_features, unit_ids)
+                       label_conflicts, load_features, require_two_classes, unit_ids)
     from .dups import cached_duplicates, share_warning
     from .heads import make_heads, select_heads
 
@@ -330,8 +330,7 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
                           dataset=dataset)
     check_input(feats, in_dir, features_command(settings, str(in_dir), str(features_dir), dataset), stale, log, dataset)
     man = feats.manifest
-    if man["label"].nunique() < 2:
-        raise DataError(f"{feats.folder} holds one class only; the audit needs at least two class folders")
+    require_two_classes(feats, "the audit")
     role_s, split_rule = assign_split(man, test_size, seed)
     role = role_s.replace("", "unused").to_numpy()
     X, y = feats.X, man["label"].to_numpy()

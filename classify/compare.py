@@ -24,7 +24,7 @@ from extract.cache import atomic_write, write_csv, write_json
 from extract.model import Settings
 
 from .data import (DataError, Features, assign_split, check_coverage, check_input, content_key, copies_across,
-                   eval_split_of, features_command, tune_split_of,
+                   eval_split_of, features_command, require_two_classes, tune_split_of,
                    cv_folds, describe_conflict, label_conflicts, load_features, unit_ids)
 from . import curves, stats
 from .budget import apply_plan, plan_for
@@ -244,11 +244,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
                                     dataset=dataset)
     check_input(feats, in_dir, features_command(settings, in_dir, str(features_dir), dataset), stale, log, dataset)
     man = feats.manifest
-    if man["label"].nunique() < 2:
-        raise DataError(
-            f"{feats.folder} holds one class only ({man['label'].iloc[0]!r}); a classifier needs "
-            "at least two class folders under IN"
-        )
+    require_two_classes(feats)
     conflicts = label_conflicts(man)
     for conflict in conflicts:
         log(describe_conflict(conflict))
@@ -296,14 +292,14 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     mode, tuning_rule = choose_tuning(tune, len(train_idx), tune_split_of(man) if len(valid_idx) else None)
     if mode == "nested":
         models = select_heads(heads, seed, tune=True)
-    split_use = _split_use(man, mode, {"train": len(crossing)})
+    split_use = _split_use(man, mode, {"train": len(crossing)}, tune)
     if mode == "valid":
         chose = copies_across(man, role, of="tune")
         if chose:
             log(f"warning: {len(chose)} evaluated images are exact copies of {tune_split_of(man)}/ images "
                 f"(e.g. {chose[0]}), which choose each head's settings, so the test score is not "
                 "independent of that choice: delete the copies or move them into one split")
-            split_use = _split_use(man, mode, {"train": len(crossing), tune_split_of(man): len(chose)})
+            split_use = _split_use(man, mode, {"train": len(crossing), tune_split_of(man): len(chose)}, tune)
     log(f"tuning: {tuning_rule}")
     log("splits: " + "; ".join(f"{name}: {use}" for name, use in split_use.items()))
     plan = plan_for(models, X, len(train_idx), memory_gb, jobs, log)
@@ -538,11 +534,11 @@ def choose_tuning(tune, n_train: int, valid: str | None) -> tuple[str, str]:
                       "every fit (nested: the CV scores include the tuning)")
 
 
-def _split_use(man: pd.DataFrame, mode: str, copies: dict | None = None) -> dict:
+def _split_use(man: pd.DataFrame, mode: str, copies: dict | None = None, tune="0") -> dict:
     """What each split folder (or the hold-out) was used for, for the console, run.json and report.
 
     ``copies``: {split: how many evaluated images are exact copies of its images}; any such
-    copies qualify "untouched".
+    copies qualify "untouched". ``tune``: TUNE as given, which says why tuning is off.
     """
     evaluated = eval_split_of(man)
     trained = "fitted on, and cross-validated on" + (" (tuning nested in every fit)" if mode == "nested" else "")
@@ -554,7 +550,9 @@ def _split_use(man: pd.DataFrame, mode: str, copies: dict | None = None) -> dict
     use = {"train": trained, evaluated: score}
     valid = tune_split_of(man)
     if valid:
-        use[valid] = "tuning: selects each head's settings" if mode == "valid" else "not used (TUNE=0)"
+        off = ("TUNE=0" if str(tune).strip() == "0" else
+               f"tuning off: TUNE=auto tunes up to {TUNE_AUTO_UP_TO:,} training images")
+        use[valid] = "tuning: selects each head's settings" if mode == "valid" else f"not used ({off})"
     for other in sorted(set(man["split"]) - {"", "train", evaluated, valid}):
         use[other] = "not used"
     return use

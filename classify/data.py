@@ -211,6 +211,26 @@ def check_input(feats: Features, in_dir, command: str, stale: str = "stop", log=
                     "images are embedded) and compare again, or add STALE=ok to use the cache as it is")
 
 
+def require_two_classes(feats: Features, who: str = "a classifier") -> None:
+    """Refuses a cache whose images all carry one label, saying where the labels come from.
+
+    Raises:
+        DataError: one class only: for images, the class folders under IN; for imported vectors,
+            the label column of the LABELS file they were imported with.
+    """
+    labels = feats.manifest["label"]
+    if labels.nunique() >= 2:
+        return
+    only = labels.iloc[0] if len(labels) else ""
+    if feats.meta.get("backbone") == "imported":
+        source = feats.meta.get("input") or "the LABELS file"
+        raise DataError(f"{feats.folder} holds one class only ({only!r}): every row of {source} has "
+                        f"that label, and {who} needs at least two; import labels of two or more "
+                        f"classes (make import EMBEDDINGS=... LABELS=... DATASET={feats.folder.parent.name})")
+    raise DataError(f"{feats.folder} holds one class only ({only!r}); {who} needs at least two class "
+                    "folders under IN (IN/<class>/<image>): add a folder of images of another class")
+
+
 def _rank(seed: int, sha: str, path: str) -> str:
     return hashlib.sha256(f"{seed}:{sha}".encode()).hexdigest() + path
 

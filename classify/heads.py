@@ -854,11 +854,16 @@ SETTINGS = {LogisticRegression: ("C",), MLPClassifier: ("hidden_layer_sizes", "a
 
 
 def settings_of(model) -> dict:
-    """The settings that matter of a fitted head: {"C": 1.0} for logreg; C and gamma for the SVM;
-    hidden units, alpha and early stopping for the MLP."""
+    """The settings that matter of a fitted head: {"C": 1.0} for logreg; C, gamma and the kernel
+    method for the SVM (``exact``, or ``nystroem`` with its ``n_components``: the memory budget
+    chooses it, and it changes the model); hidden units, alpha and early stopping for the MLP."""
     est = model[-1] if hasattr(model, "steps") else model
     if isinstance(est, CalibratedSVC):
-        return {k: float(f"{v:.4g}") for k, v in est.best_params_.items()}
+        out = {k: float(f"{v:.4g}") for k, v in est.best_params_.items()}
+        out["method"] = est.svm_.method_
+        if out["method"] == "nystroem":
+            out["n_components"] = int(est.svm_.nystroem_.components_.shape[0])
+        return out
     names = next((v for t, v in SETTINGS.items() if isinstance(est, t)), ())
     out = {}
     for name in names:

@@ -244,3 +244,32 @@ def test_fit_head_hands_groups_to_the_search_and_to_each_candidate():
     fitted, _ = fit_head(make_heads(0, tune=True)["svm"], X, y, groups=groups)  # the pipeline's SVM
     assert max(t["score"] for t in fitted[-1].tuning_) < 0.75
 
+
+def test_split_use_says_why_tuning_is_off(tmp_path, monkeypatch):
+    # "not used (TUNE=0)" was said when TUNE=auto had turned tuning off above its size
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("classify.compare"), "TUNE_AUTO_UP_TO", 50)
+    _three_splits(tmp_path)
+    run_compare(tmp_path / "f", tmp_path / "o", heads="logreg", tune="auto")
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["tuning"]["mode"] == "off"
+    assert run["split_use"]["valid"] == "not used (tuning off: TUNE=auto tunes up to 50 training images)"
+
+
+def test_the_svm_method_is_in_params_and_the_model_sidecar(tmp_path):
+    from classify.heads import fixed_head, format_settings, settings_of
+
+    _three_splits(tmp_path)
+    table = run_compare(tmp_path / "f", tmp_path / "o", heads="svm", tune="0").set_index("head")
+    assert table.loc["svm", "params"].endswith(" method=exact")
+    side = json.loads((tmp_path / "o" / "models" / "svm.json").read_text())
+    assert side["params"]["method"] == "exact"
+    X, y, _ = _clustered_noise()
+    model = fixed_head("svm", 0, {"C": 1.0}).set_params(calibratedsvc__method="nystroem",
+                                                        calibratedsvc__n_components=16).fit(X, y)
+    settings = settings_of(model)
+    assert settings["method"] == "nystroem" and settings["n_components"] == 16
+    assert format_settings(settings).endswith("method=nystroem n_components=16")
+    again = fixed_head("svm", 0, settings).fit(X, y)
+    assert settings_of(again) == settings
