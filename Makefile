@@ -30,6 +30,7 @@ JOBS ?= 0##            parallel workers for stage 2 (0: every core)
 GROUPS ?= none##       none, or dups: keep each near-duplicate cluster on one side of every split
 DUP_THRESHOLD ?= auto## cosine similarity above which two images are near-duplicates (auto: from the data)
 MEMORY_GB ?= auto##    memory budget of stage 2 in GiB (auto: a third of RAM, cgroup or process limit)
+STALE ?= stop##        stop: compare and audit refuse a cache when IN has images added or removed since make features; ok: use the cache as it is
 EMBEDDINGS ?=##        `make import`: .npy file of float vectors (N, D) computed elsewhere
 LABELS ?=##            `make import`: CSV path,label[,split], one row per vector, in order
 IMAGES ?=##            files or folders to classify with `make predict`
@@ -86,12 +87,12 @@ compare: setup $(ENGINE_SETUP) ## stage 2: compare HEADS on the cached embedding
 	$(PY) -m classify compare $(EXTRACT_ARGS) $(BACKBONES_ARG) --out "$(OUT)" --heads $(HEADS) --seed $(SEED) \
 		--test-size $(TEST_SIZE) --folds $(FOLDS) --jobs $(JOBS) --groups $(GROUPS) \
 		--dup-threshold $(DUP_THRESHOLD) --engine $(ENGINE) --repeats $(REPEATS) --memory-gb $(MEMORY_GB) \
-		--tune $(TUNE)
+		--tune $(TUNE) --stale $(STALE)
 
 audit: setup $(ENGINE_SETUP) ## near-duplicates across splits, label suspects, leakage-aware scores -> OUT/audit/
 	$(PY) -m classify.audit $(EXTRACT_ARGS) --out "$(OUT)" --heads $(HEADS) --seed $(SEED) \
 		--test-size $(TEST_SIZE) --folds $(FOLDS) --jobs $(JOBS) --dup-threshold $(DUP_THRESHOLD) \
-		--engine $(ENGINE) --memory-gb $(MEMORY_GB)
+		--engine $(ENGINE) --memory-gb $(MEMORY_GB) --stale $(STALE)
 
 report: setup ## one self-contained HTML page of the whole experiment -> OUT/report.html
 	$(PY) -m classify.report --in "$(IN)" --features "$(FEATURES)" --out "$(OUT)"

@@ -42,7 +42,7 @@ def compare_matrix(args: argparse.Namespace) -> int:
                                    test_size=args.test_size, folds=args.folds,
                                    jobs=args.jobs or None, groups=args.groups,
                                    dup_threshold=args.dup_threshold, repeats=args.repeats,
-                                   memory_gb=args.memory_gb, tune=args.tune)
+                                   memory_gb=args.memory_gb, tune=args.tune, stale=args.stale)
     print()
     print(format_table(matrix.drop(columns=["features_key"])))
     print(f"\noutputs in {args.out}/: backbones.csv, backbones.png, <backbone>/ for each backbone; "
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
                                 fallback_none=args.weights_fallback == "none",
                                 groups=args.groups, dup_threshold=args.dup_threshold,
                                 dataset=args.dataset or None, repeats=args.repeats,
-                                memory_gb=args.memory_gb, tune=args.tune)
+                                memory_gb=args.memory_gb, tune=args.tune, stale=args.stale)
             print()
             print(format_table(table))
             print(f"\noutputs in {args.out}/: comparison.csv, predictions.csv, reports/, models/, "

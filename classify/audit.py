@@ -42,16 +42,18 @@ def parse(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _oof_fold(model, X, y, train, test):
+def _oof_fold(model, X, y, train, test, groups=None):
     """One fold of the out-of-fold pass: the MLP's early stopping and validation share sized on
-    this fold's labels (:func:`classify.heads.fit_head`). ``train``, ``test``: rows of X."""
+    this fold's labels (:func:`classify.heads.fit_head`), the splits inside the fit keeping each
+    duplicate cluster (``groups``, per row of X) whole. ``train``, ``test``: rows of X."""
     from sklearn.exceptions import ConvergenceWarning
 
     from .heads import fit_head
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        model, _ = fit_head(model, X[train], y[train], private=True)  # a fresh copy
+        model, _ = fit_head(model, X[train], y[train], private=True,  # a fresh copy
+                            groups=None if groups is None else groups[train])
     return test, model.predict_proba(X[test])
 
 
@@ -59,7 +61,8 @@ def out_of_fold_probabilities(model, X, y, groups, folds: int, seed: int, jobs: 
     """Cross-validated class probabilities: each row predicted by a model that never saw it.
 
     The folds are stratified and group-aware (a duplicate cluster is never split), so a
-    mislabelled image cannot be vouched for by its own copy in the training folds. Their number
+    mislabelled image cannot be vouched for by its own copy in the training folds (nor in the
+    splits inside each fit: the SVM's calibration, the MLP's early stopping). Their number
     follows :func:`classify.data.cv_folds`, and each fold sizes the MLP's validation share on
     its own training part.
 
@@ -82,7 +85,7 @@ def out_of_fold_probabilities(model, X, y, groups, folds: int, seed: int, jobs: 
     classes = np.unique(y[rows])
     probs = np.zeros((len(rows), len(classes)))
     results = joblib.Parallel(n_jobs=min(jobs, len(splits)))(
-        joblib.delayed(_oof_fold)(clone(model), X, y, rows[tr], rows[te]) for tr, te in splits)
+        joblib.delayed(_oof_fold)(clone(model), X, y, rows[tr], rows[te], groups) for tr, te in splits)
     for (_, te), (_, p) in zip(splits, results):
         probs[te] = p
     return probs, classes, len(splits)
@@ -128,7 +131,8 @@ def leakage_scores(models: dict, X, y, role: np.ndarray, leaked: np.ndarray, clu
                    content: np.ndarray, folds: int, seed: int, jobs: int) -> dict:
     """Per head: accuracy on the evaluated images, all and without a train duplicate; the CV
     score (balanced accuracy, as in ``make compare``) on the training part with folds that keep
-    exact copies together (``content``) and with folds that keep duplicate clusters together."""
+    exact copies together (``content``) and with folds that keep duplicate clusters together
+    (``cluster``; then the splits inside each fit keep them together too)."""
     import joblib
     from sklearn.base import clone
     from sklearn.metrics import accuracy_score
@@ -150,7 +154,8 @@ def leakage_scores(models: dict, X, y, role: np.ndarray, leaked: np.ndarray, clu
             for k, (tr, te) in enumerate(splits):
                 tasks.append((name, (kind, k), clone(model), train_idx[tr], train_idx[te]))
     results = joblib.Parallel(n_jobs=min(jobs, len(tasks)))(
-        joblib.delayed(_fit)(name, key, model, X, y, tr, te) for name, key, model, tr, te in tasks)
+        joblib.delayed(_fit)(name, key, model, X, y, tr, te, cluster if key[0] == "groups" else None)
+        for name, key, model, tr, te in tasks)
     out = {name: {} for name in models}
     cv = {(name, kind): [] for name in models for kind in ("plain", "groups")}
     for name, (kind, k), value, _, _ in results:
@@ -284,7 +289,7 @@ def contact_sheets(in_dir, out: Path, dup_table: pd.DataFrame, suspects: pd.Data
 def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm,mlp", seed: int = 42,
           test_size: float = 0.2, folds: int = 5, jobs: int | None = None, dup_threshold="auto",
           top: int = TOP, log=print, fallback_none: bool = False, dataset: str | None = None,
-          memory_gb="auto") -> dict:
+          memory_gb="auto", stale: str = "stop") -> dict:
     """Finds duplicates and label suspects, scores the heads plainly and leakage-aware.
 
     Args:
@@ -300,29 +305,32 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
         dataset: ``DATASET``, the input's folder name under FEATURES when not derived from IN.
         memory_gb: ``auto`` or GiB (MEMORY_GB), as in ``make compare``: decides the SVM method
             and how many fits run at once.
+        stale: ``stop`` or ``ok`` (STALE), as in ``make compare``: images added to or removed
+            from IN since ``make features`` stop the audit, or the cache is used as it is.
 
     Returns:
         The summary (also written to ``OUT/audit/summary.json``).
 
     Raises:
-        DataError: missing features, fewer than two classes, no training or evaluated images.
+        DataError: missing features, images added or removed since they were extracted (with
+            ``stale="stop"``), fewer than two classes, no training or evaluated images.
         ValueError: an unknown head, a bad threshold, or a budget too small for one fit.
     """
     from extract.atomic import write_csv, write_json
 
     from .budget import plan_for
-    from .data import (DataError, assign_split, content_key, describe_conflict, label_conflicts,
-                       load_features, unit_ids)
-    from .dups import cached_duplicates
+    from .data import (DataError, assign_split, check_input, content_key, describe_conflict, features_command,
+                       label_conflicts, load_features, require_two_classes, unit_ids)
+    from .dups import cached_duplicates, share_warning
     from .heads import make_heads, select_heads
 
     t0 = time.perf_counter()
     models = select_heads(heads, seed)
     feats = load_features(features_dir, settings, in_dir=str(in_dir), fallback_none=fallback_none,
                           dataset=dataset)
+    check_input(feats, in_dir, features_command(settings, str(in_dir), str(features_dir), dataset), stale, log, dataset)
     man = feats.manifest
-    if man["label"].nunique() < 2:
-        raise DataError(f"{feats.folder} holds one class only; the audit needs at least two class folders")
+    require_two_classes(feats, "the audit")
     role_s, split_rule = assign_split(man, test_size, seed)
     role = role_s.replace("", "unused").to_numpy()
     X, y = feats.X, man["label"].to_numpy()
@@ -355,6 +363,8 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
         f"images, largest {counts['largest_exact_group']}), {int((p['kind'] == 'near').sum())} near pairs; "
         f"{len(p)} pairs listed, {int(cross.sum())} across train/eval, {int(disagree.sum())} with "
         f"different labels; {dups.rule}; search: {dups.search}")
+    if share_warning(dups):
+        log(share_warning(dups))
 
     # label suspects from out-of-fold probabilities of the first head that has them
     proba_name = next((n for n in models if n in PROBA_HEADS), "logreg")
@@ -384,6 +394,7 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
         "dup_threshold": dups.threshold if np.isfinite(dups.threshold) else None,
         "dup_threshold_setting": str(dup_threshold),
         "dup_threshold_rule": dups.rule,
+        "dup_threshold_basis": dups.basis,
         "nn_similarity": ({"min": float(nn.min()), "median": float(np.median(nn)), "max": float(nn.max())}
                           if len(nn) else None),
         "duplicates": {
@@ -423,7 +434,7 @@ def main(argv=None) -> int:
                             heads=args.heads, seed=args.seed, test_size=args.test_size,
                             folds=args.folds, jobs=args.jobs or None,
                             dup_threshold=args.dup_threshold, top=args.top,
-                            dataset=args.dataset or None, memory_gb=args.memory_gb)
+                            dataset=args.dataset or None, memory_gb=args.memory_gb, stale=args.stale)
     except (DataError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

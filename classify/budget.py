@@ -6,7 +6,8 @@ pages the fits read; :func:`resident_bytes`) plus the fits that run at the same 
 
 The exact RBF SVM (:class:`~classify.heads.CalibratedSVC` with ``method="exact"``) holds the
 n x n float32 squared distances and a float64 Gram matrix per fit: 12 bytes per entry (14 with
-libsvm's copies), 30 GiB at 48,000 training images. It is used while the fits that run at the
+a fold's held-out kernel, and libsvm's cache beside: :func:`exact_bytes`), 30 GiB at 48,000
+training images. It is used while the fits that run at the
 same time fit in the budget; beyond that the SVM switches to ``method="nystroem"`` (a Nystroem
 feature map of the same kernel and a linear SVM), whose memory grows with n times the number
 of components, and the number of parallel fits (joblib ``n_jobs``) is lowered until the planned
@@ -58,16 +59,18 @@ def memory_limits() -> dict[str, int]:
 
 
 def resident_bytes(X=None) -> int:
-    """What this process holds before its fits: its anonymous resident memory (``RssAnon`` of
-    ``/proc/self/status``), plus the vectors when X is memory-mapped (the fits read every row,
-    so its pages become resident too). 0 where ``/proc`` is missing."""
-    anon = 0
+    """What this process holds before its fits: its resident memory (``VmRSS`` of
+    ``/proc/self/status``: anonymous pages and the pages of the libraries' files alike, as its
+    peak, ``VmHWM``, counts them; the libraries alone are about 110 MiB of file pages here, which
+    counting ``RssAnon`` only had left out), plus the vectors when X is memory-mapped (the fits
+    read every row, so its pages become resident too). 0 where ``/proc`` is missing."""
+    rss = 0
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
-            anon = next((int(line.split()[1]) * 1024 for line in fh if line.startswith("RssAnon:")), 0)
+            rss = next((int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:")), 0)
     except OSError:
         pass
-    return anon + (int(X.nbytes) if isinstance(X, np.memmap) else 0)
+    return rss + (int(X.nbytes) if isinstance(X, np.memmap) else 0)
 
 
 def default_memory_gb() -> float:
@@ -92,15 +95,30 @@ def parse_memory_gb(value) -> float:
     return gb
 
 
+EXACT_BYTES_PER_ENTRY = 14  # float32 distances (4), float64 kernel (8), a fold's held-out kernel (< 2)
+LIBSVM_CACHE_BYTES = 200 * 1024 ** 2  # libsvm's kernel cache: SVC's cache_size (200 MiB), 4 bytes an entry
+EXACT_FIXED_BYTES = 80 * 1024 ** 2  # the float32 block kernels are computed in (64 MB at most), and the rest
+
+
 def exact_bytes(n: int, dim: int) -> int:
     """Peak bytes of one exact SVM fit on n rows: the float32 squared distances and the float64
-    Gram matrix made from them (12 bytes per entry), libsvm's own copies, and the rows (gathered,
-    and put in held-out fold order).
+    kernel made from them, a fold's held-out kernel (``EXACT_BYTES_PER_ENTRY`` per entry),
+    libsvm's kernel cache (4 bytes per entry up to ``LIBSVM_CACHE_BYTES``), the block that
+    kernels are computed in (``EXACT_FIXED_BYTES``), and the rows (gathered, and put in
+    held-out fold order).
 
-    Measured: 1,302 MiB above the process's start for 9,936 rows, tuned or not (14 x n^2 and
-    the rows make 1,358 MiB).
+    Measured (the rise of ``VmHWM`` over ``VmRSS`` across one fit of the ``svm`` head, as
+    ``make compare`` makes it, on 512-wide rows; ``tests/test_budget.py`` checks two sizes):
+    random rows, where nearly every row is a support vector and libsvm's cache fills, 89 MB at
+    2,000 rows, 305 MB at 4,000 and 1,072 MB at 8,000 tuned (this estimate: 164, 388 and
+    1,222 MB); the bench's synthetic embeddings 78, 263, 1,000 and 2,095 MB at 2,000, 4,000,
+    8,000 and 12,000 rows (2,359 MB estimated). The 14 bytes per entry and the rows alone,
+    assumed before, ran 7-21% low at 4,000-8,000 rows (and counting the process's anonymous memory only, as held, left out
+    110 MiB of library pages: a run at 10,000 x 512 planned 0.99 GiB and peaked at 1.15-1.21).
     """
-    return 14 * n * n + (ROW_COPIES + 1) * 4 * n * dim
+    n2 = n * n
+    return (EXACT_BYTES_PER_ENTRY * n2 + min(4 * n2, LIBSVM_CACHE_BYTES)
+            + (ROW_COPIES + 1) * 4 * n * dim + EXACT_FIXED_BYTES)
 
 
 def nystroem_bytes(n: int, dim: int, components: int) -> int:

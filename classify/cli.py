@@ -18,6 +18,9 @@ def add_features_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layer", default="", help="LAYER (empty: the last block)")
     p.add_argument("--pooling", default="avg", help="POOLING")
     p.add_argument("--precision", default="fp32", help="PRECISION")
+    p.add_argument("--stale", choices=["stop", "ok"], default="stop",
+                   help="stop: refuse a cache when IN has images added or removed since make features; "
+                        "ok: use the cache as it is (STALE)")
     p.add_argument("--weights-fallback", choices=["none"], default=None,
                    help="(demo only) use the random-weights cache when the ImageNet one is missing")
 

@@ -23,12 +23,12 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, classificat
 from extract.atomic import atomic_write, write_csv, write_json
 from extract.model import Settings
 
-from .data import (DataError, Features, assign_split, check_coverage, content_key, copies_across,
-                   eval_split_of, tune_split_of,
+from .data import (DataError, Features, assign_split, check_coverage, check_input, content_key, copies_across,
+                   eval_split_of, features_command, require_two_classes, tune_split_of,
                    cv_folds, describe_conflict, label_conflicts, load_features, unit_ids)
 from . import curves, stats
 from .budget import apply_plan, plan_for
-from .dups import cached_duplicates
+from .dups import cached_duplicates, share_warning
 from .heads import (GRIDS, INNER_FOLDS, candidates, decision_values, fit_head, fixed_head, format_settings,
                     labels_of, outputs, select_heads)
 from .outdir import check_out_dir, new_run
@@ -38,9 +38,10 @@ AUTO_REPEATS_UP_TO = 5000  # REPEATS=auto: 3 repeats up to this many training im
 TUNE_AUTO_UP_TO = 20_000  # TUNE=auto tunes up to this many training images (see choose_tuning)
 
 
-def _fit(name: str, fold: int, model, X, y, train_idx, test_idx):
+def _fit(name: str, fold: int, model, X, y, train_idx, test_idx, groups=None):
     """One unit of parallel work: fit (tuning included) on train_idx; score on test_idx (a CV
-    fold, or the validation folder) or return the model.
+    fold, or the validation folder) or return the model. ``groups``: every row's duplicate
+    cluster (``GROUPS=dups``), kept whole by the splits inside the fit.
 
     Returns:
         (name, fold, the model or the score, seconds, the head's chosen settings).
@@ -50,7 +51,8 @@ def _fit(name: str, fold: int, model, X, y, train_idx, test_idx):
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", FitFailedWarning)  # a candidate that cannot fit a small inner fold
         warnings.simplefilter("ignore", UserWarning)  # a class missing from an inner fold's predictions
-        model, chosen = fit_head(model, X[train_idx], y[train_idx], private=True)  # a fresh copy
+        model, chosen = fit_head(model, X[train_idx], y[train_idx], private=True,  # a fresh copy
+                                 groups=None if groups is None else groups[train_idx])
     seconds = time.perf_counter() - t0
     if test_idx is None:
         return name, fold, model, seconds, chosen
@@ -76,6 +78,7 @@ def cv_score(y_true, y_pred) -> float:
 TRUSTED_TYPES = (
     "classify.heads.CalibratedSVC",
     "classify.heads.GramRBFSVC",
+    "classify.heads.GroupedMLPClassifier",
     "classify.heads.RowBlockScaler",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
 )
@@ -176,7 +179,8 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             seed: int = 42, test_size: float = 0.2, folds: int = 5, jobs: int | None = None,
             in_dir: str = "in", fallback_none: bool = False, log=print, groups: str = "none",
             dup_threshold="auto", dataset: str | None = None,
-            repeats: int | str = "auto", memory_gb="auto", tune: str = "auto") -> pd.DataFrame:
+            repeats: int | str = "auto", memory_gb="auto", tune: str = "auto",
+            stale: str = "stop") -> pd.DataFrame:
     """Trains, cross-validates and evaluates the heads; writes one whole run to ``out_dir``.
 
     The run is written into a temporary folder beside ``out_dir`` and swapped into place when
@@ -194,12 +198,16 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         test_size: hold-out fraction when the input has no split folders (TEST_SIZE).
         folds: cross-validation folds on the training part (FOLDS).
         jobs: parallel workers (default: every core).
-        in_dir: only for hints in messages.
+        in_dir: IN: the input folder, whose images are checked against the cache's (the folder
+            the cache records as its input, when it records one; see
+            :func:`classify.data.check_input`), and named in hints.
         fallback_none: (demo) use the random-weights cache when the ImageNet one is missing.
         log: where messages go.
         groups: ``none``, or ``dups`` (GROUPS): keep each duplicate cluster (exact or near,
             see :mod:`classify.dups`) on one side of the hold-out and in one CV fold, with the
-            balanced rule of :func:`classify.data.balanced_holdout`.
+            balanced rule of :func:`classify.data.balanced_holdout`, and whole in the splits
+            inside every fit (tuning folds, the SVM's calibration folds, the MLP's
+            early-stopping share).
         dup_threshold: ``auto`` or a cosine similarity (DUP_THRESHOLD); decides which evaluated
             images have a near-duplicate in the training part (``accuracy_no_dups``).
         dataset: ``DATASET``, the input's folder name under FEATURES when not derived from IN.
@@ -211,6 +219,8 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         tune: ``auto``, ``1`` or ``0`` (TUNE): search each head's grid (:data:`classify.heads.GRIDS`)
             on the validation folder when there is one, else by inner cross-validation inside
             every fit (see :func:`choose_tuning`); ``0`` keeps the fixed settings.
+        stale: ``stop`` or ``ok`` (STALE): whether images added to or removed from IN since
+            ``make features`` stop the run, or the cache is used as it is.
 
     Returns:
         The comparison table (also written to ``out_dir/comparison.csv``), with each head's chosen
@@ -220,8 +230,9 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         ``p_mcnemar``) and ``verdict`` (see :mod:`classify.stats`).
 
     Raises:
-        DataError: missing or damaged features, a class with evaluated but no training images,
-            too few classes or images, an OUT that cannot be replaced as a whole.
+        DataError: missing or damaged features, images added or removed since they were extracted
+            (with ``stale="stop"``), a class with evaluated but no training images, too few
+            classes or images, an OUT that cannot be replaced as a whole.
         ValueError: an unknown head, or a budget too small for one fit.
     """
     t_start = time.perf_counter()
@@ -231,16 +242,15 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     check_out_dir(out_dir)
     feats: Features = load_features(features_dir, settings, in_dir=in_dir, fallback_none=fallback_none,
                                     dataset=dataset)
+    check_input(feats, in_dir, features_command(settings, in_dir, str(features_dir), dataset), stale, log, dataset)
     man = feats.manifest
-    if man["label"].nunique() < 2:
-        raise DataError(
-            f"{feats.folder} holds one class only ({man['label'].iloc[0]!r}); a classifier needs "
-            "at least two class folders under IN"
-        )
+    require_two_classes(feats)
     conflicts = label_conflicts(man)
     for conflict in conflicts:
         log(describe_conflict(conflict))
     dups = cached_duplicates(feats.X, man["sha256"], dup_threshold, Path(out_dir) / ".dups")
+    if share_warning(dups):
+        log(share_warning(dups))
     cluster = dups.groups()
     role, split_rule = assign_split(man, test_size, seed, units=cluster if groups == "dups" else None)
     unit = "duplicate clusters" if groups == "dups" else "exact copies"
@@ -282,22 +292,25 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     mode, tuning_rule = choose_tuning(tune, len(train_idx), tune_split_of(man) if len(valid_idx) else None)
     if mode == "nested":
         models = select_heads(heads, seed, tune=True)
-    split_use = _split_use(man, mode, {"train": len(crossing)})
+    split_use = _split_use(man, mode, {"train": len(crossing)}, tune)
     if mode == "valid":
         chose = copies_across(man, role, of="tune")
         if chose:
             log(f"warning: {len(chose)} evaluated images are exact copies of {tune_split_of(man)}/ images "
                 f"(e.g. {chose[0]}), which choose each head's settings, so the test score is not "
                 "independent of that choice: delete the copies or move them into one split")
-            split_use = _split_use(man, mode, {"train": len(crossing), tune_split_of(man): len(chose)})
+            split_use = _split_use(man, mode, {"train": len(crossing), tune_split_of(man): len(chose)}, tune)
     log(f"tuning: {tuning_rule}")
     log("splits: " + "; ".join(f"{name}: {use}" for name, use in split_use.items()))
     plan = plan_for(models, X, len(train_idx), memory_gb, jobs, log)
     n_jobs = plan.n_jobs
     tuning_rows = []
+    inner_groups = fold_groups if groups == "dups" else None  # splits inside each fit keep clusters whole
     if mode == "valid":
-        models, tuning_rows = _select_on_validation(models, X, y, train_idx, valid_idx, n_jobs, log)
-    fitted, cv_scores, fit_seconds, cv_seconds, chosen = _fit_all(models, X, y, train_idx, fold_list, n_jobs)
+        models, tuning_rows = _select_on_validation(models, X, y, train_idx, valid_idx, n_jobs, log,
+                                                    inner_groups)
+    fitted, cv_scores, fit_seconds, cv_seconds, chosen = _fit_all(models, X, y, train_idx, fold_list, n_jobs,
+                                                                  inner_groups)
     if mode == "nested":
         tuning_rows = [(h, f"repeat {r} fold {k}" if k >= 0 else "final", format_settings(s),
                         "" if k < 0 else round(float(cv_scores[h][i]), 6), "yes" if k < 0 else "")
@@ -315,21 +328,23 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         comparison = _evaluate(out, fitted, outs, cv_scores, fit_seconds, cv_seconds, y, man, eval_idx,
                                leaked, class_names, feats, split_rule, seed, len(train_idx),
                                {h: chosen[h]["final"] for h in fitted})
-        comparison = _compare_heads(comparison, cv_scores, n_folds, y[eval_idx],
+        comparison = _compare_heads(comparison, cv_scores, n_folds, [len(te) for _, te in fold_list], y[eval_idx],
                                     man["path"].to_numpy()[eval_idx],
                                     pd.read_csv(out / "predictions.csv", keep_default_na=False,
                                                 dtype=str), log)
         write_csv(out / "comparison.csv", list(comparison.columns), comparison.itertuples(index=False))
-        write_csv(out / "cv_scores.csv", ["head", "repeat", "fold", "score"],
-                  ((h, r, k, round(float(s), 6)) for h in cv_scores
-                   for (r, k), s in zip(fold_ids, cv_scores[h])))
+        write_csv(out / "cv_scores.csv", ["head", "repeat", "fold", "score", "n_images"],
+                  ((h, r, k, round(float(s), 6), len(te)) for h in cv_scores
+                   for (r, k), s, (_, te) in zip(fold_ids, cv_scores[h], fold_list)))
         from . import figures
 
         probas = {h: proba for h, (proba, _) in outs.items()}
         figure_names = figures.write_figures(out / "figures", fitted, probas, y[eval_idx], class_names)
-        settled = {h: fixed_head(h, seed, chosen[h]["final"]) for h in models}  # the chosen settings
-        apply_plan(settled, plan)
-        curve = curves.learning_curves(settled, X, y, fold_sets[0][0], n_jobs, seed, rows=train_idx)
+        settled, curve_settings = _curve_heads(models, chosen, mode, n_folds, seed)
+        for heads_of_folds in settled.values():
+            apply_plan(dict(enumerate(heads_of_folds)), plan)
+        curve = curves.learning_curves(settled, X, y, fold_sets[0][0], n_jobs, seed, rows=train_idx,
+                                       groups=inner_groups, settings=curve_settings)
         write_csv(out / "learning_curve.csv", list(curve.columns), curve.itertuples(index=False))
         figure_names.append(curves.plot_learning_curves(curve, out / "figures" / "learning_curve.png"))
         reliability = curves.reliability_diagram(probas, y[eval_idx], class_names,
@@ -361,18 +376,37 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             "split_rule": split_rule,
             "groups": groups,
             "duplicates": {"threshold": dups.threshold if np.isfinite(dups.threshold) else None,
-                           "rule": dups.rule, "search": dups.search,
-                           "pairs": len(dups.pairs), "eval_with_train_duplicate": int(leaked.sum())},
+                           "rule": dups.rule, "search": dups.search, "basis": dups.basis,
+                           **dups.summary(), "eval_with_train_duplicate": int(leaked.sum())},
             "label_conflicts": conflicts,
             "more_data": more_data,
+            "learning_curve": {"settings": curve_settings, "folds": int(curve["n_folds"].max()) if len(curve) else 0},
             "n_images": len(man), "n_train": len(train_idx), "n_eval": len(eval_idx),
             "class_names": class_names,
+            "classes_not_measured": [c for c in class_names if c not in measured_classes(class_names, y[eval_idx])],
             "figures": figure_names,
             "seconds": round(time.perf_counter() - t_start, 3),
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "versions": _versions(),
         })
     return comparison
+
+
+def _curve_heads(models: dict, chosen: dict, mode: str, n_folds: int, seed: int) -> tuple[dict, str]:
+    """The learning curves' heads: per head, one unfitted head per fold of the first repeat, and
+    how their settings were chosen, in words.
+
+    With nested tuning each fold's curve uses the settings that fold's own fit chose on its
+    training rows (``chosen[h]["folds"]``, the first repeat first), so the held-out images the
+    curve is scored on never helped choose them; it costs no fit. Otherwise the settings are
+    the same in every fold: fixed (TUNE=0), or chosen on the validation folder, which the CV
+    folds never score.
+    """
+    if mode == "nested":
+        return ({h: [fixed_head(h, seed, s) for s in chosen[h]["folds"][:n_folds]] for h in models},
+                "chosen in each fold on its training rows (nested tuning)")
+    words = "fixed (TUNE=0 or above TUNE=auto's size)" if mode == "off" else "chosen on the validation folder"
+    return {h: [fixed_head(h, seed, chosen[h]["final"])] * n_folds for h in models}, words
 
 
 def choose_repeats(repeats, n_train: int) -> int:
@@ -395,12 +429,13 @@ def choose_repeats(repeats, n_train: int) -> int:
     return value
 
 
-def _compare_heads(comparison: pd.DataFrame, cv_scores: dict, n_folds: int, y_eval, paths_eval,
-                   pred: pd.DataFrame, log) -> pd.DataFrame:
+def _compare_heads(comparison: pd.DataFrame, cv_scores: dict, n_folds: int, fold_sizes: list, y_eval,
+                   paths_eval, pred: pd.DataFrame, log) -> pd.DataFrame:
     """Adds 95% intervals, each head's paired tests against the best head, and the verdicts.
 
     The best head is the one with the best ``cv_mean`` (as for ``make predict``). ``p_vs_best``
-    is the corrected resampled paired t on the fold scores (they come from the same folds);
+    is the corrected resampled paired t on the fold scores (they come from the same folds; each
+    fold's held-out images, ``fold_sizes``, set the least variance a fold score can have);
     ``p_mcnemar`` is McNemar's exact test on the evaluated images. ``verdict`` is ``best``,
     ``tied`` or ``worse`` (``p_vs_best`` below 0.05 after Holm's adjustment).
     """
@@ -410,8 +445,9 @@ def _compare_heads(comparison: pd.DataFrame, cv_scores: dict, n_folds: int, y_ev
     by_path = pred.set_index("path")
     right = {h: by_path.loc[paths_eval, h].to_numpy().astype(str) == y_eval for h in table["head"]}
     ci = [stats.wilson_interval(int(right[h].sum()), len(y_eval)) for h in table["head"]]
-    cv_ci = [stats.corrected_t_interval(cv_scores[h], 1 / n_folds) for h in table["head"]]
-    p_cv = {h: stats.corrected_paired_t(cv_scores[h], cv_scores[best], 1 / n_folds) for h in table["head"]}
+    cv_ci = [stats.corrected_t_interval(cv_scores[h], 1 / n_folds, fold_sizes) for h in table["head"]]
+    p_cv = {h: stats.corrected_paired_t(cv_scores[h], cv_scores[best], 1 / n_folds, fold_sizes)
+            for h in table["head"]}
     p_mc = {h: stats.mcnemar_exact(right[h], right[best]) for h in table["head"]}
     verdict = stats.verdicts(best, p_cv)
     at = list(table.columns).index("cv_std") + 1
@@ -438,8 +474,9 @@ def _fold_groups(man: pd.DataFrame, cluster) -> np.ndarray:
     return unit_ids(*keys)
 
 
-def _fit_all(models: dict, X, y, train_idx, fold_list, n_jobs: int):
-    """Fits every head on every CV fold and on the whole training part, in parallel.
+def _fit_all(models: dict, X, y, train_idx, fold_list, n_jobs: int, groups=None):
+    """Fits every head on every CV fold and on the whole training part, in parallel; ``groups``
+    (one id per row of X, or None) go to the splits inside each fit.
 
     Returns:
         ({head: fitted model}, {head: [fold scores]}, {head: fit seconds}, {head: CV seconds},
@@ -453,7 +490,7 @@ def _fit_all(models: dict, X, y, train_idx, fold_list, n_jobs: int):
     # The SVM's tasks are the longest: start them first so the workers finish together.
     tasks.sort(key=lambda t: (t[0] != "svm", t[0], t[1]))
     results = joblib.Parallel(n_jobs=min(n_jobs, len(tasks)))(
-        joblib.delayed(_fit)(name, k, model, X, y, tr, te) for name, k, model, tr, te in tasks)
+        joblib.delayed(_fit)(name, k, model, X, y, tr, te, groups) for name, k, model, tr, te in tasks)
     fitted, fit_seconds, chosen = {}, {}, {n: {"folds": {}} for n in models}
     cv_scores, cv_seconds = {n: {} for n in models}, dict.fromkeys(models, 0.0)
     for name, k, value, seconds, settings in results:
@@ -497,11 +534,11 @@ def choose_tuning(tune, n_train: int, valid: str | None) -> tuple[str, str]:
                       "every fit (nested: the CV scores include the tuning)")
 
 
-def _split_use(man: pd.DataFrame, mode: str, copies: dict | None = None) -> dict:
+def _split_use(man: pd.DataFrame, mode: str, copies: dict | None = None, tune="0") -> dict:
     """What each split folder (or the hold-out) was used for, for the console, run.json and report.
 
     ``copies``: {split: how many evaluated images are exact copies of its images}; any such
-    copies qualify "untouched".
+    copies qualify "untouched". ``tune``: TUNE as given, which says why tuning is off.
     """
     evaluated = eval_split_of(man)
     trained = "fitted on, and cross-validated on" + (" (tuning nested in every fit)" if mode == "nested" else "")
@@ -513,14 +550,17 @@ def _split_use(man: pd.DataFrame, mode: str, copies: dict | None = None) -> dict
     use = {"train": trained, evaluated: score}
     valid = tune_split_of(man)
     if valid:
-        use[valid] = "tuning: selects each head's settings" if mode == "valid" else "not used (TUNE=0)"
+        off = ("TUNE=0" if str(tune).strip() == "0" else
+               f"tuning off: TUNE=auto tunes up to {TUNE_AUTO_UP_TO:,} training images")
+        use[valid] = "tuning: selects each head's settings" if mode == "valid" else f"not used ({off})"
     for other in sorted(set(man["split"]) - {"", "train", evaluated, valid}):
         use[other] = "not used"
     return use
 
 
-def _select_on_validation(models: dict, X, y, train_idx, valid_idx, n_jobs: int, log):
-    """Fits every candidate of every head's grid on train, scores it on the validation folder.
+def _select_on_validation(models: dict, X, y, train_idx, valid_idx, n_jobs: int, log, groups=None):
+    """Fits every candidate of every head's grid on train, scores it on the validation folder
+    (``groups``: as in :func:`_fit_all`).
 
     Returns:
         ({head: the unfitted head with its best settings}, rows of tuning.csv).
@@ -528,7 +568,7 @@ def _select_on_validation(models: dict, X, y, train_idx, valid_idx, n_jobs: int,
     tasks = [(name, i, clone(model).set_params(**params))
              for name, model in models.items() for i, params in enumerate(candidates(name))]
     results = joblib.Parallel(n_jobs=min(n_jobs, len(tasks)))(
-        joblib.delayed(_fit)(name, i, model, X, y, train_idx, valid_idx) for name, i, model in tasks)
+        joblib.delayed(_fit)(name, i, model, X, y, train_idx, valid_idx, groups) for name, i, model in tasks)
     best = {}
     for name, i, score, _, settings in results:  # candidates come nearest the fixed settings first:
         if name not in best or score > best[name][1]:  # a tie keeps the plainest
@@ -553,11 +593,17 @@ def _evaluate(out: Path, fitted: dict, outs: dict, cv_scores: dict, fit_seconds:
     :func:`classify.heads.outputs` on the evaluated images.
 
     macro-F1 has one definition: the unweighted mean of the per-class F1 over the model's
-    classes (``class_names``), read from the same classification report that is written.
+    classes that have evaluated images (:func:`measured_classes`), read from the same
+    classification report that is written. A class with no evaluated image has no F1 to measure
+    (counting it as 0 would make a perfect head score below 1); it is named in the report.
     """
     for sub in ("reports", "models"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     y_eval = y[eval_idx]
+    measured = measured_classes(class_names, y_eval)
+    left_out = [c for c in class_names if c not in measured]
+    note = ("" if not left_out else "not measured (no evaluated image; left out of every average): "
+            + ", ".join(map(repr, left_out)) + "\n")
     pred = pd.DataFrame({"path": man["path"].to_numpy()[eval_idx], "label": y_eval})
     rows = []
     for name, model in fitted.items():
@@ -570,8 +616,8 @@ def _evaluate(out: Path, fitted: dict, outs: dict, cv_scores: dict, fit_seconds:
         decision = decision_values(model, margins, labels)
         if decision is not None:
             pred[f"{name}_decision"] = np.round(decision.astype(float), 6)
-        report = classification_report(y_eval, labels, labels=class_names, zero_division=0, output_dict=True)
-        report_txt = classification_report(y_eval, labels, labels=class_names, zero_division=0, digits=4)
+        report = classification_report(y_eval, labels, labels=measured, zero_division=0, output_dict=True)
+        report_txt = classification_report(y_eval, labels, labels=measured, zero_division=0, digits=4)
         folds_score = cv_scores[name]
         rows.append({
             "head": name,
@@ -590,8 +636,8 @@ def _evaluate(out: Path, fitted: dict, outs: dict, cv_scores: dict, fit_seconds:
             "cv_seconds": round(cv_seconds[name], 3),
         })
         (out / "reports" / f"{name}.txt").write_text(
-            f"head: {name}\nfeatures: {feats.key}\nevaluated on {len(eval_idx)} images ({split_rule})\n\n"
-            + report_txt, encoding="utf-8")
+            f"head: {name}\nfeatures: {feats.key}\nevaluated on {len(eval_idx)} images ({split_rule})\n"
+            + note + "\n" + report_txt, encoding="utf-8")
         write_json(out / "reports" / f"{name}.json", report)
         save_model(out / "models" / f"{name}{MODEL_SUFFIX}", {
             "model": model, "head": name, "class_names": class_names,
@@ -605,6 +651,13 @@ def _evaluate(out: Path, fitted: dict, outs: dict, cv_scores: dict, fit_seconds:
     pred = pred.sort_values("path", kind="stable")
     write_csv(out / "predictions.csv", list(pred.columns), pred.itertuples(index=False))
     return comparison
+
+
+def measured_classes(class_names: list[str], y_eval) -> list[str]:
+    """The model's classes that have at least one evaluated image, in the model's order: the
+    classes whose precision, recall and F1 can be measured (and averaged)."""
+    present = set(np.asarray(y_eval).astype(str))
+    return [c for c in class_names if c in present]
 
 
 def _versions() -> dict:

@@ -2,7 +2,8 @@
 
 - :func:`learning_curves`: every head's cross-validated balanced accuracy against the number of
   training images (on the cached vectors, with the comparison's own folds, so copies never
-  straddle a fold), written to ``learning_curve.csv`` and
+  straddle a fold, and each fold's own tuned settings, so its held-out images never chose
+  them), written to ``learning_curve.csv`` and
   ``figures/learning_curve.png``. Above :data:`MAX_ROWS` training images a seeded sample of
   that many is used, so the curves stay a few seconds' work.
 - :func:`more_data_would_help`: the sentence the report shows.
@@ -24,7 +25,8 @@ MAX_FOLDS = 3  # the first folds of the comparison: enough for a mean and a spre
 MIN_PER_CLASS = 10  # smaller training sizes than 10 images per class are not drawn
 
 
-def learning_curves(models: dict, X, y, folds: list, n_jobs: int, seed: int, rows=None) -> pd.DataFrame:
+def learning_curves(models: dict, X, y, folds: list, n_jobs: int, seed: int, rows=None,
+                    groups=None, settings: str = "") -> pd.DataFrame:
     """Cross-validated balanced accuracy of each head at growing training sizes.
 
     Each fold's training part is shuffled once (seeded); a size takes its first rows, as
@@ -33,25 +35,33 @@ def learning_curves(models: dict, X, y, folds: list, n_jobs: int, seed: int, row
     cost about 0.5 s of start-up each on 2 cores).
 
     Args:
-        models: {head: unfitted estimator}.
+        models: {head: unfitted estimator, or a list of them, one per fold}: with tuning nested in
+            the comparison, each fold's settings were chosen on that fold's training rows alone,
+            so its held-out rows never helped choose them.
         X, y: the vectors and labels (of the training part, or of every image with ``rows``).
         folds: (train, test) positions into the training part, as the comparison used them.
         n_jobs: parallel fits.
         seed: picks the sample above :data:`MAX_ROWS` rows and shuffles each fold's rows.
         rows: the training part's positions in X (default: all of X); only the sample is read.
+        groups: optional group id per row of X (duplicate clusters): the splits inside each fit
+            (the SVM's calibration, the MLP's early stopping) keep them whole.
+        settings: how the heads' settings were chosen, in words (the ``settings`` column).
 
     Returns:
-        Columns ``head, train_size, score_mean, score_std, n_folds``; a size at which a head
-        could not be fitted (too few images per class for its own inner split) scores NaN in
-        that fold, and ``n_folds`` says how many folds were scored.
+        Columns ``head, train_size, score_mean, score_std, n_folds, settings``; a size at which a
+        head could not be fitted (too few images per class for its own inner split) scores NaN
+        in that fold, and ``n_folds`` says how many folds were scored.
     """
     import joblib
 
-    X, y, folds = _sample(X, y, np.arange(len(y)) if rows is None else np.asarray(rows),
-                          list(folds)[:MAX_FOLDS], seed)
+    n = len(y)
+    rows = np.arange(n) if rows is None else np.asarray(rows)
+    g = None if groups is None else np.asarray(groups)[rows]
+    X, y, folds, g = _sample(X, y, rows, list(folds)[:MAX_FOLDS], seed, g)
+    per_fold = {name: m if isinstance(m, (list, tuple)) else [m] * len(folds) for name, m in models.items()}
     smallest_train = min(len(tr) for tr, _ in folds)
     floor = MIN_PER_CLASS * len(np.unique(y))  # fewer images than this: a head cannot fit them
-    columns = ["head", "train_size", "score_mean", "score_std", "n_folds"]
+    columns = ["head", "train_size", "score_mean", "score_std", "n_folds", "settings"]
     if smallest_train < floor:  # too few images for a curve: say nothing rather than noise
         return pd.DataFrame(columns=columns)
     sizes = sorted({int(s * smallest_train) for s in SIZES if s * smallest_train >= floor})
@@ -59,7 +69,7 @@ def learning_curves(models: dict, X, y, folds: list, n_jobs: int, seed: int, row
     orders = [(rng.permutation(tr), te) for tr, te in folds]
     tasks = [(name, size, k) for name in models for size in sizes for k in range(len(orders))]
     scores = joblib.Parallel(n_jobs=min(n_jobs, len(tasks)))(
-        joblib.delayed(_curve_point)(models[name], X, y, orders[k][0][:size], orders[k][1])
+        joblib.delayed(_curve_point)(per_fold[name][k], X, y, orders[k][0][:size], orders[k][1], g)
         for name, size, k in tasks)
     rows = []
     for name in models:
@@ -69,37 +79,40 @@ def learning_curves(models: dict, X, y, folds: list, n_jobs: int, seed: int, row
             rows.append({"head": name, "train_size": int(size),
                          "score_mean": float(scored.mean()) if scored.size else float("nan"),
                          "score_std": float(scored.std()) if scored.size else float("nan"),
-                         "n_folds": int(scored.size)})
+                         "n_folds": int(scored.size), "settings": settings})
     return pd.DataFrame(rows, columns=columns)
 
 
-def _curve_point(model, X, y, train, test) -> float:
+def _curve_point(model, X, y, train, test, groups=None) -> float:
     """Balanced accuracy on ``test`` of ``model`` fitted on ``train`` (NaN when it cannot fit)."""
     from sklearn.base import clone
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.metrics import balanced_accuracy_score
 
+    from .heads import groups_params
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", UserWarning)
         try:
-            fitted = clone(model).fit(X[train], y[train])
+            fitted = clone(model).fit(X[train], y[train],
+                                      **groups_params(model, None if groups is None else groups[train]))
         except ValueError:  # e.g. a class with too few images for the head's own inner split
             return float("nan")
         return float(balanced_accuracy_score(y[test], fitted.predict(X[test])))
 
 
-def _sample(X, y, rows, folds, seed):
+def _sample(X, y, rows, folds, seed, groups=None):
     """At most MAX_ROWS of ``rows``, copied out of X, keeping the folds (positions re-mapped
-    into the sample)."""
+    into the sample); ``groups`` (per row of ``rows``) follow the sample."""
     n = len(rows)
     if n <= MAX_ROWS:
-        return X[rows], y[rows], folds
+        return X[rows], y[rows], folds, groups
     keep = np.sort(np.random.default_rng(seed).choice(n, MAX_ROWS, replace=False))
     where = np.full(n, -1)
     where[keep] = np.arange(len(keep))
     sampled = [(where[tr][where[tr] >= 0], where[te][where[te] >= 0]) for tr, te in folds]
-    return X[rows[keep]], y[rows[keep]], sampled
+    return X[rows[keep]], y[rows[keep]], sampled, None if groups is None else groups[keep]
 
 
 def more_data_would_help(curves: pd.DataFrame) -> str:
@@ -144,7 +157,9 @@ def plot_learning_curves(curves: pd.DataFrame, path: Path) -> str:
                     capsize=3, label=name)
     ax.set_xlabel("training images")
     ax.set_ylabel("cross-validated balanced accuracy")
-    ax.set_title("Learning curves (error bars: spread over the folds)")
+    settings = next(iter(curves["settings"].dropna()), "") if "settings" in curves else ""
+    ax.set_title("Learning curves (error bars: spread over the folds)"
+                 + (f"\nsettings: {settings}" if settings else ""), fontsize=10)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
     return _save(fig, Path(path))

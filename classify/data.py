@@ -127,6 +127,110 @@ def load_features(features_dir, settings: Settings, in_dir: str = "in",
     return Features(np.asarray(X, dtype=np.float32), manifest, meta, folder.name, folder)
 
 
+STALE_CHOICES = ("stop", "ok")  # STALE: what stage 2 does when IN has changed since the cache
+STALE_EXAMPLES = 3  # paths named in the message, of each kind
+
+
+def input_changes(feats: Features, in_dir, dataset: str | None = None) -> tuple[Path, list[str], list[str]] | None:
+    """The images added to and removed from the cache's input folder since it was extracted.
+
+    The folder is the one ``meta.json`` records as the cache's input (its manifest's paths are
+    relative to it), else ``in_dir`` when the cache was found by IN's own name (no ``dataset``).
+    It is listed as ``make features`` lists it (:func:`extract.files.list_images`: names and
+    sizes, no image is read or hashed); a file the cache's ``rejected.csv`` names was seen and
+    refused then, so it does not count as added.
+
+    Returns:
+        (the folder, added paths, removed paths), sorted; None when there is nothing to check
+        against: an imported cache (its paths are identifiers, not files), or a ``DATASET``
+        cache that does not record its input folder.
+
+    Raises:
+        FileNotFoundError: the folder does not exist or cannot be listed.
+    """
+    from extract.cache import read_csv_rows
+    from extract.files import list_images
+
+    recorded = feats.meta.get("input")
+    if feats.meta.get("backbone") == "imported" or not (recorded or not dataset):
+        return None
+    folder = Path(recorded or in_dir)
+    listed = {c.path for c in list_images(folder).candidates}
+    cached = set(feats.manifest["path"].astype(str))
+    try:
+        refused = {row["path"] for row in read_csv_rows(feats.folder / "rejected.csv")}
+    except (OSError, ValueError, KeyError):
+        refused = set()
+    return folder, sorted(listed - cached - refused), sorted(cached - listed)
+
+
+def check_input(feats: Features, in_dir, command: str, stale: str = "stop", log=print,
+                dataset: str | None = None) -> None:
+    """Stage 2 uses exactly the images of IN: stops when images were added or removed since the
+    cache was made (see :func:`input_changes`), unless ``stale`` is ``ok``.
+
+    A folder that is not there (moved away after extraction) is said in one warning line and the
+    cache is used as it is; an imported cache is not checked.
+
+    Args:
+        feats: the loaded cache.
+        in_dir: IN, as the user gave it.
+        command: the ``make features`` command that brings the cache up to date.
+        stale: ``stop`` (STALE's default) or ``ok`` (use the cache as it is, with a warning).
+        log: where warnings go.
+        dataset: ``DATASET``, when the cache was found by it rather than by IN's name.
+
+    Raises:
+        ValueError: ``stale`` is not one of :data:`STALE_CHOICES`.
+        DataError: images added or removed, with ``stale=stop``: the counts, a few paths and the
+            command.
+    """
+    if stale not in STALE_CHOICES:
+        raise ValueError(f"STALE must be one of {', '.join(STALE_CHOICES)}; received {stale!r}")
+    try:
+        found = input_changes(feats, in_dir, dataset)
+    except FileNotFoundError:
+        log(f"warning: the input folder {feats.meta.get('input') or in_dir} is not there (moved or "
+            f"deleted after make features?): the cache {feats.folder} is used as it is, unchecked")
+        return
+    if found is None or not (found[1] or found[2]):
+        return
+    folder, added, removed = found
+
+    def some(paths):
+        return ", ".join(paths[:STALE_EXAMPLES]) + (", ..." if len(paths) > STALE_EXAMPLES else "")
+
+    what = "; ".join(part for part in (
+        f"{len(added)} images added (e.g. {some(added)})" if added else "",
+        f"{len(removed)} removed (e.g. {some(removed)})" if removed else "") if part)
+    text = f"{folder} has changed since its features were extracted: {what}"
+    if stale == "ok":
+        log(f"warning: {text}; STALE=ok: the cache is used as it is ({len(feats.manifest)} images)")
+        return
+    raise DataError(f"{text}; stage 2 uses exactly the images of IN: run {command} (only the new "
+                    "images are embedded) and compare again, or add STALE=ok to use the cache as it is")
+
+
+def require_two_classes(feats: Features, who: str = "a classifier") -> None:
+    """Refuses a cache whose images all carry one label, saying where the labels come from.
+
+    Raises:
+        DataError: one class only: for images, the class folders under IN; for imported vectors,
+            the label column of the LABELS file they were imported with.
+    """
+    labels = feats.manifest["label"]
+    if labels.nunique() >= 2:
+        return
+    only = labels.iloc[0] if len(labels) else ""
+    if feats.meta.get("backbone") == "imported":
+        source = feats.meta.get("input") or "the LABELS file"
+        raise DataError(f"{feats.folder} holds one class only ({only!r}): every row of {source} has "
+                        f"that label, and {who} needs at least two; import labels of two or more "
+                        f"classes (make import EMBEDDINGS=... LABELS=... DATASET={feats.folder.parent.name})")
+    raise DataError(f"{feats.folder} holds one class only ({only!r}); {who} needs at least two class "
+                    "folders under IN (IN/<class>/<image>): add a folder of images of another class")
+
+
 def _rank(seed: int, sha: str, path: str) -> str:
     return hashlib.sha256(f"{seed}:{sha}".encode()).hexdigest() + path
 

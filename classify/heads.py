@@ -10,7 +10,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.kernel_approximation import Nystroem
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 from sklearn.utils import check_random_state
@@ -347,17 +347,29 @@ def identical_rows(X: np.ndarray) -> np.ndarray:
     return np.unique(keys, return_inverse=True)[1].ravel()
 
 
-def copy_aware_folds(X, y, k: int, seed) -> list | None:
+def copy_aware_folds(X, y, k: int, seed, groups=None) -> list | None:
     """Stratified folds over groups of identical rows, as many as the smallest class allows (up to k).
 
+    Args:
+        X, y: the rows and their labels.
+        k: the folds wanted.
+        seed: shuffles the folds.
+        groups: optional group ids per row (e.g. duplicate clusters, ``GROUPS=dups``), joined
+            with the identical rows: a fold never splits either.
+
     Returns:
-        [(train, test) positions], or None when a class has a single distinct row or no folds give
-        every class training rows: nothing can then be held out.
+        [(train, test) positions], or None when a class has a single distinct row (or group) or
+        no folds give every class training rows: nothing can then be held out.
     """
-    from .data import stratified_group_folds
+    from .data import stratified_group_folds, unit_ids
 
     y = np.asarray(y)
     rows = identical_rows(np.asarray(X))
+    if groups is not None:
+        groups = np.asarray(groups)
+        if len(groups) != len(y):
+            raise ValueError(f"groups must have one id per row ({len(y)}); received {len(groups)}")
+        rows = unit_ids(rows, groups)
     classes = np.unique(y)
     # groups are stratified by their first row's label: copies filed under two labels count once
     first_labels = y[np.unique(rows, return_index=True)[1]]
@@ -373,7 +385,8 @@ class CopyAwareFolds:
     """A scikit-learn CV splitter for inner (tuning) folds: stratified, exact copies kept together.
 
     The outer folds of ``make compare`` keep copies in one fold; the folds inside a fit (tuning,
-    calibration) see only vectors, so they group identical rows. Fewer than ``n_splits`` folds are
+    calibration) see only vectors, so they group identical rows, and the ``groups`` passed to
+    ``split`` too (``GROUPS=dups``: the duplicate clusters). Fewer than ``n_splits`` folds are
     made when the smallest class has fewer distinct rows; none when it has one (see
     :func:`copy_aware_folds`).
     """
@@ -383,12 +396,12 @@ class CopyAwareFolds:
         self.random_state = random_state
 
     def split(self, X, y, groups=None):
-        yield from copy_aware_folds(X, y, self.n_splits, self.random_state) or []
+        yield from copy_aware_folds(X, y, self.n_splits, self.random_state, groups) or []
 
     def get_n_splits(self, X=None, y=None, groups=None) -> int:
         if X is None or y is None:
             return self.n_splits
-        return len(copy_aware_folds(X, y, self.n_splits, self.random_state) or [])
+        return len(copy_aware_folds(X, y, self.n_splits, self.random_state, groups) or [])
 
     def __repr__(self) -> str:
         return f"CopyAwareFolds(n_splits={self.n_splits}, random_state={self.random_state})"
@@ -467,7 +480,18 @@ class CalibratedSVC(ClassifierMixin, BaseEstimator):
         self.n_components = n_components
         self.random_state = random_state
 
-    def fit(self, X, y):
+    def fit(self, X, y, groups=None):
+        """Tunes (over the grid), fits and calibrates.
+
+        Args:
+            X: (n_samples, n_features) rows.
+            y: class labels.
+            groups: optional group id per row (duplicate clusters): the held-out folds of the
+                tuning and the calibration keep each group whole, as they keep identical rows.
+
+        Returns:
+            self.
+        """
         Cs, factors = _grid_values(self.C, "C"), _grid_values(self.gamma_factor, "gamma_factor")
         X, y = validate_data(self, X, y, dtype=np.float32, order="C")
         check_classification_targets(y)
@@ -481,7 +505,7 @@ class CalibratedSVC(ClassifierMixin, BaseEstimator):
         gamma0 = base._base_gamma(X)
         # grid order: nearest the defaults first, so that ties keep the plainest model
         grid = sorted(((c, f) for f in factors for c in Cs), key=lambda p: abs(np.log(p[0])) + abs(np.log(p[1])))
-        folds = copy_aware_folds(X, y, self.folds, self.random_state)
+        folds = copy_aware_folds(X, y, self.folds, self.random_state, groups)
         if folds is not None and self.method == "exact":  # held-out fold order: each fold is one range
             order = np.concatenate([te for _, te in folds])  # (Nystroem reads the rows in place)
             X, y = X[order], y[order]
@@ -575,6 +599,92 @@ class CalibratedSVC(ClassifierMixin, BaseEstimator):
         return self.svm_.decision_function(X)
 
 
+class GroupedMLPClassifier(MLPClassifier):
+    """scikit-learn's ``MLPClassifier`` whose early-stopping validation share can keep groups whole.
+
+    ``MLPClassifier`` holds its validation share out by a stratified random split of the rows, so
+    a near-duplicate of a training row can be in it: the validation score then rewards memorising
+    and stops late. Given ``groups`` (duplicate clusters, ``GROUPS=dups``), :meth:`fit` holds out
+    whole groups instead (:func:`classify.data.balanced_holdout`, the hold-out's own rule, with
+    ``validation_fraction``), and trains epoch by epoch with ``partial_fit`` under the same
+    stopping rule as scikit-learn's (stop when the validation accuracy has not improved by
+    ``tol`` for more than ``n_iter_no_change`` epochs; keep the best epoch's weights). Without
+    groups, or without early stopping, it is ``MLPClassifier`` itself.
+    """
+
+    def fit(self, X, y, sample_weight=None, groups=None):
+        """Fits the network (see the class docstring).
+
+        Args:
+            X: (n_samples, n_features) rows.
+            y: class labels.
+            sample_weight: as ``MLPClassifier.fit`` (not together with ``groups``).
+            groups: optional group id per row; the early-stopping validation share holds whole
+                groups. When no class can give a whole group to it, the network trains to the
+                end without early stopping.
+
+        Returns:
+            self.
+
+        Raises:
+            ValueError: ``groups`` with ``sample_weight``, or not one id per row.
+        """
+        if groups is None or not self.early_stopping:
+            return super().fit(X, y, sample_weight=sample_weight)
+        if sample_weight is not None:
+            raise ValueError("GroupedMLPClassifier fits with groups or with sample_weight, not both")
+        from .data import balanced_holdout
+
+        y = np.asarray(y)
+        groups = np.asarray(groups)
+        if len(groups) != len(y):
+            raise ValueError(f"groups must have one id per row ({len(y)}); received {len(groups)}")
+        held = balanced_holdout(y.astype(str), groups, groups.astype(str), self.validation_fraction,
+                                0 if self.random_state is None else self.random_state) == "eval"
+        if held.sum() < 2 or len(np.unique(y[~held])) < len(np.unique(y)):
+            self.set_params(early_stopping=False)
+            try:
+                return super().fit(X, y)
+            finally:
+                self.set_params(early_stopping=True)
+        return self._fit_held_out(X, y, held)
+
+    def _fit_held_out(self, X, y, held: np.ndarray):
+        """Early stopping on the rows ``held`` (one ``partial_fit`` per epoch on the others)."""
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        keep = {"early_stopping": True, "random_state": self.random_state}
+        # one generator for the whole fit: each epoch shuffles anew, as in MLPClassifier.fit
+        self.set_params(early_stopping=False, random_state=check_random_state(self.random_state))
+        for name in ("coefs_", "_optimizer"):  # start afresh, as fit does
+            if hasattr(self, name):
+                delattr(self, name)
+        X_fit, y_fit, X_val, y_val = X[~held], y[~held], X[held], y[held]
+        classes = np.unique(y)
+        scores, best, best_score, stale = [], None, -np.inf, 0
+        try:
+            for _ in range(self.max_iter):
+                super().partial_fit(X_fit, y_fit, classes=classes)
+                scores.append(float(np.mean(self.predict(X_val) == y_val)))
+                stale = stale + 1 if scores[-1] < best_score + self.tol else 0
+                if scores[-1] > best_score:
+                    best_score = scores[-1]
+                    best = ([c.copy() for c in self.coefs_], [b.copy() for b in self.intercepts_])
+                if stale > self.n_iter_no_change:
+                    break
+            else:
+                warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and "
+                              "the optimization hasn't converged yet.", ConvergenceWarning)
+        finally:
+            self.set_params(**keep)
+        self.coefs_, self.intercepts_ = best
+        self.validation_scores_, self.best_validation_score_ = scores, best_score
+        self.n_iter_ = len(scores)
+        return self
+
+
 INNER_FOLDS = 3  # held-out folds inside one fit: tuning, and the SVM's calibration
 HALVING_FROM = 1000  # fewer training rows: the MLP's grid is searched whole (halving needs rows per class)
 EARLY_STOPPING_FROM = 4000  # the MLP stops early (10% held out) from this many training images
@@ -617,9 +727,9 @@ def make_heads(seed: int, tune: bool = False) -> dict:
     heads = {
         "logreg": make_pipeline(RowBlockScaler(), LogisticRegression(max_iter=2000, random_state=seed)),
         "svm": make_pipeline(RowBlockScaler(), CalibratedSVC(C=1.0, folds=INNER_FOLDS, random_state=seed)),
-        "mlp": make_pipeline(RowBlockScaler(), MLPClassifier(
+        "mlp": Pipeline([("rowblockscaler", RowBlockScaler()), ("mlpclassifier", GroupedMLPClassifier(
             hidden_layer_sizes=(128,), activation="relu", early_stopping=True,
-            validation_fraction=0.1, n_iter_no_change=10, max_iter=200, random_state=seed)),
+            validation_fraction=0.1, n_iter_no_change=10, max_iter=200, random_state=seed))]),
     }
     if not tune:
         return heads
@@ -666,11 +776,14 @@ def set_inner(model, types, **params) -> None:
             model.set_params(**{f"{key}__{k}": v for k, v in params.items()})
 
 
-def fit_head(model, X, y, private: bool = False):
+def fit_head(model, X, y, private: bool = False, groups=None):
     """Fits one head, tuned or fixed, and returns (the fitted model that predicts, its settings).
 
     A search is unwrapped to its refitted best pipeline. When the inner folds cannot be made (a
-    class with a single distinct image), the search's fixed pipeline is fitted instead. The MLP
+    class with a single distinct image), the search's fixed pipeline is fitted instead.
+    ``groups`` (one id per row: the duplicate clusters of ``GROUPS=dups``) reach every split made
+    inside the fit: the search's inner folds, the SVM's calibration folds and the MLP's
+    early-stopping share all keep a group whole, as the outer folds do. The MLP
     stops early from :data:`EARLY_STOPPING_FROM` training images (measured: on fewer, holding 10%
     out cost 0.01-0.11 balanced accuracy; on more, training to the end cost 0.01 and 3x the time).
 
@@ -685,20 +798,32 @@ def fit_head(model, X, y, private: bool = False):
         _widen_validation(model, y)
     set_inner(model, StandardScaler, copy=not private)
     try:
-        fitted, settings = _fit_unwrapped(model, X, y)
+        fitted, settings = _fit_unwrapped(model, X, y, groups)
     finally:  # the model passed in (and what was fitted from it) copies again, fitted or not
         set_inner(model, StandardScaler, copy=True)
     set_inner(fitted, StandardScaler, copy=True)
     return fitted, settings
 
 
-def _fit_unwrapped(model, X, y):
+def groups_params(model, groups) -> dict:
+    """The fit parameters that hand ``groups`` to every step of ``model`` whose ``fit`` takes them
+    (``{"calibratedsvc__groups": groups}`` for the SVM's pipeline); {} without groups."""
+    import inspect
+
+    if groups is None:
+        return {}
+    steps = model.steps if hasattr(model, "steps") else [(None, model)]
+    return {(f"{name}__groups" if name else "groups"): groups for name, step in steps
+            if "groups" in inspect.signature(step.fit).parameters}
+
+
+def _fit_unwrapped(model, X, y, groups=None):
     """:func:`fit_head`'s fit: a search's refitted best pipeline, or the model itself."""
     from sklearn.model_selection import check_cv
     from sklearn.model_selection._search import BaseSearchCV
 
     if isinstance(model, BaseSearchCV):
-        if not check_cv(model.cv, y, classifier=True).get_n_splits(X, y):  # its inner folds hold nothing out
+        if not check_cv(model.cv, y, classifier=True).get_n_splits(X, y, groups):  # its inner folds hold nothing out
             model = clone(model.estimator)
         else:
             if len(y) < HALVING_FROM and hasattr(model, "factor"):  # successive halving saves nothing
@@ -706,9 +831,11 @@ def _fit_unwrapped(model, X, y):
 
                 model = GridSearchCV(model.estimator, model.param_grid, cv=model.cv, scoring=model.scoring,
                                      error_score=model.error_score)
-            model.fit(X, y)
+            # groups: the inner folds' (the search's ``groups``), and each candidate's own splits
+            # (fit parameters, which the search cuts to each inner fold's rows)
+            model.fit(X, y, groups=groups, **groups_params(model.estimator, groups))
             return model.best_estimator_, settings_of(model.best_estimator_)
-    model.fit(X, y)
+    model.fit(X, y, **groups_params(model, groups))
     return model, settings_of(model)
 
 
@@ -727,11 +854,16 @@ SETTINGS = {LogisticRegression: ("C",), MLPClassifier: ("hidden_layer_sizes", "a
 
 
 def settings_of(model) -> dict:
-    """The settings that matter of a fitted head: {"C": 1.0} for logreg; C and gamma for the SVM;
-    hidden units, alpha and early stopping for the MLP."""
+    """The settings that matter of a fitted head: {"C": 1.0} for logreg; C, gamma and the kernel
+    method for the SVM (``exact``, or ``nystroem`` with its ``n_components``: the memory budget
+    chooses it, and it changes the model); hidden units, alpha and early stopping for the MLP."""
     est = model[-1] if hasattr(model, "steps") else model
     if isinstance(est, CalibratedSVC):
-        return {k: float(f"{v:.4g}") for k, v in est.best_params_.items()}
+        out = {k: float(f"{v:.4g}") for k, v in est.best_params_.items()}
+        out["method"] = est.svm_.method_
+        if out["method"] == "nystroem":
+            out["n_components"] = int(est.svm_.nystroem_.components_.shape[0])
+        return out
     names = next((v for t, v in SETTINGS.items() if isinstance(est, t)), ())
     out = {}
     for name in names:

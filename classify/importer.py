@@ -77,6 +77,7 @@ def read_embeddings(path) -> tuple[np.ndarray, str]:
     path = Path(path)
     if not path.is_file():
         raise ImportRefused(f"EMBEDDINGS={path} does not exist; give the .npy file of the vectors")
+    check_npy_header(path)
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as err:
@@ -99,6 +100,60 @@ def read_embeddings(path) -> tuple[np.ndarray, str]:
                            f"counting from 0: {first}); a vector must be finite (float64 values beyond "
                            "float32's range become infinite): fix or drop those rows and their labels")
     return emb, str(arr.dtype)
+
+
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file (numpy.lib.format)
+SAVE_IT = "save the array of vectors with numpy.save('vectors.npy', array) and give that file"
+
+
+def check_npy_header(path: Path) -> None:
+    """Refuses a file that is not a ``.npy`` file by its first bytes, saying what it is instead.
+
+    ``numpy.load`` takes anything that is neither ``.npy`` nor a zip archive for a pickle, so its
+    own error calls a CSV or a text file "pickled data", and it opens a ``.npz`` archive as a
+    mapping of arrays rather than refusing it.
+
+    Raises:
+        ImportRefused: a ``.npz``/zip archive (naming its arrays), a pickle, a text file, or
+            anything else that does not start with NumPy's magic bytes.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+    if head.startswith(NPY_MAGIC):
+        return
+    if head.startswith(b"PK"):
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = [n[:-4] if n.endswith(".npy") else n for n in z.namelist()]
+        except (OSError, zipfile.BadZipFile):
+            names = []
+        held = f" holding {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}" if names else ""
+        raise ImportRefused(f"EMBEDDINGS={path} is a .npz (zip) archive{held}, not a .npy file; "
+                            f"{SAVE_IT} (e.g. numpy.save('vectors.npy', numpy.load('{path.name}')['<name>']))")
+    if head[:1] == b"\x80":  # a pickle's protocol opcode
+        raise ImportRefused(f"EMBEDDINGS={path} is a Python pickle, not a .npy file; this tool never "
+                            f"loads pickles (loading one can run code): {SAVE_IT}")
+    text = _as_text(head)
+    if text:
+        first = text.strip().splitlines()[0][:60] if text.strip() else ""
+        raise ImportRefused(f"EMBEDDINGS={path} is a text file (it begins {first!r}), not a .npy file; "
+                            f"read it into an array (e.g. numpy.loadtxt(path, delimiter=',')) and {SAVE_IT}")
+    raise ImportRefused(f"EMBEDDINGS={path} is not a NumPy .npy file (it does not begin with NumPy's "
+                        f"magic bytes \\x93NUMPY); {SAVE_IT}")
+
+
+def _as_text(head: bytes) -> str | None:
+    """``head`` as text when it reads as UTF-8 text (a multi-byte character cut at its end
+    allowed), else None."""
+    for cut in range(4):
+        try:
+            text = head[:len(head) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        return text if text and all(c.isprintable() or c.isspace() for c in text) else None
+    return None
 
 
 def nonfinite_rows(emb: np.ndarray) -> np.ndarray:

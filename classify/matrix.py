@@ -6,11 +6,15 @@ manifests give equal splits; both are checked). Layout under ``OUT``::
 
     OUT/<backbone>/         each backbone's full outputs, as `make compare BACKBONE=<backbone>`
     OUT/backbones.csv       backbone,head,accuracy,balanced_accuracy,macro_f1,cv_mean,cv_std,
-                            [interval and verdict columns of comparison.csv,] dim,features_key
+                            [interval and verdict columns of comparison.csv,]
+                            backbone_p_vs_best,backbone_verdict (see backbone_test),
+                            dim,features_key
     OUT/backbones.png       the heat map of cv_mean (and held-out accuracy) per cell
     OUT/ (the rest)         a copy of the best backbone's outputs (highest cv_mean of any head),
                             so `make report` and `make predict` work on OUT as after one backbone;
-                            run.json records ``backbones`` and ``best_backbone``. The top level
+                            run.json records ``backbones``, ``best_backbone`` and ``backbone_test``
+                            (each backbone's best head tested against the best cell, one
+                            overall verdict). The top level
                             is written aside and swapped in whole (``classify.outdir.new_run``).
 """
 
@@ -60,7 +64,9 @@ def check_same_images(features_dir, settings_list: list[Settings], in_dir: str =
 
     Raises:
         DataError: a cache is missing (naming the command that makes it), or two caches differ
-            in their images (naming the first difference and the command that fixes it).
+            in their images: the first difference, why (an image one backbone's extraction
+            rejected, as its ``rejected.csv`` says; an image one cache lacks; a file whose
+            content changed between the extractions) and what fixes it.
     """
     first, reference = None, None
     for settings in settings_list:
@@ -68,17 +74,51 @@ def check_same_images(features_dir, settings_list: list[Settings], in_dir: str =
                               dataset=dataset)
         images = dict(zip(feats.manifest["path"], feats.manifest["sha256"]))
         if reference is None:
-            first, reference = settings, images
+            first, reference, first_folder = settings, images, feats.folder
             continue
         if images != reference:
             differ = sorted(set(images.items()) ^ set(reference.items()))[0][0]
             names = ",".join(s.backbone for s in settings_list)
+            again = f"make features BACKBONES={names} IN={in_dir}"
+            why = _why_different(differ, (first, first_folder, reference), (settings, feats.folder, images))
             raise DataError(
                 f"the caches of {first.backbone} ({first.key}) and {settings.backbone} "
-                f"({settings.key}) hold different images (first difference: {differ!r}); every "
-                "backbone must be compared on the same images: run make features "
-                f"BACKBONES={names} IN={in_dir} again, then make compare"
-            )
+                f"({settings.key}) hold different images (first difference: {differ!r}): {why}; "
+                f"every backbone must be compared on the same images: {_fix(why, again)}, then "
+                "make compare")
+
+
+def _rejection(folder: Path, path: str) -> str | None:
+    """The reason ``folder/rejected.csv`` gives for ``path``, or None when it is not listed."""
+    from extract.cache import read_csv_rows
+
+    try:
+        return next((r.get("reason", "") for r in read_csv_rows(folder / "rejected.csv") if r.get("path") == path),
+                    None)
+    except (OSError, ValueError):
+        return None
+
+
+def _why_different(path: str, a: tuple, b: tuple) -> str:
+    """Why ``path`` differs between two caches, each (settings, folder, {path: sha256})."""
+    if path in a[2] and path in b[2]:
+        return (f"its content differs between the two caches (the file changed between the "
+                f"{a[0].backbone} and {b[0].backbone} extractions)")
+    has, lacks = (a, b) if path in a[2] else (b, a)
+    reason = _rejection(lacks[1], path)
+    if reason is not None:
+        return (f"{lacks[0].backbone}'s extraction rejected it ({reason}; listed in "
+                f"{lacks[1] / 'rejected.csv'}) while {has[0].backbone}'s embedded it")
+    return f"only {has[0].backbone}'s cache holds it (the other was made before it was added or after it was removed)"
+
+
+def _fix(why: str, again: str) -> str:
+    """What to do about a difference :func:`_why_different` explained."""
+    if "rejected it" in why:
+        return ("make features does not retry a file whose content it could not embed while the file "
+                f"stays the same, so fix or replace that file in IN (or delete it), then run {again} "
+                "so that every cache holds it or none does")
+    return f"run {again}"
 
 
 def matrix_table(tables: dict[str, pd.DataFrame], settings_list: list[Settings]) -> pd.DataFrame:
@@ -95,6 +135,68 @@ def matrix_table(tables: dict[str, pd.DataFrame], settings_list: list[Settings])
     matrix = pd.concat(frames, ignore_index=True)
     tail = ["dim", "features_key"]
     return matrix[[c for c in matrix.columns if c not in tail] + tail]
+
+
+def backbone_test(out: Path, matrix: pd.DataFrame, same_folds: bool) -> dict:
+    """Each backbone's best head against the best cell of the matrix, on the shared folds.
+
+    The best cell is the head with the highest ``cv_mean`` of any backbone; every other
+    backbone's best head (its own highest ``cv_mean``) is compared with it by the corrected
+    resampled paired t on the fold scores of ``OUT/<backbone>/cv_scores.csv`` (fold for fold,
+    with the binomial floor of :func:`classify.stats.binomial_floor`), and Holm's adjustment
+    over the backbones gives each a verdict (``best``, ``tied``, ``worse``), as the heads get
+    within one backbone. The folds must be the same (same split.csv, same repeats and fold
+    sizes); otherwise nothing is tested and the verdict says why.
+
+    Returns:
+        {"best": backbone, "best_head": ..., "heads": {backbone: its best head},
+        "p_vs_best": {backbone: p}, "verdicts": {backbone: word}, "verdict": one sentence,
+        "method": in words}; ``p_vs_best`` and ``verdicts`` empty when not tested.
+    """
+    from . import stats
+
+    cv = matrix.assign(cv_mean=matrix["cv_mean"].astype(float))
+    heads = {b: str(g.loc[g["cv_mean"].idxmax(), "head"]) for b, g in cv.groupby("backbone", sort=False)}
+    best = best_backbone(matrix)
+    result = {"best": best, "best_head": heads[best], "heads": heads, "p_vs_best": {}, "verdicts": {},
+              "method": "each backbone's best head against the best one: corrected resampled paired t on "
+                        "the shared folds' scores, Holm's adjustment over the backbones, at "
+                        f"{stats.ALPHA}"}
+    scores = {}
+    for b, h in heads.items():
+        table = pd.read_csv(out / b / "cv_scores.csv")
+        mine = table[table["head"] == h].sort_values(["repeat", "fold"])
+        scores[b] = mine
+    keys = ["repeat", "fold"] + (["n_images"] if all("n_images" in t for t in scores.values()) else [])
+    reference = scores[best][keys].reset_index(drop=True)
+    if not same_folds or "n_images" not in keys or any(
+            not t[keys].reset_index(drop=True).equals(reference) for t in scores.values()):
+        result["verdict"] = ("not tested: the backbones' folds differ (GROUPS=dups draws each backbone's "
+                             "clusters from its own embeddings), so their fold scores cannot be paired; "
+                             f"{best} ({heads[best]}) has the highest cv_mean")
+        return result
+    n_folds = int(reference.groupby("repeat")["fold"].nunique().max())
+    sizes = reference["n_images"].to_numpy()
+    p = {b: stats.corrected_paired_t(scores[b]["score"].to_numpy(), scores[best]["score"].to_numpy(),
+                                     1 / n_folds, sizes) for b in heads}
+    verdicts = stats.verdicts(best, p)
+    result["p_vs_best"] = {b: float(v) for b, v in p.items()}
+    result["verdicts"] = verdicts
+    others = [b for b in heads if b != best]
+    worse = [b for b in others if verdicts[b] == "worse"]
+    tied = [b for b in others if verdicts[b] == "tied"]
+    if not others:
+        sentence = f"{best} ({heads[best]}) is the only backbone"
+    elif not tied:
+        sentence = (f"{best} ({heads[best]}) is the best backbone: every other one scores worse on the "
+                    "same folds (corrected paired t, Holm)")
+    else:
+        sentence = (f"no backbone is clearly best: {best} ({heads[best]}) has the highest cv_mean, but "
+                    f"{', '.join(f'{b} ({heads[b]}, p={p[b]:.3g})' for b in tied)} "
+                    f"{'is' if len(tied) == 1 else 'are'} tied with it on the same folds"
+                    + (f"; {', '.join(worse)} {'is' if len(worse) == 1 else 'are'} worse" if worse else ""))
+    result["verdict"] = sentence
+    return result
 
 
 def best_backbone(matrix: pd.DataFrame) -> str:
@@ -201,6 +303,12 @@ def compare_backbones(features_dir, settings_list: list[Settings], out_dir, in_d
             "clusters from its own embeddings), so the matrix compares slightly different splits")
     matrix = matrix_table(tables, settings_list)
     best = best_backbone(matrix)
+    test = backbone_test(out, matrix, split_equal)
+    matrix["backbone_p_vs_best"] = matrix["backbone"].map(test["p_vs_best"]).astype(float)
+    matrix["backbone_verdict"] = matrix["backbone"].map(test["verdicts"]).fillna("")
+    tail = ["dim", "features_key"]
+    matrix = matrix[[c for c in matrix.columns if c not in tail] + tail]
+    log(f"backbones: {test['verdict']}")
     remove_stale_backbones(out, names)
     with new_run(out) as run_dir:  # the top level is swapped in whole; OUT/<backbone>/ carry over
         copy_run(out / best, run_dir)
@@ -208,6 +316,6 @@ def compare_backbones(features_dir, settings_list: list[Settings], out_dir, in_d
         write_heatmap(matrix, run_dir / "backbones.png")
         run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
         run.update({"backbones": names, "best_backbone": best, "same_split": split_equal,
-                    "backbone_outputs": {n: f"{n}/" for n in names}})
+                    "backbone_test": test, "backbone_outputs": {n: f"{n}/" for n in names}})
         write_json(run_dir / "run.json", run)
     return matrix

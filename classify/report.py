@@ -454,6 +454,10 @@ def section_backbones(out: Path, run: dict) -> str | None:
     if run.get("same_split") is False:
         parts.append('<p class="warn">The backbones\' splits differ (GROUPS=dups draws each '
                      "backbone's duplicate clusters from its own embeddings).</p>")
+    verdict = (run.get("backbone_test") or {}).get("verdict")
+    if verdict:
+        parts.append(f"<p><strong>Across backbones:</strong> {esc(verdict)} (each backbone's best head "
+                     "against the best cell: <code>backbone_verdict</code> below).</p>")
     heat = out / "backbones.png"
     if heat.is_file():
         image = img_tag(data_uri(heat.read_bytes(), "image/png"), "heat map of the backbone x head matrix", "fig")

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from conftest import run_cli, run_make, write_class_folder
 
 from classify.dups import auto_threshold, cached_duplicates, content_codes, find_duplicates, \
-    group_roles, nearest_neighbours, pairs_above, unit_rows
+    group_roles, nearest_k, nearest_neighbours, pairs_above, share_warning, unit_rows
 
 SETTINGS = dict(weights="none", size=64)
 PLANTED = 5
@@ -119,9 +119,15 @@ def test_blockwise_search_matches_brute_force(block):
         p for p in near_ref if 140 not in p}
     assert set(zip(got.i[got.kind == "exact"], got.j[got.kind == "exact"])) == exact_ref
     assert (np.diff(got.similarity.to_numpy()) <= 0).all()  # highest first
-    # auto: the same threshold whatever the block size, from one value per distinct content
-    distinct = np.delete(nn_ref, 140)
-    assert find_duplicates(X, sha, block=block).threshold == pytest.approx(auto_threshold(distinct)[0], abs=1e-5)
+    # auto: the same threshold whatever the block size, from the nearest neighbours of each
+    # distinct content (140 is a copy of 7: its content counts once)
+    S = X / np.linalg.norm(X, axis=1, keepdims=True)
+    S = np.delete(np.delete(S @ S.T, 140, 0), 140, 1)
+    np.fill_diagonal(S, -np.inf)
+    knn = -np.sort(-S, axis=1)[:, :7]
+    np.testing.assert_allclose(nearest_k(unit_rows(np.delete(X, 140, 0)), np.arange(149), 7, block=block),
+                               knn, atol=1e-5)
+    assert find_duplicates(X, sha, block=block).threshold == pytest.approx(auto_threshold(knn)[0], abs=1e-5)
 
 
 def test_auto_threshold_separates_planted_pairs_from_random_data():
@@ -133,6 +139,44 @@ def test_auto_threshold_separates_planted_pairs_from_random_data():
     assert {(k, 300 + k) for k in range(5)} <= found
     assert len(found) <= 7, dups.pairs
     assert dups.threshold > 0.99  # relative to the data: far above any fixed ImageNet-style value
+
+
+def planted_copies(sources: int, copies: int = 4, singles: int = 0, dim: int = 32, noise: float = 0.1,
+                   seed: int = 0):
+    """``sources`` random vectors with ``copies`` noisy near-copies each (the source itself is not
+    kept), then ``singles`` vectors without copies. Returns (X, the cluster of each row)."""
+    rng = np.random.default_rng(seed)
+    X = np.repeat(rng.normal(size=(sources, dim)), copies, 0)
+    X += rng.normal(scale=noise, size=X.shape)
+    X = np.vstack([X, rng.normal(size=(singles, dim))]).astype(np.float32)
+    return X, np.r_[np.repeat(np.arange(sources), copies), sources + np.arange(singles)]
+
+
+@pytest.mark.parametrize("sources, singles", [(100, 0), (100, 200), (100, 400), (30, 600)])
+def test_auto_threshold_finds_near_copies_when_most_images_have_them(sources, singles):
+    # With every image one of 4 noisy copies, the nearest neighbours were all copies: the cut fell
+    # among the copies' own distances and found 1 of 600 planted pairs (0 of 400 with a third of
+    # the images single)
+    X, cluster = planted_copies(sources, singles=singles)
+    dups = find_duplicates(X, [str(k) for k in range(len(X))])
+    same = cluster[dups.pairs.i.to_numpy()] == cluster[dups.pairs.j.to_numpy()]
+    planted = sources * 4 * 3 // 2
+    assert same.sum() >= 0.95 * planted and (~same).sum() == 0, (same.sum(), (~same).sum(), dups.rule)
+    assert dups.basis["past_near_copies"] == sources * 4 and dups.basis["distinct_vectors"] == len(X)
+    assert "past its own near-copies" in dups.rule
+    counts = dups.summary()
+    assert counts["near_pairs"] == planted and counts["images_with_near_duplicate"] == sources * 4
+    warned = share_warning(dups)
+    assert (warned is not None) == (sources * 4 > len(X) / 2)  # more than half: said to be unusual
+    if warned:
+        assert f"{sources * 4:,} of {len(X):,} images" in warned and "DUP_THRESHOLD" in warned
+
+
+def test_auto_threshold_is_the_nearest_neighbour_rule_on_data_without_copies():
+    X, _ = planted_copies(0, singles=800)
+    knn = find_duplicates(X, [str(k) for k in range(len(X))])
+    assert knn.basis["past_near_copies"] == 0 and len(knn.pairs) == 0
+    assert knn.threshold == pytest.approx(auto_threshold(knn.nn_similarity)[0], abs=1e-6)
 
 
 def test_cached_search_gives_the_same_answer(tmp_path):

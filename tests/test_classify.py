@@ -300,3 +300,62 @@ def test_stale_outputs_of_other_heads_are_removed(cached, tmp_path):
     assert sorted(p.name for p in (out / "models").iterdir()) == ["logreg.json", "logreg.skops"]
     assert not (out / "figures" / "mlp_history.png").exists()
     assert sorted(p.name for p in (out / "reports").iterdir()) == ["logreg.json", "logreg.txt"]
+
+
+def test_compare_stops_when_in_has_changed_since_the_features(tmp_path, capsys):
+    # Deleting an image from IN after `make features` left it in split.csv (trained on), and an
+    # image added afterwards was ignored: stage 2 silently used other images than IN's.
+    from classify.__main__ import main
+    from classify.data import DataError
+
+    in_dir, features = tmp_path / "in", tmp_path / "features"
+    write_class_folder(in_dir, 6)
+    settings = Settings(weights="none", size=32)
+    extract_features(in_dir, features, settings, progress=False, log=lambda *_: None)
+    (in_dir / "red" / "img_002.png").unlink()
+    write_class_folder(in_dir, 1, classes=("blue",), start=40)  # blue/img_040.png, never embedded
+    args = dict(in_dir=str(in_dir), heads="logreg", folds=2, log=lambda *_: None)
+    from classify import compare
+
+    with pytest.raises(DataError) as err:
+        compare(features, settings, tmp_path / "out", **args)
+    text = str(err.value)
+    assert "1 images added (e.g. blue/img_040.png)" in text and "1 removed (e.g. red/img_002.png)" in text
+    assert f"make features IN={in_dir} FEATURES={features}" in text and "STALE=ok" in text
+    assert not (tmp_path / "out").exists()
+
+    logs = []
+    compare(features, settings, tmp_path / "out", stale="ok", **{**args, "log": logs.append})
+    assert any("STALE=ok: the cache is used as it is (12 images)" in m for m in logs)
+    assert "red/img_002.png" in set(pd.read_csv(tmp_path / "out" / "split.csv")["path"])
+
+    cli = ["compare", "--in", str(in_dir), "--features", str(features), "--out", str(tmp_path / "cli"),
+           "--weights", "none", "--size", "32", "--heads", "logreg", "--folds", "2"]
+    assert main(cli) == 2 and "1 images added" in capsys.readouterr().err
+    assert main(cli + ["--stale", "ok"]) == 0
+
+    extract_features(in_dir, features, settings, progress=False, log=lambda *_: None)  # up to date
+    logs = []
+    compare(features, settings, tmp_path / "out2", **{**args, "log": logs.append})
+    assert not any("has changed" in m for m in logs)
+    split = set(pd.read_csv(tmp_path / "out2" / "split.csv")["path"])
+    assert "blue/img_040.png" in split and "red/img_002.png" not in split
+
+    moved = tmp_path / "elsewhere"
+    in_dir.rename(moved)  # the images moved away after extraction: said once, the cache is used
+    logs = []
+    compare(features, settings, tmp_path / "out3", **{**args, "log": logs.append})
+    assert sum("is not there" in m and "used as it is" in m for m in logs) == 1
+
+
+def test_a_file_rejected_by_the_extraction_does_not_count_as_added(tmp_path):
+    from classify import compare
+
+    in_dir, features = tmp_path / "in", tmp_path / "features"
+    write_class_folder(in_dir, 4)
+    (in_dir / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot an image")
+    settings = Settings(weights="none", size=32)
+    extract_features(in_dir, features, settings, progress=False, log=lambda *_: None)
+    logs = []
+    compare(features, settings, tmp_path / "out", in_dir=str(in_dir), heads="logreg", folds=2, log=logs.append)
+    assert not any("has changed" in m for m in logs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import pickle
 
 import numpy as np
 import pytest
@@ -87,6 +88,47 @@ def test_a_pickled_or_unreadable_file_is_refused(tmp_path):
     np.save(e, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
     with pytest.raises(ImportRefused, match="cannot be read as a NumPy .npy array"):
         import_embeddings(e, l, "d", tmp_path / "features")
+
+
+def test_a_file_that_is_not_a_npy_file_is_named_for_what_it_is(tmp_path):
+    # a text file named .npy was called "pickled (object) data" (numpy.load's guess), and a .npz
+    # archive passed the loader and was refused as "received shape None"
+    e, l = _write(tmp_path, np.ones((2, 3), np.float32), _rows(2))
+    e.write_text("0.1,0.2,0.3\n0.4,0.5,0.6\n")
+    with pytest.raises(ImportRefused) as err:
+        import_embeddings(e, l, "d", tmp_path / "features")
+    assert "is a text file (it begins '0.1,0.2,0.3')" in str(err.value) and "numpy.loadtxt" in str(err.value)
+    assert "pickle" not in str(err.value)
+    npz = tmp_path / "emb.npz"
+    np.savez(npz, vectors=np.ones((2, 3), np.float32), ids=np.arange(2))
+    with pytest.raises(ImportRefused) as err:
+        import_embeddings(npz, l, "d", tmp_path / "features")
+    assert ".npz (zip) archive holding vectors, ids" in str(err.value) and "None" not in str(err.value)
+    with open(e, "wb") as fh:
+        pickle.dump(np.ones((2, 3)), fh)
+    with pytest.raises(ImportRefused, match="is a Python pickle, not a .npy file; this tool never loads pickles"):
+        import_embeddings(e, l, "d", tmp_path / "features")
+    e.write_bytes(bytes(range(256)))
+    with pytest.raises(ImportRefused, match="does not begin with NumPy's magic bytes"):
+        import_embeddings(e, l, "d", tmp_path / "features")
+    assert not (tmp_path / "features").exists()
+
+
+def test_single_class_imported_vectors_are_told_about_their_labels_file(tmp_path):
+    # stage 2 told them to add "class folders under IN", which an import has none of
+    from classify import DataError, compare
+    from classify.audit import audit
+    from extract import Settings
+
+    e, l = _write(tmp_path, np.random.default_rng(0).normal(size=(6, 4)), [(f"v{i}", "cat", "") for i in range(6)])
+    import_embeddings(e, l, "one", tmp_path / "features", log=lambda *_: None)
+    imported = Settings(backbone="imported")
+    for run in (compare, audit):
+        with pytest.raises(DataError) as err:
+            run(tmp_path / "features", imported, tmp_path / "out", dataset="one", log=lambda *_: None)
+        text = str(err.value)
+        assert "holds one class only ('cat')" in text and "labels.csv" in text and "class folders" not in text
+        assert "make import" in text
 
 
 def test_make_import_writes_the_cache_and_reports_errors(tmp_path):

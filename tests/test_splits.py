@@ -130,6 +130,37 @@ def test_groups_dups_keeps_the_evaluated_share_and_training_images(tmp_path, tes
         assert split.role[cluster == c].nunique() == 1 and split.fold[cluster == c].nunique() == 1
 
 
+def test_groups_dups_holds_when_most_images_are_near_copies(tmp_path):
+    # 240 images x 4 noisy near-copies, weakly separable classes. The auto threshold found a
+    # handful of the 1,440 pairs, so GROUPS=dups split most clusters between training and
+    # evaluation; and the SVM's tuning and calibration folds split them too, so with TUNE=1 its
+    # probabilities were overconfident: log-loss above chance (ln 2) on clusters it never saw
+    rng = np.random.default_rng(0)
+    sources, copies = 240, 4
+    label = np.array(["a", "b"])[np.arange(sources) % 2]
+    centre = rng.normal(size=(sources, 32))
+    centre[:, 0] += np.where(label == "a", -0.7, 0.7)
+    X = np.repeat(centre, copies, 0) + rng.normal(scale=0.1, size=(sources * copies, 32))
+    cluster = np.repeat(np.arange(sources), copies)
+    fake_cache(tmp_path / "f", list(np.repeat(label, copies)), X=X)
+    logs = []
+    run_compare(tmp_path / "f", tmp_path / "o", heads="svm", groups="dups", tune="1", repeats=1,
+                test_size=0.5, log=logs.append)
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    planted = sources * copies * (copies - 1) // 2
+    assert run["duplicates"]["near_pairs"] >= 0.95 * planted
+    assert run["duplicates"]["images_with_near_duplicate"] == sources * copies
+    assert run["duplicates"]["basis"]["past_near_copies"] == sources * copies
+    assert any(m.startswith("warning: 960 of 960 images (100%) have a near-duplicate") for m in logs)
+    split = pd.read_csv(tmp_path / "o" / "split.csv", keep_default_na=False, dtype=str)
+    for c in range(sources):
+        assert split.role[cluster == c].nunique() == 1 and split.fold[cluster == c].nunique() == 1
+    pred = pd.read_csv(tmp_path / "o" / "predictions.csv", keep_default_na=False)
+    p_true = np.where(pred["svm"] == pred["label"], pred["svm_score"], 1 - pred["svm_score"])
+    log_loss = float(-np.log(np.clip(p_true, 1e-15, 1)).mean())
+    assert log_loss < np.log(2), log_loss
+
+
 def test_a_class_that_is_one_cluster_keeps_its_training_images():
     from classify.dups import group_roles
 
@@ -185,6 +216,27 @@ def test_saved_class_names_are_the_models_classes(tmp_path):
         report = json.loads((tmp_path / "o" / "reports" / f"{head}.json").read_text())
         f1 = table.set_index("head").loc[head, "macro_f1"]
         assert f1 == pytest.approx(report["macro avg"]["f1-score"])
+
+
+def test_a_class_without_evaluated_images_is_left_out_of_macro_f1(tmp_path):
+    # 'c' is trained on but has no test/ folder: a head that gets every evaluated image right
+    # scored macro-F1 0.667 (c's F1 counted as 0) beside accuracy and balanced accuracy 1.0
+    labels = ["a"] * 10 + ["b"] * 10 + ["c"] * 10 + ["a"] * 5 + ["b"] * 5
+    splits = ["train"] * 30 + ["test"] * 10
+    X = np.zeros((40, 6))
+    for k, lab in enumerate(labels):
+        X[k, "abc".index(lab)] = 10.0
+    X += np.random.default_rng(0).normal(0, 0.1, X.shape)  # far apart: every head is right
+    fake_cache(tmp_path / "f", labels, splits=splits, X=X)
+    table = run_compare(tmp_path / "f", tmp_path / "o", heads="logreg").set_index("head")
+    assert table.loc["logreg", "accuracy"] == table.loc["logreg", "balanced_accuracy"] == 1.0
+    assert table.loc["logreg", "macro_f1"] == 1.0
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["class_names"] == ["a", "b", "c"] and run["classes_not_measured"] == ["c"]
+    text = (tmp_path / "o" / "reports" / "logreg.txt").read_text()
+    assert "not measured (no evaluated image" in text and "'c'" in text
+    report = json.loads((tmp_path / "o" / "reports" / "logreg.json").read_text())
+    assert "c" not in report and report["macro avg"]["f1-score"] == 1.0
 
 
 def test_macro_f1_has_one_definition(tmp_path):

@@ -50,7 +50,7 @@ def _two_equal_heads(rng, n=160):
 
 def test_corrected_paired_t_rejects_equal_heads_about_five_percent():
     rng = np.random.default_rng(1)
-    rejections = sum(stats.corrected_paired_t(*_two_equal_heads(rng), test_fraction=1 / 5) < 0.05
+    rejections = sum(stats.corrected_paired_t(*_two_equal_heads(rng), test_fraction=1 / 5, n_images=32) < 0.05
                      for _ in range(200))
     assert rejections <= 16, rejections  # about 5% of 200 (10), with room for chance
 
@@ -63,7 +63,7 @@ def test_corrected_t_interval_covers_the_true_accuracy():
         X = rng.normal(size=(120, 1))
         y = (X[:, 0] + rng.normal(size=120) > 0).astype(int)
         scores = [_lsq_score(X[tr], y[tr], X[te], y[te]) for tr, te in _folds(rng, y)]
-        low, high = stats.corrected_t_interval(scores, 1 / 5)
+        low, high = stats.corrected_t_interval(scores, 1 / 5, n_images=24)
         hits += low <= 0.75 <= high
     assert hits >= 180, hits
 
@@ -84,5 +84,29 @@ def test_verdicts_say_tied_unless_the_difference_survives_holm():
     assert stats.verdicts("svm", {"svm": 1.0, "logreg": 0.04, "mlp": 0.3}) == {
         "svm": "best", "logreg": "tied", "mlp": "tied"}  # 0.04 x 2 comparisons = 0.08
     assert stats.verdicts("svm", {"svm": 1.0, "logreg": 0.001, "mlp": 0.3})["logreg"] == "worse"
-    assert stats.corrected_paired_t([1.0] * 5, [1.0] * 5, 0.2) == 1.0
+    assert stats.corrected_paired_t([1.0] * 5, [1.0] * 5, 0.2, n_images=20) == 1.0
     assert stats.holm({"a": 0.01, "b": 0.04}) == {"a": 0.02, "b": 0.04}
+
+
+def test_folds_that_agree_exactly_keep_an_interval_and_a_p_value_above_zero():
+    # 5 folds of 20 images each: every fold scored 1.0 by one head and 0.95 (one image wrong) by
+    # the other. The fold scores have no spread, which made [1, 1] and p = 0 ("worse").
+    low, high = stats.corrected_t_interval([1.0] * 5, 0.2, n_images=20)
+    assert high == 1.0 and low < 0.95, (low, high)
+    p = stats.corrected_paired_t([1.0] * 5, [0.95] * 5, 0.2, n_images=20)
+    assert 0.05 < p < 1.0, p
+    assert stats.verdicts("a", {"a": 1.0, "b": p})["b"] == "tied"
+    assert stats.corrected_paired_t([0.0] * 5, [1.0] * 5, 0.2, n_images=20) < 0.01  # all or nothing
+    # the same steady difference on folds of 2,000 images is a real one
+    assert stats.corrected_paired_t([0.95] * 5, [0.90] * 5, 0.2, n_images=2000) < 0.001
+    # per-fold counts, and the floor only where the folds' own spread is smaller
+    spread = [0.9, 0.7, 0.95, 0.6, 0.85]
+    assert stats.corrected_t_interval(spread, 0.2, n_images=[20, 21, 20, 21, 20]) == \
+        stats.corrected_t_interval(spread, 0.2, n_images=10_000)
+    with pytest.raises(ValueError, match="n_images"):
+        stats.corrected_t_interval([0.9, 0.8], 0.2, n_images=[10])
+
+
+def test_the_binomial_floor_is_the_variance_of_a_shrunk_proportion():
+    assert stats.binomial_floor([1.0], 20) == pytest.approx((21 / 22) * (1 / 22) / 20)
+    assert stats.binomial_floor([0.5, 0.5], [10, 10]) == pytest.approx((6 / 12) * (6 / 12) / 10)

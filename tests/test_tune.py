@@ -171,3 +171,105 @@ def test_squared_distances_match_the_definition(n):
     D = squared_distances(X)
     assert D.dtype == np.float32 and D.flags["C_CONTIGUOUS"]
     assert np.abs(D - ref).max() < 1e-3 * max(1.0, ref.max())
+
+
+def _clustered_noise(sources=40, copies=4, dim=16, seed=0):
+    """Labels that carry no signal, each given to a cluster of near-copies: a split that puts a
+    copy on each side scores far above chance, a split that keeps clusters whole scores chance."""
+    rng = np.random.default_rng(seed)
+    X = np.repeat(rng.normal(size=(sources, dim)), copies, 0) + rng.normal(scale=0.05, size=(sources * copies, dim))
+    y = np.repeat(np.array(["a", "b"])[rng.permutation(sources) % 2], copies)
+    return X.astype(np.float32), y, np.repeat(np.arange(sources), copies)
+
+
+def test_inner_folds_keep_groups_whole_when_given():
+    from classify.heads import CopyAwareFolds
+
+    X, y, groups = _clustered_noise()
+    splitter = CopyAwareFolds(3, 0)
+    folds = list(splitter.split(X, y, groups))
+    assert len(folds) == splitter.get_n_splits(X, y, groups) == 3
+    for train, test in folds:
+        assert not set(groups[train]) & set(groups[test])
+    assert any(set(groups[tr]) & set(groups[te]) for tr, te in splitter.split(X, y))  # without: split
+
+
+def test_the_svm_tunes_and_calibrates_on_folds_that_keep_groups_whole():
+    # Tuning and calibration folds that split clusters score near-copies of training rows: the
+    # held-out accuracy looks near 1 on labels without signal, and the sigmoid is far too steep
+    from classify.heads import CalibratedSVC
+
+    X, y, groups = _clustered_noise()
+    leaky = CalibratedSVC(C=[0.1, 1.0, 10.0], gamma_factor=[0.5, 1.0, 2.0], random_state=0).fit(X, y)
+    whole = CalibratedSVC(C=[0.1, 1.0, 10.0], gamma_factor=[0.5, 1.0, 2.0], random_state=0).fit(X, y, groups=groups)
+    assert max(t["score"] for t in leaky.tuning_) > 0.9
+    assert max(t["score"] for t in whole.tuning_) < 0.75
+    proba = whole.predict_proba(X)
+    assert np.abs(proba - 0.5).max() < np.abs(leaky.predict_proba(X) - 0.5).max()
+
+
+def test_the_mlp_stops_early_on_a_validation_share_of_whole_groups():
+    from classify.heads import fit_head, make_heads
+
+    X, y, groups = _clustered_noise(sources=40, copies=8)
+    # the head stops early (make_heads' setting; fit_head keeps it from 4,000 images on)
+    model = make_heads(0)["mlp"].set_params(mlpclassifier__validation_fraction=0.25)
+    leaky = make_heads(0)["mlp"].set_params(mlpclassifier__validation_fraction=0.25).fit(X, y)
+    whole = model.fit(X, y, mlpclassifier__groups=groups)
+    assert leaky[-1].best_validation_score_ > 0.9  # copies of training rows in its validation share
+    assert whole[-1].best_validation_score_ < 0.65  # chance, on clusters it never saw
+    assert whole[-1].n_iter_ == len(whole[-1].validation_scores_) < 200
+    from sklearn.neural_network import MLPClassifier
+
+    assert isinstance(whole[-1], MLPClassifier) and list(whole.classes_) == ["a", "b"]
+    fitted, settings = fit_head(make_heads(0)["mlp"], X, y, groups=groups)  # small: no early stopping
+    assert settings["early_stopping"] is False and list(fitted.classes_) == ["a", "b"]
+
+
+def test_fit_head_hands_groups_to_the_search_and_to_each_candidate():
+    from classify.heads import CopyAwareFolds, fit_head, make_heads
+
+    seen = []
+
+    class Spy(CopyAwareFolds):
+        def split(self, X, y, groups=None):
+            seen.append(None if groups is None else len(groups))
+            yield from super().split(X, y, groups)
+
+    X, y, groups = _clustered_noise()
+    search = make_heads(0, tune=True)["logreg"]
+    search.set_params(cv=Spy(3, 0))
+    fit_head(search, X, y, groups=groups)
+    assert seen and all(n == len(y) for n in seen)
+    fitted, _ = fit_head(make_heads(0, tune=True)["svm"], X, y, groups=groups)  # the pipeline's SVM
+    assert max(t["score"] for t in fitted[-1].tuning_) < 0.75
+
+
+def test_split_use_says_why_tuning_is_off(tmp_path, monkeypatch):
+    # "not used (TUNE=0)" was said when TUNE=auto had turned tuning off above its size
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("classify.compare"), "TUNE_AUTO_UP_TO", 50)
+    _three_splits(tmp_path)
+    run_compare(tmp_path / "f", tmp_path / "o", heads="logreg", tune="auto")
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    assert run["tuning"]["mode"] == "off"
+    assert run["split_use"]["valid"] == "not used (tuning off: TUNE=auto tunes up to 50 training images)"
+
+
+def test_the_svm_method_is_in_params_and_the_model_sidecar(tmp_path):
+    from classify.heads import fixed_head, format_settings, settings_of
+
+    _three_splits(tmp_path)
+    table = run_compare(tmp_path / "f", tmp_path / "o", heads="svm", tune="0").set_index("head")
+    assert table.loc["svm", "params"].endswith(" method=exact")
+    side = json.loads((tmp_path / "o" / "models" / "svm.json").read_text())
+    assert side["params"]["method"] == "exact"
+    X, y, _ = _clustered_noise()
+    model = fixed_head("svm", 0, {"C": 1.0}).set_params(calibratedsvc__method="nystroem",
+                                                        calibratedsvc__n_components=16).fit(X, y)
+    settings = settings_of(model)
+    assert settings["method"] == "nystroem" and settings["n_components"] == 16
+    assert format_settings(settings).endswith("method=nystroem n_components=16")
+    again = fixed_head("svm", 0, settings).fit(X, y)
+    assert settings_of(again) == settings
