@@ -148,7 +148,7 @@ def input_changes(feats: Features, in_dir, dataset: str | None = None) -> tuple[
     Raises:
         FileNotFoundError: the folder does not exist or cannot be listed.
     """
-    from extract.cache import read_csv_rows
+    from extract.atomic import read_csv_rows
     from extract.files import list_images
 
     recorded = feats.meta.get("input")

@@ -90,7 +90,7 @@ def check_same_images(features_dir, settings_list: list[Settings], in_dir: str =
 
 def _rejection(folder: Path, path: str) -> str | None:
     """The reason ``folder/rejected.csv`` gives for ``path``, or None when it is not listed."""
-    from extract.cache import read_csv_rows
+    from extract.atomic import read_csv_rows
 
     try:
         return next((r.get("reason", "") for r in read_csv_rows(folder / "rejected.csv") if r.get("path") == path),
