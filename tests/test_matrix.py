@@ -19,7 +19,7 @@ def test_compare_backbones_writes_the_matrix_and_the_report_shows_it(tmp_path):
     r = run_make("features", *args)
     assert r.returncode == 0, r.stderr
     assert {p.name for p in (features / input_id(src)).iterdir() if not p.name.startswith(".")} == {
-        "vgg16-avg-32-none", "resnet50v2-avg-32-none"}
+        "vgg16-avg-32-none-np1", "resnet50v2-avg-32-none-np1"}
 
     r = run_make("compare", *args, "FOLDS=3")
     assert r.returncode == 0, r.stderr
@@ -33,13 +33,13 @@ def test_compare_backbones_writes_the_matrix_and_the_report_shows_it(tmp_path):
         own = pd.read_csv(out / backbone / "comparison.csv")
         rows = matrix[matrix["backbone"] == backbone].reset_index(drop=True)
         pd.testing.assert_series_equal(rows["cv_mean"], own["cv_mean"])
-        assert json.loads((out / backbone / "run.json").read_text())["features_key"] == f"{backbone}-avg-32-none"
+        assert json.loads((out / backbone / "run.json").read_text())["features_key"] == f"{backbone}-avg-32-none-np1"
     split = [pd.read_csv(out / b / "split.csv") for b in ("vgg16", "resnet50v2")]
     pd.testing.assert_frame_equal(split[0], split[1])  # the same images on the same side
     run = json.loads((out / "run.json").read_text())
     best = matrix.loc[matrix["cv_mean"].idxmax(), "backbone"]
     assert run["backbones"] == ["vgg16", "resnet50v2"] and run["best_backbone"] == best
-    assert run["features_key"] == f"{best}-avg-32-none"  # the top level is the best one's run
+    assert run["features_key"] == f"{best}-avg-32-none-np1"  # the top level is the best one's run
     assert (out / "backbones.png").stat().st_size > 1000
 
     r = run_make("report", *args)
@@ -47,7 +47,7 @@ def test_compare_backbones_writes_the_matrix_and_the_report_shows_it(tmp_path):
     page = (out / "report.html").read_text(encoding="utf-8")
     section = page.split('<section id="backbones">', 1)[1].split("</section>", 1)[0]
     assert section.count("<tr>") == 1 + 6  # header and 2 x 3 cells
-    assert "resnet50v2-avg-32-none" in section and "data:image/png;base64," in section
+    assert "resnet50v2-avg-32-none-np1" in section and "data:image/png;base64," in section
 
 
 def test_compare_backbones_refuses_caches_of_different_images(tmp_path):
