@@ -91,14 +91,19 @@ def _stream(p: Plan, settings: Settings, batch: int, max_pixels: int, device: De
         return ray_embedded(paths, settings, batch, max_pixels, p.store.hashes() | set(p.failed),
                             device, log=log, progress=progress, actors=actors)
     from .backend import embedded
+    from .decoders import decode_processes, read_in_processes
     from .machine import gpu_names
-    from .pipeline import decode_processes, read_ahead
+    from .pipeline import read_ahead
 
     workers = min(8, os.cpu_count() or 1)
     claims = Claims(lambda sha: sha in p.store or sha in p.failed)
     processes = decode_processes(decoders, gpu=bool(gpu_names()))
-    reads = read_ahead(paths, settings.size, max_pixels, claims, workers=workers,
-                       window=2 * batch + workers + processes, decoders=processes)
+    if processes:
+        reads = read_in_processes(paths, settings.size, max_pixels, claims,
+                                  p.store.hashes() | set(p.failed), processes, window=2 * batch)
+    else:
+        reads = read_ahead(paths, settings.size, max_pixels, claims, workers=workers,
+                           window=2 * batch + workers)
     return embedded(reads, settings, batch, device, log=log)
 
 
@@ -107,8 +112,8 @@ def compute(p: Plan, settings: Settings, batch: int, max_pixels: int, progress: 
             actors: int | None = None, decoders: int | None = None) -> Computed:
     """Reads the files of ``p.todo`` once each and embeds the contents not yet known.
 
-    ``decoders``: processes that decode (0: threads; None: see
-    :func:`extract.pipeline.decode_processes`); the Ray engine decodes in its own tasks.
+    ``decoders``: processes that read and decode (0: threads; None: see
+    :func:`extract.decoders.decode_processes`); the Ray engine decodes in its own tasks.
 
     Identical contents are decoded and embedded once (the first read of a content claims it);
     the assembly gives every copy that vector.

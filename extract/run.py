@@ -31,7 +31,7 @@ def _check(in_dir, batch, engine: str, backend: str, decoders) -> None:
     """
     framework.check(backend)
     if decoders is not None:
-        from .pipeline import decode_processes
+        from .decoders import decode_processes
 
         decode_processes(decoders, gpu=False)  # raises on a bad value
     if engine not in ("local", "ray"):
@@ -79,7 +79,7 @@ def extract_features(in_dir, features_dir, settings: Settings, batch: int = 32,
         engine: ``local`` (this process) or ``ray`` (a Ray Data pipeline; ``RAY_ADDRESS``).
         actors: (ray) model actors; default one per GPU, else one per node.
         decoders: processes that decode images (0: threads of this process); None: several
-            when the model runs on a GPU, else none (see :func:`extract.pipeline.decode_processes`).
+            when the model runs on a GPU, else none (see :func:`extract.decoders.decode_processes`).
 
     Returns:
         A :class:`Summary` of the run.

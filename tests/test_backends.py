@@ -316,11 +316,17 @@ def test_the_compiled_call_takes_uint8_and_preprocesses_itself(tmp_path):
 # ------------------------------------------------------------------------ decoding processes
 
 def test_decoding_processes_give_the_same_cache_and_rejections(tmp_path):
-    from extract.pipeline import decode_processes
+    """Reading in a pool of processes gives the threads' cache: the same vectors, hashes and
+    rejections (a damaged file's reason and lastingness survive the trip), copies embedded once."""
+    from extract.decoders import decode_processes
+
+    import shutil
 
     src = tmp_path / "in"
-    write_class_folder(src, 6, fmt="jpg")
+    write_class_folder(src, 20, fmt="jpg")
     (src / "red" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 50)
+    for i in range(3):  # copies of one new image, in different chunks
+        shutil.copy(src / "blue" / "img_005.jpg", src / "red" / f"copy_{i}.jpg")
     results = []
     for n in (0, 2):
         s = extract_features(src, tmp_path / f"f{n}", Settings(weights="none", size=32),
@@ -330,6 +336,7 @@ def test_decoding_processes_give_the_same_cache_and_rejections(tmp_path):
     np.testing.assert_array_equal(e0, e1)
     assert [r["sha256"] for r in r0] == [r["sha256"] for r in r1]
     assert "broken.jpg" in rej0 and rej0 == rej1 and m0["rejected_sha256"] == m1["rejected_sha256"]
+    assert m0["computed"] == m1["computed"] == 40 and len(r1) == 43
     assert decode_processes(None, gpu=True, cores=16) == 14
     assert decode_processes(None, gpu=False, cores=16) == decode_processes(None, gpu=True, cores=2) == 0
     assert decode_processes(3, gpu=False) == 3
@@ -382,18 +389,39 @@ def test_the_gpu_benchmark_runs_on_the_cpu_and_writes_outside_the_tracked_files(
     assert text.count("<!-- bench.gpu: begin -->") == 1 and "model-only images/s" in text
 
 
-def test_a_broken_decoding_pool_falls_back_to_the_reading_threads(tmp_path):
-    """A decoding process killed mid-run loses no image: the threads decode the rest themselves."""
-    import signal
-    from concurrent.futures import ProcessPoolExecutor
-
-    from extract.pipeline import _decode_in
+def test_a_broken_decoding_pool_falls_back_to_the_run_s_own_thread(tmp_path, monkeypatch):
+    """A pool whose processes die loses no file: the run reads the rest itself."""
+    from extract import decoders
+    from extract.pipeline import Claims
 
     src = tmp_path / "in"
-    (path,) = write_class_folder(src, 1, classes=("red",), fmt="jpg")
-    data = path.read_bytes()
-    with ProcessPoolExecutor(max_workers=1) as pool:
-        pool.submit(os.kill, 0, 0).result()  # the worker is up
-        os.kill(next(iter(pool._processes)), signal.SIGKILL)
-        image = _decode_in(pool)(data, 32, 10**9)
-    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+    write_class_folder(src, 20, classes=("red",), fmt="jpg")
+    paths = sorted(str(p) for p in src.rglob("*.jpg"))
+
+    real_pool = decoders._pool
+
+    def breaking(n):  # its one process exits at once: every chunk finds the pool broken
+        pool = real_pool(n)
+        pool.submit(os._exit, 1)
+        return pool
+
+    monkeypatch.setattr(decoders, "_pool", breaking)
+    got = list(decoders.read_in_processes(paths, 32, 10**9, Claims(lambda sha: False), set(), 1, 16))
+    assert [r.index for r in got] == list(range(20))
+    assert all(r.image is not None and r.image.shape == (32, 32, 3) for r in got)
+
+
+def test_the_decoding_processes_skip_contents_known_before_the_run(tmp_path):
+    from extract import decoders
+    from extract.pipeline import Claims
+
+    src = tmp_path / "in"
+    paths = [str(p) for p in write_class_folder(src, 4, classes=("red",), fmt="jpg")]
+    import hashlib
+
+    known = {hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths[:2]}
+    known.add("00" * 32)  # a digest that ends in zero bytes is found too
+    assert decoders.known_in(decoders.write_known({"ab" + "00" * 31}))("ab" + "00" * 31)
+    got = list(decoders.read_in_processes(paths, 32, 10**9, Claims(lambda sha: False), known, 1, 16))
+    assert [r.image is None for r in got] == [True, True, False, False]
+    assert all(r.sha256 and not r.error for r in got)
