@@ -18,6 +18,7 @@ import numpy as np
 
 from .backend import NOTHING_RAN, Device
 from .model import Settings
+from .notices import plural
 from .pipeline import Claims, Read
 from .plan import Plan
 
@@ -128,13 +129,19 @@ def compute(p: Plan, settings: Settings, batch: int, max_pixels: int, progress: 
     from tqdm import tqdm
 
     device = Device()
-    bar = tqdm(total=len(p.todo), unit="file", desc="reading", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True, smoothing=0.1, delay=1.0,
-               mininterval=0.5 if sys.stderr.isatty() else 15)
+    # The bar starts with the first file done, so that building the model and compiling the
+    # first batch (seconds to a minute) do not enter its estimate of what is left.
+    bar = tqdm(total=len(p.todo), unit="file", desc="reading and embedding", disable=True)
+    if progress:
+        log(f"{plural(len(p.todo), 'file')} to read and embed; building {settings.backbone} first")
     try:
         for r, vec in _stream(p, settings, batch, max_pixels, device, log, progress, engine, actors,
                               decoders):
             checkpoint.keep(r, vec)
+            if bar.disable and progress:
+                bar = tqdm(total=len(p.todo), unit="file", desc="reading and embedding",
+                           file=sys.stderr, dynamic_ncols=True, smoothing=0.1, delay=1.0,
+                           mininterval=0.5 if sys.stderr.isatty() else 15)
             bar.update(1)
     except KeyboardInterrupt:
         checkpoint.flush()

@@ -54,7 +54,7 @@ def embed_files(paths, settings: Settings, batch: int = 32, max_pixels: int = DE
     if not paths:
         return np.zeros((0, 0), np.float32), errors
     rows: dict[int, np.ndarray] = {}
-    bar = tqdm(total=len(paths), unit="img", disable=not progress, delay=1.0)
+    bar = tqdm(total=len(paths), unit="img", desc="embedding", disable=not progress, delay=1.0)
     workers = min(8, os.cpu_count() or 1)
     reads = read_ahead(paths, settings.size, max_pixels, lambda sha: False, workers=workers,
                        window=2 * batch + workers)

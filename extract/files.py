@@ -74,9 +74,10 @@ class Listing:
 
     candidates: list[Candidate]
     rejected: list[tuple[str, str]]  # (path, reason) for files and folders that cannot be opened
-    skipped: list[str]  # not images by name or content
+    skipped: list[str]  # not images by name or content, and the loose files
     layout: str  # "class" or "split/class"
     empty_classes: list[str]
+    loose: list[str] = dataclasses.field(default_factory=list)  # images (by name) in no class folder
 
 
 def sniff(head: bytes) -> str | None:
@@ -315,7 +316,9 @@ def list_images(root: str | os.PathLike, progress: bool = False) -> Listing:
     found.candidates.sort(key=lambda c: c.path)
     found.candidates = _one_per_name(found.candidates, found.rejected)
     found.rejected.sort()
-    found.skipped = sorted(found.skipped + _loose_files(root, layout))
+    loose = sorted(_loose_files(root, layout))
+    found.loose = [path for path in loose if Path(path).suffix.lower() in IMAGE_SUFFIXES]
+    found.skipped = sorted(found.skipped + loose)
     return found
 
 

@@ -234,14 +234,7 @@ def _with_weights(settings: Settings, pooling: str | None):
         try:
             return factory(weights="imagenet", **kwargs)
         except Exception as err:
-            raise WeightsUnavailable(
-                f"ImageNet weights for {settings.backbone} are not in Keras' cache "
-                f"({cached}) and could not be downloaded ({type(err).__name__}: {err}). "
-                f"Fix: copy the file '{cached.name}' (from {settings.spec.weights_url}) to "
-                f"{cached.parent}/ (or set KERAS_HOME; `make weights` lists every backbone's "
-                "file), or pass WEIGHTS=<path to that .h5 file>, or WEIGHTS=none for random "
-                "weights (numbers then say little about ImageNet features)."
-            ) from None
+            raise WeightsUnavailable(offline_message(settings, cached, err)) from None
         finally:
             socket.setdefaulttimeout(previous)
     try:
@@ -252,3 +245,22 @@ def _with_weights(settings: Settings, pooling: str | None):
             f"({type(err).__name__}: {err}); it must be Keras' no-top weights file "
             f"'{settings.spec.weights_file}' or one saved from the same model"
         ) from None
+
+
+def offline_message(settings: Settings, cached: Path, err: BaseException) -> str:
+    """What to do when ImageNet weights are neither cached nor downloadable: the fix first, one
+    option per line, then the download error cut short (Keras' own text can run to a paragraph).
+    """
+    reason = " ".join(f"{type(err).__name__}: {err}".split())
+    if len(reason) > 160:
+        reason = reason[:157] + "..."
+    return "\n".join([
+        f"ImageNet weights for {settings.backbone} are not on this machine and cannot be downloaded.",
+        "Fix it with one of:",
+        f"  - copy {cached.name} into {cached.parent}/",
+        f"    (download it elsewhere from {settings.spec.weights_url};",
+        "    KERAS_HOME moves that folder; `make weights` lists every backbone's file)",
+        f"  - WEIGHTS=<path to {cached.name}>",
+        "  - WEIGHTS=none: random weights, to try the tool (the scores then say little)",
+        f"Download error: {reason}",
+    ])

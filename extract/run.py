@@ -10,6 +10,7 @@ read, :func:`~extract.compute.compute` the new vectors and
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 
 from . import cache, files, framework, locks
@@ -18,6 +19,7 @@ from .atomic import CacheWriteError, read_csv_rows_head
 from .compute import Interrupted, compute
 from .load import DEFAULT_MAX_PIXELS
 from .model import Settings
+from .notices import class_counts_line, plural, random_weights_banner, split_like_warning
 from .plan import Plan, bytes_needed, plan
 
 __all__ = ["Interrupted", "Summary", "extract_features"]
@@ -98,6 +100,7 @@ def extract_features(in_dir, features_dir, settings: Settings, batch: int = 32,
     cache.check_same_input(root, in_dir, dataset)
     try:
         listing = files.list_images(in_dir, progress=progress)
+        _announce(listing, settings, extra_meta, log)
         settings, extra_meta = _resolved(settings, features_dir, listing, batch, max_pixels, log,
                                          extra_meta)
         options = dict(progress=progress, flush_seconds=flush_seconds, engine=engine, actors=actors,
@@ -111,6 +114,17 @@ def extract_features(in_dir, features_dir, settings: Settings, batch: int = 32,
                           "again to resume") from None
     _report(p, summary, log)
     return summary
+
+
+def _announce(listing, settings: Settings, extra_meta: dict | None, log) -> None:
+    """The classes with their counts, names that look like splits, and random weights."""
+    counts = Counter(c.label for c in listing.candidates)
+    if counts:
+        log(class_counts_line(dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))))
+    for line in (split_like_warning(counts), random_weights_banner(
+            settings.weights, (extra_meta or {}).get("weights_fallback"))):
+        if line:
+            log(line)
 
 
 def _locked_run(in_dir, features_dir, root: Path, listing, settings: Settings, batch: int,
@@ -133,9 +147,15 @@ def _report(p: Plan, summary: Summary, log) -> None:
     listing = p.listing
     if listing.empty_classes:
         log(f"warning: class folders without images: {', '.join(listing.empty_classes)}")
-    if listing.skipped:
-        log(f"skipped {len(listing.skipped)} files that are not images "
-            f"(by name and content), e.g. {listing.skipped[0]!r}")
+    loose = set(listing.loose)
+    if loose:
+        where = "directly in IN or in a split folder" if listing.layout == "split/class" else "directly in IN"
+        log(f"skipped {plural(len(loose), 'file')} {where}, with no class folder, e.g. "
+            f"{listing.loose[0]!r}: put images in IN/<class>/ (the folder name is the label)")
+    others = [path for path in listing.skipped if path not in loose]
+    if others:
+        log(f"skipped {plural(len(others), 'file')} that are not images "
+            f"(by name and content), e.g. {others[0]!r}")
     if summary.rejected:
         log(f"rejected {summary.rejected} files that could not be embedded; the list with reasons "
             f"is {p.folder / 'rejected.csv'}")

@@ -206,6 +206,9 @@ def test_weights_offline_error_names_cache_file_and_alternatives(tmp_path, monke
     assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in text
     assert str(tmp_path / "keras-home" / "models") in text
     assert "WEIGHTS=<path" in text and "WEIGHTS=none" in text
+    lines = text.splitlines()  # the fix comes first, one option per line; the error text last
+    assert lines[1].startswith("Fix") and lines[-1].startswith("Download error: Exception: URL fetch")
+    assert text.index("WEIGHTS=none") < text.index("Download error") and max(map(len, lines)) <= 160
 
 
 def test_weights_offline_cli_exits_nonzero(two_class, tmp_path):
