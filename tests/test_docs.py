@@ -33,8 +33,7 @@ def make_variables() -> list[str]:
 
 def slug(heading: str) -> str:
     """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to dashes."""
-    text = re.sub(r"[`*_]", "", heading.strip().lower())
-    text = re.sub(r"[^\w\- ]", "", text)
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())  # \w keeps letters, digits and _
     return text.replace(" ", "-")
 
 
