@@ -31,6 +31,11 @@ def make_variables() -> list[str]:
     return sorted(set(re.findall(r"^([A-Z][A-Z0-9_]*) \?=", MAKEFILE, re.M)))
 
 
+def make_default(name: str) -> str:
+    """The default of ``NAME ?= value## meaning`` (empty when none)."""
+    return re.search(rf"^{name} \?= ?([^#\n]*?)\s*(?:##|$)", MAKEFILE, re.M).group(1).strip()
+
+
 def slug(heading: str) -> str:
     """GitHub's anchor of a heading: lower case, punctuation dropped, spaces to dashes."""
     text = re.sub(r"[^\w\- ]", "", heading.strip().lower())  # \w keeps letters, digits and _
@@ -64,8 +69,11 @@ def test_every_make_target_is_documented(target):
 @pytest.mark.parametrize("name", make_variables())
 def test_every_make_variable_is_documented(name):
     text = VARIABLES_DOC.read_text(encoding="utf-8")
-    assert re.search(rf"^\| `{name}` \|", text, re.M), (
-        f"docs/variables.md has no row for the variable `{name}`; add one with its default and meaning")
+    row = re.search(rf"^\| `{name}` \|([^|]*)\|", text, re.M)
+    assert row, f"docs/variables.md has no row for the variable `{name}`; add one with its default and meaning"
+    documented = row.group(1).strip().strip("`")
+    assert documented == make_default(name), (
+        f"docs/variables.md gives `{name}` the default {documented!r}, the Makefile {make_default(name)!r}")
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
