@@ -56,6 +56,8 @@ help: ## list every target and variable
 	@echo
 	@echo "Variables (make TARGET NAME=value):"
 	@grep -E '^[A-Z_]+ \?=' $(MAKEFILE_LIST) | sed -E 's/^([A-Z_]+) \?= ?([^#]*)## *(.*)/  \1=\2\t\3/' | expand -t 24
+	@echo
+	@echo "Every target and variable, with defaults and examples: docs/variables.md"
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
