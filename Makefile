@@ -17,6 +17,8 @@ SIZE ?=##              side in pixels of the centre square the images are resize
 POOLING ?= avg##       global pooling of the last feature map: avg or max
 BATCH ?= 32##          images per model call
 PRECISION ?= fp32##    fp32, bf16, fp16 (Keras mixed precision; stored embeddings are float32), or auto: the fastest that agrees with fp32 on this machine
+BACKEND ?= tensorflow## Keras backend of stage 1: tensorflow, jax (make setup-jax) or torch; each uses its GPU when it sees one; not part of the key
+DECODERS ?= auto##     processes that decode images in stage 1 (auto: all cores but 2 when an NVIDIA GPU is present and there are >= 4 cores, else 0: threads)
 ENGINE ?= local##      local (this machine) or ray (Ray Data for features, Ray's joblib backend for compare and audit; RAY_ADDRESS selects a cluster)
 STRICT ?= 0##          1: `make features` exits non-zero when any file was rejected
 MAX_PIXELS ?= 89478485## larger images are rejected (decompression-bomb guard)
@@ -57,7 +59,7 @@ AUDIT_ARGS = $(strip $(call given,HEADS,--heads $(HEADS)) $(call given,SEED,--se
 	$(call given,TEST_SIZE,--test-size $(TEST_SIZE)) $(call given,FOLDS,--folds $(FOLDS)))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help setup setup-ray features weights import compare audit report predict demo test test-deps bench clean clean-features
+.PHONY: help setup setup-ray setup-jax gpu-wheels bench-gpu features weights import compare audit report predict demo test test-deps bench clean clean-features
 
 help: ## list every target and variable
 	@echo "Targets:"
@@ -83,9 +85,18 @@ setup-ray: $(RAY_STAMP) ## install the optional Ray engine (requirements-ray.txt
 
 ENGINE_SETUP = $(if $(filter ray,$(ENGINE)),setup-ray)
 
-features: setup $(ENGINE_SETUP) ## stage 1: embed new or changed images of IN into FEATURES/<input-id>/<key>/ (one pass per BACKBONES entry)
+JAX_STAMP := $(VENV)/.jax-installed
+$(JAX_STAMP): $(STAMP) requirements-jax.txt
+	$(VENV)/bin/pip install --quiet -r requirements-jax.txt
+	touch $(JAX_STAMP)
+
+setup-jax: $(JAX_STAMP) ## install the optional JAX backend for the CPU (requirements-jax.txt) for BACKEND=jax
+
+BACKEND_SETUP = $(if $(filter jax,$(BACKEND)),setup-jax)
+
+features: setup $(ENGINE_SETUP) $(BACKEND_SETUP) ## stage 1: embed new or changed images of IN into FEATURES/<input-id>/<key>/ (one pass per BACKBONES entry)
 	$(PY) -m extract $(EXTRACT_ARGS) $(BACKBONES_ARG) --batch $(BATCH) --strict $(STRICT) --max-pixels $(MAX_PIXELS) \
-		--engine $(ENGINE)
+		--engine $(ENGINE) --backend $(BACKEND) --decoders $(DECODERS)
 
 weights: setup ## list each backbone's ImageNet weights file, whether Keras' cache has it, where to copy it
 	$(PY) -m extract.weights
@@ -107,24 +118,35 @@ audit: setup $(ENGINE_SETUP) ## near-duplicates across splits, label suspects, l
 report: setup ## one self-contained HTML page of the whole experiment -> OUT/report.html (settings: OUT's run)
 	$(PY) -m classify.report $(RUN_ARGS) --out "$(OUT)"
 
-predict: setup ## classify IMAGES with a saved head (HEAD, default the best) -> OUT/new_predictions.csv
-	$(PY) -m classify.predict $(call given,FEATURES,--features "$(FEATURES)") --out "$(OUT)" --head "$(HEAD)" \
-		--batch $(BATCH) --max-pixels $(MAX_PIXELS) -- $(IMAGES)
+predict: setup $(BACKEND_SETUP) ## classify IMAGES with a saved head (HEAD, default the best) -> OUT/new_predictions.csv
+	KERAS_BACKEND=$(BACKEND) $(PY) -m classify.predict $(call given,FEATURES,--features "$(FEATURES)") --out "$(OUT)" \
+		--head "$(HEAD)" --batch $(BATCH) --max-pixels $(MAX_PIXELS) -- $(IMAGES)
 
 bench: setup ## measure extraction, comparison and every backbone's speed -> bench/*.json, BENCHMARKS.md
 	$(PY) -m bench
 	$(PY) -m bench.backbones
 
+GPU_WHEELS_PY ?= 3.10 3.11 3.12 3.13 3.14## `make gpu-wheels`: Python versions of the GPU machine to fetch optree for
+gpu-wheels: setup ## download Keras and its small needs into bench/wheels/ (git-ignored, ~7 MB) for a GPU machine without them
+	$(VENV)/bin/pip download --quiet --no-deps -d bench/wheels "keras==$$($(PY) -c 'import importlib.metadata as m; print(m.version("keras"))')" \
+		namex absl-py rich markdown-it-py mdurl pygments tqdm filelock packaging
+	for v in $(GPU_WHEELS_PY); do $(VENV)/bin/pip download --quiet --no-deps --only-binary=:all: --python-version $$v \
+		--platform manylinux_2_28_x86_64 -d bench/wheels "optree==$$($(PY) -c 'import importlib.metadata as m; print(m.version("optree"))')" || exit 1; done
+	@du -sh bench/wheels
+
+bench-gpu: ## VGG16 on this machine's GPU with PyTorch and JAX, fp32 and bf16 -> bench/gpu.json, BENCHMARKS.md (see README)
+	$(if $(wildcard $(PY)),$(PY),python3) -m bench.gpu
+
 DEMO ?= demo##          where `make demo` writes its input, features and outputs
 demo: setup ## the embedded default: scikit-learn's digits as PNGs -> features -> compare (offline-safe)
 	$(PY) -m classify.demo "$(DEMO)/in"
 	$(PY) -m extract --in "$(DEMO)/in" --features "$(DEMO)/features" --size 32 --weights imagenet \
-		--weights-fallback none --batch 64
+		--weights-fallback none --batch 64 --backend $(BACKEND)
 	$(PY) -m classify compare --in "$(DEMO)/in" --features "$(DEMO)/features" --out "$(DEMO)/out" \
 		--size 32 --weights imagenet --weights-fallback none --folds 5
 	$(PY) -m classify.report --in "$(DEMO)/in" --features "$(DEMO)/features" --out "$(DEMO)/out"
 
-test: setup setup-ray test-deps ## run the test suite, Ray's tests included (what CI runs)
+test: setup setup-ray setup-jax test-deps ## run the test suite, Ray's and JAX's tests included (what CI runs)
 	$(PY) -m pytest -q tests
 
 test-deps: ## install what the browser test needs: Debian's chromium (apt-get, as root) when missing

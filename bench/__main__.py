@@ -130,7 +130,7 @@ def main(argv=None) -> int:
                 shutil.copy2(f, q)
         rounds_in.append(d)
     warm_in = suite.link_tree(pool, work / "in_warm", batch)
-    images = suite.preprocessed_batch([str(p) for p in sorted(pool.rglob("*.jpg"))], size, batch)
+    images = suite.decoded_batch([str(p) for p in sorted(pool.rglob("*.jpg"))], size, batch)
 
     raw["sgemm_gflops"] = round(suite.sgemm_gflops(), 1)
     raw["gflop_per_image"] = round(suite.vgg16_gflop_per_image(size), 3)

@@ -2,8 +2,8 @@
 
 So users can weigh a backbone's accuracy (``make compare BACKBONES=...``) against its cost. Each
 backbone runs with random weights (``WEIGHTS=none``: the speed does not depend on the values)
-through the extraction's own traced model call (``extract.backend.embedder``) on preprocessed
-batches already in memory; after one untimed call (tracing), at most ``batches`` calls are timed
+through the extraction's own compiled model call (``extract.backend.embedder``, preprocessing
+included) on uint8 batches already in memory; after one untimed call (tracing), at most ``batches`` calls are timed
 and at most ``max_seconds`` spent per backbone; images/s is the batch over the median call.
 GFLOP per image counts 2 per multiply-add of every convolution and dense layer (what the
 published figures count; normalisation, activations and additions are left out).
@@ -76,14 +76,14 @@ def gflop_per_image(model) -> float:
 def time_backbone(name: str, cfg: dict) -> dict:
     """Model-only images/s and GFLOP/s of backbone ``name`` in fp32 (see the module docstring)."""
     from extract.backbones import get
-    from extract.model import Settings, build, preprocess_fn
+    from extract.model import Settings, build
     from extract.backend import embedder
 
     size = max(cfg["size"], get(name).min_size)  # quick mode's 64 px is below InceptionV3's 75
     settings = Settings(name, "none", size).check()
     gflop = gflop_per_image(build(settings))
     rng = np.random.default_rng(0)
-    images = preprocess_fn(name)(rng.uniform(0, 255, (cfg["batch"], size, size, 3)).astype(np.float32))
+    images = rng.integers(0, 256, (cfg["batch"], size, size, 3), dtype=np.uint8)
     run = embedder(settings)
     t0 = time.perf_counter()
     run(images)  # a NumPy array: the call returns when the batch is computed
@@ -110,7 +110,7 @@ def markdown(results: dict) -> str:
         f"raw numbers in `bench/backbones.json`. Machine: {m['cpu']}, {m['cores']} cores; load "
         f"average {m['load_average_at_start']} at the start (other processes share the CPU).",
         "",
-        f"Model only (the extraction's traced call on preprocessed in-memory batches), fp32, "
+        f"Model only (the extraction's compiled call, preprocessing included, on in-memory uint8 batches), fp32, "
         f"WEIGHTS=none, SIZE={cfg['size']}, batch {cfg['batch']}; images/s is the batch over the "
         f"median of up to {cfg['batches']} timed calls after one untimed call. GFLOP per image: "
         "2 per multiply-add of the convolution and dense layers.",
@@ -125,14 +125,16 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
-def replace_section(md_path: Path, section: str) -> None:
-    """Puts ``section`` in place of the marked section of ``md_path`` (appended when absent)."""
+def replace_section(md_path: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Puts ``section`` in place of the section of ``md_path`` between ``begin`` and ``end``
+    (appended when absent)."""
     text = md_path.read_text(encoding="utf-8") if md_path.is_file() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + section + rest.split(end, 1)[1]
     else:
         text = text.rstrip("\n") + ("\n\n" if text else "") + section + "\n"
+    md_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.write_text(text, encoding="utf-8")
 
 

@@ -285,13 +285,12 @@ def measure_noop(work: Path, n: int, env: dict, precisions=("fp32",)) -> dict:
 
 # ---------------------------------------------------------------- extraction measurements
 
-def preprocessed_batch(paths: list[str], size: int, batch: int):
-    """One batch of real files, loaded and preprocessed exactly as extraction does, in memory."""
+def decoded_batch(paths: list[str], size: int, batch: int) -> np.ndarray:
+    """One batch of real files, decoded and resized exactly as extraction does (uint8), in
+    memory: the model call preprocesses them itself, on its device."""
     from extract.load import load_image
-    from extract.model import preprocess_fn
 
-    images = np.stack([load_image(p, size, max_pixels=10**9) for p in paths[:batch]])
-    return preprocess_fn("vgg16")(images.astype(np.float32))
+    return np.stack([load_image(p, size, max_pixels=10**9) for p in paths[:batch]])
 
 
 def sample_uint8(folder: Path, size: int, n: int) -> np.ndarray:
@@ -502,7 +501,7 @@ def markdown(results: dict) -> str:
         ver = verdict(r, key, *t) if t else ""
         lines.append(f"| `{key}` | {fmt(v)}{unit} | {tt} | {ver} | {what} |")
 
-    row("extract_model_only_ips", f"images/s of the model alone on preprocessed in-memory batches ({s['precision']})")
+    row("extract_model_only_ips", f"images/s of the model call alone (preprocessing included) on decoded in-memory batches ({s['precision']})")
     row("extract_end_to_end_ips", f"images/s of `extract_features` from JPEG files to the written cache ({s['precision']}, "
         f"{s['e2e_images']} images per round, in-process after a warm-up)")
     row("extract_efficiency", "end-to-end / model-only: the share of the model's speed that extraction keeps")
@@ -576,6 +575,10 @@ def write_results(results: dict, json_path: Path, md_path: Path) -> None:
     previous = Path(md_path).read_text(encoding="utf-8") if Path(md_path).is_file() else ""
     Path(md_path).write_text(markdown(results) + "\n", encoding="utf-8")
     from .backbones import BEGIN, END, replace_section
+    from .gpu import BEGIN as GPU_BEGIN, END as GPU_END
 
-    if BEGIN in previous and END in previous:  # keep the backbones section of bench.backbones
-        replace_section(Path(md_path), BEGIN + previous.split(BEGIN, 1)[1].split(END, 1)[0] + END)
+    # keep the sections of bench.backbones and bench.gpu
+    for begin, end in ((BEGIN, END), (GPU_BEGIN, GPU_END)):
+        if begin in previous and end in previous:
+            replace_section(Path(md_path), begin + previous.split(begin, 1)[1].split(end, 1)[0] + end,
+                            begin, end)

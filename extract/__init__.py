@@ -4,19 +4,25 @@ Public API::
 
     from extract import Settings, extract_features
     summary = extract_features("in", "features", Settings(weights="none", size=64))
+
+The names are imported on first use, so importing one small module of the package (the image
+decoder in a decoding process, say) does not load the rest (pandas among it).
 """
 
-from .assemble import Summary
-from .atomic import CacheWriteError
-from .cache import CacheError, cache_folder, input_id, open_cache, read_cache
-from .compute import Interrupted
-from .embed import embed_files
-from .load import ImageError, load_image
-from .model import Settings, WeightsUnavailable
-from .run import extract_features
+import importlib
 
-__all__ = [
-    "CacheError", "CacheWriteError", "ImageError", "Interrupted", "Settings", "Summary", "WeightsUnavailable",
-    "cache_folder", "embed_files", "extract_features", "input_id", "load_image", "open_cache",
-    "read_cache",
-]
+_HOMES = {
+    "Summary": "assemble", "CacheWriteError": "atomic", "CacheError": "cache",
+    "cache_folder": "cache", "input_id": "cache", "open_cache": "cache", "read_cache": "cache",
+    "Interrupted": "compute", "embed_files": "embed", "ImageError": "load", "load_image": "load",
+    "Settings": "model", "WeightsUnavailable": "model", "BackendUnavailable": "framework",
+    "extract_features": "run",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'extract' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)

@@ -9,6 +9,7 @@ import sys
 from .backbones import BACKBONES, parse_list
 from .load import DEFAULT_MAX_PIXELS
 from .atomic import CacheWriteError
+from .framework import BACKENDS, check, default_backend
 from .model import Settings, WeightsUnavailable
 
 
@@ -29,6 +30,9 @@ def parse(argv=None) -> argparse.Namespace:
                    help="pool this intermediate layer instead of the last block (LAYER)")
     p.add_argument("--pooling", default="avg", help="avg or max (POOLING)")
     p.add_argument("--batch", type=int, default=32, help="images per model call (BATCH)")
+    p.add_argument("--backend", default=None, choices=list(BACKENDS),
+                   help="the Keras backend that runs the model, on its GPU when it sees one: "
+                        "tensorflow, jax or torch (BACKEND; default KERAS_BACKEND, else tensorflow)")
     p.add_argument("--precision", default="fp32",
                    help="fp32, bf16, fp16, or auto: the fastest that agrees with fp32 here (PRECISION)")
     p.add_argument("--strict", type=int, default=0, help="1: exit non-zero when any file is rejected (STRICT)")
@@ -39,10 +43,27 @@ def parse(argv=None) -> argparse.Namespace:
                    help="local: this process; ray: a Ray Data pipeline, RAY_ADDRESS selects a cluster (ENGINE)")
     p.add_argument("--actors", type=int, default=0,
                    help="(ENGINE=ray) model actors; 0: one per GPU, else one per node")
+    p.add_argument("--decoders", default="auto", type=_decoders,
+                   help="processes that decode images: a number (0: threads of this process), or "
+                        "auto: one per core but two when an NVIDIA GPU is present and there are "
+                        "at least 4 cores, else 0 (DECODERS)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--flush-seconds", type=float, default=2.0,
                    help="write finished batches for resume at least this often (seconds)")
     return p.parse_args(argv)
+
+
+def _decoders(text: str) -> int | None:
+    """``--decoders``: auto (None) or a whole number >= 0."""
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"DECODERS must be auto or a whole number >= 0; received {text!r}")
+    return value
 
 
 def main(argv=None) -> int:
@@ -50,8 +71,10 @@ def main(argv=None) -> int:
     args = parse(argv)
     try:
         names = parse_list(args.backbones) if args.backbones else [args.backbone]
+        backend = check(args.backend or default_backend())
         all_settings = [_checked(Settings(name, args.weights, args.size, args.pooling,
-                                          args.precision, args.layer or None)) for name in names]
+                                          args.precision, args.layer or None, backend))
+                        for name in names]
     except (ValueError, WeightsUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -113,7 +136,7 @@ def extract_one(settings: Settings, args: argparse.Namespace) -> int:
                                    max_pixels=args.max_pixels, progress=not args.quiet,
                                    extra_meta=extra, flush_seconds=args.flush_seconds,
                                    dataset=args.dataset or None, engine=args.engine,
-                                   actors=args.actors or None)
+                                   actors=args.actors or None, decoders=args.decoders)
     except (WeightsUnavailable, FileNotFoundError, ValueError, CacheWriteError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

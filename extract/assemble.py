@@ -21,7 +21,7 @@ import numpy as np
 from . import cache
 from .compute import Computed
 from .files import STAMP_FIELDS
-from .model import INIT_SEED, Settings
+from .model import INIT_RULE, INIT_SEED, Settings
 from .plan import Plan, lasting_entries, same_facts
 
 
@@ -159,7 +159,7 @@ def _versions() -> dict:
     import PIL
 
     out = {"python": platform.python_version(), "numpy": np.__version__, "pillow": PIL.__version__}
-    for name in ("tensorflow", "keras"):
+    for name in ("tensorflow", "jax", "jaxlib", "torch", "keras"):
         mod = sys.modules.get(name)
         if mod is not None:
             out[name] = getattr(mod, "__version__", "?")
@@ -175,6 +175,8 @@ def _meta(p: Plan, settings: Settings, manifest, rows: Rows, computed: int, seco
         else os.path.abspath(settings.weights),
         "weights_tag": settings.weights_tag,
         "init_seed": INIT_SEED if settings.weights == "none" else None,
+        # how WEIGHTS=none draws its weights (extract.randinit; the same on every backend)
+        "init_rule": INIT_RULE if settings.weights == "none" else None,
         "image_size": settings.size,
         "pooling": settings.pooling,
         "layer": settings.layer,  # None: the last block
@@ -195,6 +197,7 @@ def _meta(p: Plan, settings: Settings, manifest, rows: Rows, computed: int, seco
         "seconds": round(seconds, 3),
         "images_per_second": round(computed / seconds, 3) if seconds > 0 else None,
         "device": device,
+        "backend": settings.backend,
         "batch": batch,
         "input": os.path.abspath(p.in_dir),
         "input_id": p.root.name,

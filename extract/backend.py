@@ -1,14 +1,15 @@
 """The deep-learning framework's side of stage 1: the compiled model call, the device, batching.
 
-Besides model building (:mod:`extract.model`), this is the only module that runs the framework;
-everything else hands it decoded images and gets float32 vectors back. Nothing here is imported
-until the first image has to be embedded, so a run that finds everything cached never loads it.
+Besides model building (:mod:`extract.model`) and the compiled calls (:mod:`extract.calls`),
+this is the only module that runs the framework (the Keras backend of ``settings.backend``);
+everything else hands it decoded uint8 images and gets float32 vectors back. Nothing here is
+imported until the first image has to be embedded, so a run that finds everything cached never
+loads a framework.
 """
 
 from __future__ import annotations
 
 import itertools
-import os
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -19,7 +20,7 @@ from .pipeline import Read
 NAN_REASON = "the model produced NaN or infinite values for this image"
 NOTHING_RAN = "none needed (everything cached)"
 
-_EMBEDDERS: dict = {}  # settings.key -> traced model call, so later runs in one process skip build
+_EMBEDDERS: dict = {}  # (backend, key) -> compiled model call, so later runs in one process skip build
 
 
 def _apply_precision(settings: Settings) -> None:
@@ -28,48 +29,43 @@ def _apply_precision(settings: Settings) -> None:
     Applied before every use, not only when the model is built: the process-wide switch may
     have been turned on by a model of another precision since.
     """
-    from ._tf import tensorflow
+    from .framework import allow_tf32
 
-    tensorflow().config.experimental.enable_tensor_float_32_execution(settings.precision != "fp32")
+    allow_tf32(settings.backend, settings.precision != "fp32")
 
 
 def embedder(settings: Settings) -> Callable[[np.ndarray], np.ndarray]:
-    """Returns the model call ``f(preprocessed float32 (b, s, s, 3)) -> float32 (b, D)``.
+    """Returns the model call ``f(uint8 RGB images (b, s, s, 3)) -> float32 (b, D)``.
 
-    Built once per setting and process (the last two are kept): repeated runs in one process
-    (predict, the benchmark) do not pay the model build and tracing again. Not XLA-compiled:
-    ``jit_compile=True`` measured slower than TensorFlow's oneDNN kernels on a 2-core Zen 4 CPU
-    (fp32 0.25-0.8x, bf16 0.25-0.4x; see BENCHMARKS.md).
+    The backbone's preprocessing runs inside it (float32 RGB 0..255 input works as well). The
+    call is compiled for ``settings.backend`` (see :mod:`extract.calls`) and built once per
+    setting and process (the last two are kept): repeated runs in one process (predict, the
+    benchmark) do not pay the model build and tracing again.
+
+    Raises:
+        WeightsUnavailable: the weights cannot be loaded.
+        ValueError, BackendUnavailable: the backend cannot run in this process.
     """
-    from ._tf import tensorflow
-    from .model import build
+    from .calls import CALLS
+    from .model import build, preprocess_fn
 
-    key = settings.key
+    key = (settings.backend, settings.key)
     if key not in _EMBEDDERS:
-        tf = tensorflow()
         model = build(settings)
-        traced = tf.function(lambda x: tf.cast(model(x, training=False), tf.float32),
-                             reduce_retracing=True)
-        _EMBEDDERS[key] = lambda x: traced(x).numpy()
+        _EMBEDDERS[key] = CALLS[settings.backend](model, preprocess_fn(settings.backbone, settings.backend))
         while len(_EMBEDDERS) > 2:
             _EMBEDDERS.pop(next(iter(_EMBEDDERS)))
     _apply_precision(settings)
     return _EMBEDDERS[key]
 
 
-def device_name() -> str:
-    """Names the device TensorFlow will run the model on (first GPU, else CPU)."""
-    from ._tf import tensorflow
+def device_name(backend: str | None = None) -> str:
+    """Names the device ``backend`` runs the model on (its first GPU, else the CPU), with the
+    GPU's memory or the CPU's model (see :mod:`extract.devices`)."""
+    from .devices import describe
+    from .framework import default_backend, running
 
-    tf = tensorflow()
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        try:
-            details = tf.config.experimental.get_device_details(gpus[0])
-            return f"GPU:0 ({details.get('device_name', 'unknown')})"
-        except Exception:
-            return "GPU:0"
-    return f"CPU ({os.cpu_count()} cores)"
+    return describe(backend or running() or default_backend())
 
 
 class Device:
@@ -79,17 +75,28 @@ class Device:
         self.name = NOTHING_RAN
 
 
+def _vectors(batch: list[Read], emb: np.ndarray) -> Iterator[tuple[Read, np.ndarray | None]]:
+    """Pairs each read of a batch with its vector; a NaN or infinite vector becomes an error."""
+    for w, vec in zip(batch, emb):
+        w.image = None
+        if np.isfinite(vec).all():
+            yield w, vec
+        else:
+            w.error, w.lasting = NAN_REASON, True
+            yield w, None
+
+
 def embedded(reads: Iterable[Read], settings: Settings, batch: int, device: Device,
              log=print) -> Iterator[tuple[Read, np.ndarray | None]]:
     """Runs the backbone over the decoded images of ``reads`` in batches.
 
     Yields ``(read, vector)`` once per read: with its float32 vector when it was embedded, with
     None when it was not decoded (known content, or an error in ``read.error``; a NaN vector
-    becomes such an error). The model is built at the first decoded image only.
+    becomes such an error). The model is built at the first decoded image only. Where the model
+    call can be launched ahead (:class:`extract.calls.Call`), one batch runs on the device while
+    the next one is gathered.
     """
-    from .model import preprocess_fn
-
-    run = pre = None
+    model = _Batches(settings, device, log)
     waiting: list[Read] = []
     for r in itertools.chain(reads, [None]):  # lazily: the read-ahead stays bounded
         if r is not None and r.image is None:
@@ -97,17 +104,36 @@ def embedded(reads: Iterable[Read], settings: Settings, batch: int, device: Devi
             continue
         if r is not None:
             waiting.append(r)
-        if not waiting or (r is not None and len(waiting) < batch):
-            continue
-        if run is None:
-            run, pre, device.name = embedder(settings), preprocess_fn(settings.backbone), device_name()
-            log(f"embedding new images with {settings.key} on {device.name}")
-        emb = np.asarray(run(pre(np.stack([w.image for w in waiting]).astype(np.float32))), np.float32)
-        for w, vec in zip(waiting, emb):
-            w.image = None
-            if np.isfinite(vec).all():
-                yield w, vec
-            else:
-                w.error, w.lasting = NAN_REASON, True
-                yield w, None
-        waiting.clear()
+        if waiting and (r is None or len(waiting) >= batch):
+            yield from model.run(waiting)
+            waiting = []
+    yield from model.finish()
+
+
+class _Batches:
+    """The model side of :func:`embedded`: builds the call at the first batch, keeps one in flight."""
+
+    def __init__(self, settings: Settings, device: Device, log):
+        self.settings, self.device, self.log = settings, device, log
+        self.call = None
+        self.flight = None  # (reads, launched output) of the batch running on the device
+
+    def run(self, reads: list[Read]) -> Iterator[tuple[Read, np.ndarray | None]]:
+        """Starts ``reads`` on the device; yields the results of the batch that ran before."""
+        if self.call is None:
+            s = self.settings
+            self.call, self.device.name = embedder(s), device_name(s.backend)
+            self.log(f"embedding new images with {s.key} on {self.device.name} ({s.backend})")
+        x = np.stack([w.image for w in reads])
+        if not hasattr(self.call, "launch"):  # a plain function: one batch at a time
+            yield from _vectors(reads, np.asarray(self.call(x), np.float32))
+            return
+        previous, self.flight = self.flight, (reads, self.call.launch(x))
+        if previous is not None:  # fetched after the next batch is queued behind it
+            yield from _vectors(previous[0], np.asarray(self.call.fetch(previous[1]), np.float32))
+
+    def finish(self) -> Iterator[tuple[Read, np.ndarray | None]]:
+        """Yields the results of the batch in flight, if any."""
+        if self.flight is not None:
+            (reads, launched), self.flight = self.flight, None
+            yield from _vectors(reads, np.asarray(self.call.fetch(launched), np.float32))

@@ -82,7 +82,7 @@ class Checkpoint:
 
 
 def _stream(p: Plan, settings: Settings, batch: int, max_pixels: int, device: Device, log,
-            progress: bool, engine: str, actors: int | None):
+            progress: bool, engine: str, actors: int | None, decoders: int | None):
     """(read, vector or None) for every file of ``p.todo``, from the chosen engine."""
     paths = [c.abspath for c in p.todo]
     if engine == "ray":
@@ -91,19 +91,29 @@ def _stream(p: Plan, settings: Settings, batch: int, max_pixels: int, device: De
         return ray_embedded(paths, settings, batch, max_pixels, p.store.hashes() | set(p.failed),
                             device, log=log, progress=progress, actors=actors)
     from .backend import embedded
+    from .decoders import decode_processes, read_in_processes
+    from .machine import gpu_names
     from .pipeline import read_ahead
 
     workers = min(8, os.cpu_count() or 1)
     claims = Claims(lambda sha: sha in p.store or sha in p.failed)
-    reads = read_ahead(paths, settings.size, max_pixels, claims, workers=workers,
-                       window=2 * batch + workers)
+    processes = decode_processes(decoders, gpu=bool(gpu_names()))
+    if processes:
+        reads = read_in_processes(paths, settings.size, max_pixels, claims,
+                                  p.store.hashes() | set(p.failed), processes, window=2 * batch)
+    else:
+        reads = read_ahead(paths, settings.size, max_pixels, claims, workers=workers,
+                           window=2 * batch + workers)
     return embedded(reads, settings, batch, device, log=log)
 
 
 def compute(p: Plan, settings: Settings, batch: int, max_pixels: int, progress: bool = True,
             log=print, flush_seconds: float = 2.0, engine: str = "local",
-            actors: int | None = None) -> Computed:
+            actors: int | None = None, decoders: int | None = None) -> Computed:
     """Reads the files of ``p.todo`` once each and embeds the contents not yet known.
+
+    ``decoders``: processes that read and decode (0: threads; None: see
+    :func:`extract.decoders.decode_processes`); the Ray engine decodes in its own tasks.
 
     Identical contents are decoded and embedded once (the first read of a content claims it);
     the assembly gives every copy that vector.
@@ -122,7 +132,8 @@ def compute(p: Plan, settings: Settings, batch: int, max_pixels: int, progress: 
                file=sys.stderr, dynamic_ncols=True, smoothing=0.1, delay=1.0,
                mininterval=0.5 if sys.stderr.isatty() else 15)
     try:
-        for r, vec in _stream(p, settings, batch, max_pixels, device, log, progress, engine, actors):
+        for r, vec in _stream(p, settings, batch, max_pixels, device, log, progress, engine, actors,
+                              decoders):
             checkpoint.keep(r, vec)
             bar.update(1)
     except KeyboardInterrupt:

@@ -35,15 +35,18 @@ def embed_files(paths, settings: Settings, batch: int = 32, max_pixels: int = DE
         its error says why, as :func:`extract.load_image` words it, and its row is all zeros.
 
     Raises:
-        ValueError: bad settings or batch.
+        ValueError: bad settings or batch, or a backend that cannot run in this process
+            (``BackendUnavailable`` when it is not installed).
         WeightsUnavailable: the weights cannot be loaded (the message says how to get them).
     """
     from tqdm import tqdm
 
     from .backend import Device, embedded
+    from .framework import check
     from .pipeline import read_ahead
 
     settings.check()
+    check(settings.backend)
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"BATCH must be a positive whole number; received {batch!r}")
     paths = [str(p) for p in paths]
@@ -52,7 +55,6 @@ def embed_files(paths, settings: Settings, batch: int = 32, max_pixels: int = DE
         return np.zeros((0, 0), np.float32), errors
     rows: dict[int, np.ndarray] = {}
     bar = tqdm(total=len(paths), unit="img", disable=not progress, delay=1.0)
-
     workers = min(8, os.cpu_count() or 1)
     reads = read_ahead(paths, settings.size, max_pixels, lambda sha: False, workers=workers,
                        window=2 * batch + workers)
@@ -67,9 +69,9 @@ def embed_files(paths, settings: Settings, batch: int = 32, max_pixels: int = DE
         bar.close()
     dim = next(iter(rows.values())).shape[0] if rows else 0
     out = np.zeros((len(paths), dim), np.float32)
-    for i, row in rows.items():
-        out[i] = row
     for i in range(len(paths)):
-        if i not in rows and not errors[i]:
+        if i in rows:
+            out[i] = rows[i]
+        elif not errors[i]:
             errors[i] = "not embedded"
     return out, errors

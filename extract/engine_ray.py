@@ -3,7 +3,7 @@
 Reading, hashing and decoding run as parallel Ray tasks (the same :func:`extract.pipeline.read_one`
 as the local engine: one read per file, decode only new content), and the backbone runs in a
 pool of actors, one model per actor: one actor per GPU when the cluster has GPUs, else one per
-node (TensorFlow already uses every core of its node). The results stream back to the driver,
+node (the framework already uses every core of its node). The results stream back to the driver,
 which keeps them exactly as the local engine does (finished batches saved for resume, the cache
 written by the same code). ``RAY_ADDRESS`` selects a cluster; without it Ray starts on this
 machine. On a cluster the workers read the images by the paths the driver listed, so ``IN``
@@ -104,21 +104,18 @@ class _Embed:
 
     def __init__(self, settings: dict):
         from .backend import device_name, embedder
-        from .model import preprocess_fn
 
         self.settings = Settings(**settings)
         self.run = embedder(self.settings)
-        self.pre = preprocess_fn(self.settings.backbone)
-        self.device = f"{device_name()} on {os.uname().nodename}"
+        self.device = f"{device_name(self.settings.backend)} on {os.uname().nodename}"
         side = self.settings.size
-        self.dim = int(np.asarray(self.run(self.pre(np.zeros((1, side, side, 3), np.float32)))).shape[1])
+        self.dim = int(np.asarray(self.run(np.zeros((1, side, side, 3), np.uint8))).shape[1])
 
     def __call__(self, batch: dict) -> dict:
         decoded = np.asarray(batch["decoded"], bool)
         emb = np.zeros((len(decoded), self.dim), np.float32)
         if decoded.any():
-            x = self.pre(np.asarray(batch["image"][decoded], np.float32))
-            emb[decoded] = np.asarray(self.run(x), np.float32)
+            emb[decoded] = np.asarray(self.run(np.asarray(batch["image"][decoded], np.uint8)), np.float32)
         out = {k: batch[k] for k in ("index", "sha256", "decoded", "error", "lasting")}
         out["emb"] = emb
         out["device"] = np.array([self.device] * len(decoded), dtype=object)
@@ -160,7 +157,7 @@ def ray_embedded(paths: list[str], settings: Settings, batch: int, max_pixels: i
     # are always schedulable beside the actors (with whole CPUs, two actors on two CPUs left
     # none for reading, and the pipeline waited forever), and the different requests keep Ray
     # Data from fusing the reads into the actors (which would decode while the model waits).
-    # TensorFlow in an actor uses the node's cores whatever Ray counts.
+    # The framework in an actor uses the node's cores whatever Ray counts.
     ds = ds.map_batches(_read_batch, batch_size=READ_BATCH, batch_format="numpy", num_cpus=0.25,
                         fn_kwargs={"size": settings.size, "max_pixels": max_pixels,
                                    "known_ref": known_ref})

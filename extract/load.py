@@ -1,4 +1,4 @@
-"""Decode one image file into a SIZE x SIZE RGB array, and batch many through ``tf.data``.
+"""Decode one image file into a SIZE x SIZE RGB array with Pillow (the same for every backend).
 
 The resize rule: the image is turned upright (EXIF orientation), its first frame is taken
 (animated GIF/WebP), it is converted to RGB (transparent pixels laid on white, 16-bit values
@@ -37,6 +37,9 @@ class ImageError(ValueError):
     def __init__(self, reason: str, lasting: bool = True):
         super().__init__(reason)
         self.lasting = lasting
+
+    def __reduce__(self):  # kept whole when a decoding process sends it back
+        return type(self), (str(self), self.lasting)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

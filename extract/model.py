@@ -10,10 +10,11 @@ import threading
 from pathlib import Path
 
 from .backbones import BACKBONES, Backbone
+from .framework import default_backend
+from .randinit import INIT_RULE, INIT_SEED
 
-# Random-init weights (WEIGHTS=none) come from this seed, so every run of a key builds the same
-# network and its cached rows stay comparable.
-INIT_SEED = 0
+__all__ = ["INIT_RULE", "INIT_SEED", "PRECISIONS", "Settings", "WeightsUnavailable", "build",
+           "file_sha256", "keras_cache_file", "preprocess_fn"]
 
 POOLINGS = ("avg", "max")
 PRECISIONS = {"fp32": "float32", "bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
@@ -31,6 +32,10 @@ class Settings:
     ``size`` None means the backbone's own default input size, and ``layer`` None (or the name
     of the last block) means the last block; both are resolved when the settings are made, so
     ``Settings("inceptionv3").size`` is 299 and equal settings always have equal keys.
+
+    ``backend`` is the Keras backend that computes the vectors (``tensorflow``, ``jax`` or
+    ``torch``; default ``KERAS_BACKEND``, else ``tensorflow``). It is not part of the key nor of
+    equality: fp32 vectors of every backend agree with TensorFlow's within 1e-4.
     """
 
     backbone: str = "vgg16"
@@ -39,6 +44,7 @@ class Settings:
     pooling: str = "avg"
     precision: str = "fp32"
     layer: str | None = None  # None: the last block; else a name in BACKBONES[backbone].layers
+    backend: str = dataclasses.field(default_factory=default_backend, compare=False)
 
     def __post_init__(self):
         spec = BACKBONES.get(self.backbone)
@@ -99,12 +105,15 @@ class Settings:
 
     @property
     def weights_tag(self) -> str:
-        """A short readable name of the weights: imagenet, none, or <file stem>-<8 hex of its hash>.
+        """A short readable name of the weights: imagenet, ``none-np1`` (random weights drawn by
+        NumPy rule ``np1``, see :mod:`extract.randinit`), or <file stem>-<8 hex of its hash>.
 
         A weights file is hashed once per process while its stamp stays the same (see
         :func:`file_sha256`), however often the key is asked for.
         """
-        if self.weights in ("imagenet", "none"):
+        if self.weights == "none":
+            return f"none-{INIT_RULE}"
+        if self.weights == "imagenet":
             return self.weights
         digest = file_sha256(self.weights)[:8]
         stem = "".join(c if c.isalnum() else "_" for c in Path(self.weights).name.split(".")[0])
@@ -112,7 +121,7 @@ class Settings:
 
     @property
     def key(self) -> str:
-        """The cache folder name, e.g. ``vgg16-avg-224-imagenet``, ``vgg16-avg-224-none-bf16`` or
+        """The cache folder name, e.g. ``vgg16-avg-224-imagenet``, ``vgg16-avg-224-none-np1-bf16`` or
         ``vgg16-avg-224-imagenet-block4_pool`` (the layer only when it is not the last block)."""
         key = f"{self.backbone}-{self.pooling}-{self.size}-{self.weights_tag}"
         if self.layer:
@@ -151,17 +160,21 @@ def keras_cache_file(backbone: str) -> Path:
     return Path(home) / "models" / BACKBONES[backbone].weights_file
 
 
-def preprocess_fn(backbone: str):
+def preprocess_fn(backbone: str, backend: str | None = None):
     """Returns the backbone's ``keras.applications`` ``preprocess_input``.
 
-    It maps float32 RGB 0..255 batches (b, s, s, 3) to the model's input; for the backbones that
-    carry their preprocessing inside (EfficientNetV2, ConvNeXt, MobileNetV3) it returns its input.
+    It maps float32 RGB 0..255 batches (b, s, s, 3) to the model's input, NumPy arrays in
+    NumPy and tensors of the backend with its operations (so it can run inside a compiled
+    call); for the backbones that carry their preprocessing inside (EfficientNetV2, ConvNeXt,
+    MobileNetV3) it returns its input.
+
+    Args:
+        backbone: a name of :data:`BACKBONES`.
+        backend: the Keras backend; default the one Keras already runs, else the default one.
     """
-    from ._tf import tensorflow
+    from .framework import keras_for, running
 
-    tensorflow()
-    import keras
-
+    keras = keras_for(backend or running() or default_backend())
     return getattr(keras.applications, BACKBONES[backbone].module).preprocess_input
 
 
@@ -175,15 +188,13 @@ def build(settings: Settings):
     Raises:
         WeightsUnavailable: ImageNet weights are not in Keras' cache and cannot be downloaded,
             or a weights file does not fit the model.
+        ValueError, BackendUnavailable: the backend cannot run here (see
+            :func:`extract.framework.check`).
     """
-    from ._tf import tensorflow
+    from .framework import allow_tf32, keras_for
 
-    tf = tensorflow()
-    import keras
-
-    # fp32 means fp32 on every device: GPUs would otherwise run convolutions in TF32, and one
-    # cache could hold rows of two precisions (the device is not part of the key).
-    tf.config.experimental.enable_tensor_float_32_execution(settings.precision != "fp32")
+    keras = keras_for(settings.backend)
+    allow_tf32(settings.backend, settings.precision != "fp32")
     keras.mixed_precision.set_global_policy(PRECISIONS[settings.precision])
     if settings.layer is None:
         return _with_weights(settings, pooling=settings.pooling)
@@ -211,8 +222,11 @@ def _with_weights(settings: Settings, pooling: str | None):
     shape = (settings.size, settings.size, 3)
     kwargs = dict(include_top=False, pooling=pooling, input_shape=shape)
     if settings.weights == "none":
-        keras.utils.set_random_seed(INIT_SEED)
-        return factory(weights=None, **kwargs)
+        from .randinit import set_numpy_weights
+
+        model = factory(weights=None, **kwargs)
+        set_numpy_weights(model, INIT_SEED)
+        return model
     if settings.weights == "imagenet":
         cached = keras_cache_file(settings.backbone)
         previous = socket.getdefaulttimeout()

@@ -3,7 +3,8 @@
 Each file is read once: the bytes read are hashed, and, when no vector of that content is known
 yet, decoded from the same bytes. So a row's SHA-256 always names exactly the pixels that were
 embedded, even when the file changes during the run. Files whose content is already cached are
-hashed and never decoded. Framework-free (threads and numpy), so it feeds any Keras backend.
+hashed and never decoded. Framework-free (threads and numpy), so it feeds any Keras backend;
+:mod:`extract.decoders` runs the same reads in a pool of processes, for GPU speeds.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ def read_ahead(paths: list[str], size: int, max_pixels: int, known: Callable[[st
     """Yields :class:`Read` for every path, in order, with up to ``window`` files in flight.
 
     Memory stays bounded by ``window`` decoded images whatever the number of files; the caller
-    runs the model between items while the workers read ahead.
+    runs the model between items while the workers read ahead. (:mod:`extract.decoders` does
+    the same with a pool of processes.)
     """
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="read") as pool:
         pending: collections.deque = collections.deque()

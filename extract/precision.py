@@ -8,8 +8,8 @@ whose lowest cosine similarity to fp32 is at least :data:`MIN_COSINE` wins (fp32
 qualifies).
 
 The choice is remembered in ``FEATURES/.precision.json`` (:mod:`extract.choices`) per machine
-(:mod:`extract.machine`: CPU model and flags, cores, GPU, framework version, all read without
-importing the framework) and per setting (backbone, pooling, size, weights, layer, and BATCH),
+(:mod:`extract.machine`: CPU model and flags, cores, GPU, the backend and its version, all read
+without importing the framework) and per setting (backbone, pooling, size, weights, layer, and BATCH),
 so later runs, and stage 2, which must find the cache of the resolved key, do not calibrate
 again. The cache key records the resolved precision, never ``auto``, so caches of two
 precisions never mix.
@@ -67,10 +67,8 @@ def calibrate(settings: Settings, images: np.ndarray, device: str, log=print) ->
         ``{"chosen", "images_per_second": {precision: ips}, "min_cosine": {precision: cos},
         "min_cosine_required", "calibration_images", "seconds", "device"}``.
     """
-    from .model import preprocess_fn
-
     t0 = time.perf_counter()
-    x = preprocess_fn(settings.backbone)(np.asarray(images, np.float32))
+    x = np.asarray(images, np.uint8)
     speed, cosine, vectors = {}, {}, {}
     for precision in candidates(device):
         run = backend.embedder(dataclasses.replace(settings, precision=precision))
@@ -147,7 +145,7 @@ def resolve(settings: Settings, features, listing, batch: int, max_pixels: int,
     from .machine import machine_id
 
     probe = dataclasses.replace(settings, precision="fp32").check()
-    machine, setting = machine_id(), setting_id(probe, batch)
+    machine, setting = machine_id(settings.backend), setting_id(probe, batch)
     info = choices.recall(features, machine, setting, log=log)
     if info is not None:
         log(f"PRECISION=auto: {info['chosen']} (remembered for this machine in "
@@ -155,7 +153,7 @@ def resolve(settings: Settings, features, listing, batch: int, max_pixels: int,
         return dataclasses.replace(settings, precision=info["chosen"]), dict(info, remembered=True)
     paths = sample_paths(listing, 4 * CALIBRATION_IMAGES)
     images = sample_images(paths, settings.size, max_pixels, min(batch, CALIBRATION_IMAGES))
-    info = calibrate(probe, images, backend.device_name(), log=log)
+    info = calibrate(probe, images, backend.device_name(settings.backend), log=log)
     choices.remember(features, machine, setting, info, log=log)
     return dataclasses.replace(settings, precision=info["chosen"]), dict(info, remembered=False)
 

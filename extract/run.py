@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from . import cache, files, locks
+from . import cache, files, framework, locks
 from .assemble import Summary, assemble
 from .atomic import CacheWriteError, read_csv_rows_head
 from .compute import Interrupted, compute
@@ -23,8 +23,17 @@ from .plan import Plan, bytes_needed, plan
 __all__ = ["Interrupted", "Summary", "extract_features"]
 
 
-def _check(in_dir, batch, engine: str) -> None:
-    """Raises ValueError (or FileNotFoundError for ``in_dir``) on arguments that cannot run."""
+def _check(in_dir, batch, engine: str, backend: str, decoders) -> None:
+    """Raises ValueError (or FileNotFoundError for ``in_dir``) on arguments that cannot run.
+
+    The backend is only looked up (installed, and not another one running in this process);
+    it is imported when the first image is embedded.
+    """
+    framework.check(backend)
+    if decoders is not None:
+        from .decoders import decode_processes
+
+        decode_processes(decoders, gpu=False)  # raises on a bad value
     if engine not in ("local", "ray"):
         raise ValueError(f"ENGINE must be 'local' or 'ray'; received {engine!r}")
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
@@ -48,14 +57,16 @@ def extract_features(in_dir, features_dir, settings: Settings, batch: int = 32,
                      strict: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
                      progress: bool = True, log=print, extra_meta: dict | None = None,
                      flush_seconds: float = 2.0, dataset: str | None = None,
-                     engine: str = "local", actors: int | None = None) -> Summary:
+                     engine: str = "local", actors: int | None = None,
+                     decoders: int | None = None) -> Summary:
     """Embeds the images under ``in_dir`` into ``features_dir/<input-id>/<key>/``, reusing what is cached.
 
     Args:
         in_dir: the input folder (``<class>/**`` or ``<split>/<class>/**``).
         features_dir: the cache root (FEATURES).
         settings: backbone, weights, size, pooling, layer and precision (``auto``: see
-            :mod:`extract.precision`; the key and meta.json record the precision chosen).
+            :mod:`extract.precision`; the key and meta.json record the precision chosen), and
+            the Keras backend that runs the model (not part of the key).
         batch: images per model call.
         strict: accepted for the caller's exit code; rejections never stop the run.
         max_pixels: images with more pixels are rejected.
@@ -67,6 +78,8 @@ def extract_features(in_dir, features_dir, settings: Settings, batch: int = 32,
             the input folder's name and a hash of its absolute path).
         engine: ``local`` (this process) or ``ray`` (a Ray Data pipeline; ``RAY_ADDRESS``).
         actors: (ray) model actors; default one per GPU, else one per node.
+        decoders: processes that decode images (0: threads of this process); None: several
+            when the model runs on a GPU, else none (see :func:`extract.decoders.decode_processes`).
 
     Returns:
         A :class:`Summary` of the run.
@@ -74,19 +87,21 @@ def extract_features(in_dir, features_dir, settings: Settings, batch: int = 32,
     Raises:
         FileNotFoundError: ``in_dir`` is missing.
         ValueError: bad settings, no images at all, or ``dataset`` holds another input's cache.
+        BackendUnavailable: the backend is not installed (the message names the command).
         WeightsUnavailable: weights cannot be loaded.
         CacheWriteError: the cache cannot be written (full disk, read-only FEATURES).
         Interrupted: Ctrl-C; finished batches are kept for the next run.
     """
     t0 = time.perf_counter()
-    _check(in_dir, batch, engine)
+    _check(in_dir, batch, engine, settings.backend, decoders)
     root = Path(features_dir) / cache.input_id(in_dir, dataset)
     cache.check_same_input(root, in_dir, dataset)
     try:
         listing = files.list_images(in_dir, progress=progress)
         settings, extra_meta = _resolved(settings, features_dir, listing, batch, max_pixels, log,
                                          extra_meta)
-        options = dict(progress=progress, flush_seconds=flush_seconds, engine=engine, actors=actors)
+        options = dict(progress=progress, flush_seconds=flush_seconds, engine=engine, actors=actors,
+                       decoders=decoders)
         with locks.locked(root, settings.key, log=log):
             p, summary = _locked_run(in_dir, features_dir, root, listing, settings, batch,
                                      max_pixels, log, extra_meta, t0, options)

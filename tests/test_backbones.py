@@ -25,7 +25,7 @@ def test_every_backbone_makes_a_cache_of_its_dimension_under_its_own_key(name, t
     settings = Settings(name, "none", spec.min_size).check()
     summary = extract_features(tiny_in, tmp_path / "f", settings, progress=False, log=lambda *_: None)
     emb, rows, meta = read_cache(cache_folder(tmp_path / "f", tiny_in, settings.key))
-    assert summary.key == settings.key == f"{name}-avg-{spec.min_size}-none"
+    assert summary.key == settings.key == f"{name}-avg-{spec.min_size}-none-np1"
     assert emb.shape == (2, spec.dim) and settings.dim == spec.dim and meta["dim"] == spec.dim
     assert np.isfinite(emb).all() and not np.array_equal(emb[0], emb[1])  # one row per image
     # every layer LAYER may name exists in the built model with the documented channels
@@ -43,7 +43,7 @@ def test_layer_pools_an_intermediate_block_under_its_own_key(tiny_in, tmp_path):
     last = Settings(weights="none", size=32).check()
     block4 = Settings(weights="none", size=32, layer="block4_pool").check()
     block3 = Settings(weights="none", size=32, layer="block3_pool").check()
-    assert block4.key == "vgg16-avg-32-none-block4_pool" != last.key
+    assert block4.key == "vgg16-avg-32-none-np1-block4_pool" != last.key
     assert Settings(weights="none", size=32, layer="block5_pool").key == last.key  # the last block
     got = {}
     for settings in (last, block4, block3):

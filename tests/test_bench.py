@@ -220,3 +220,53 @@ def test_time_backbone_measures_a_small_backbone():
     row = time_backbone("vgg16", dict(QUICK, size=32))
     assert row["backbone"] == "vgg16" and row["dim"] == 512 and row["timed_calls"] == 1
     assert row["images_per_second"] > 0 and row["gflop_per_image"] > 0
+
+
+def _gpu_results(bf16_ips: float) -> dict:
+    def run(mo, e2e):
+        return {"model_only_ips": mo, "end_to_end_ips": e2e, "efficiency": round(e2e / mo, 3),
+                "first_call_seconds": 3.0, "computed": 100, "rejected": 0, "gpu_memory_mib": 900.0}
+    backends = {"torch": {"backend": "torch", "device": "GPU:0 (H100, 80 GiB)", "fp32": run(1500.0, 1400.0),
+                          "bf16": run(bf16_ips, 0.9 * bf16_ips), "bf16_min_cosine": 0.9995},
+                "jax": {"backend": "jax", "device": "GPU:0 (H100, 80 GiB)", "fp32": run(1400.0, 1300.0),
+                        "bf16": run(4000.0, 3000.0), "bf16_min_cosine": 0.9985}}
+    return {"created": "2026-01-01T00:00:00+00:00", "total_seconds": 300.0, "json_name": "bench/gpu.json",
+            "settings": {"size": 224, "batch": 256, "images": 16384, "calls": 10, "repeats": 3},
+            "machine": {"cpu": "CPU"}, "gpus": "NVIDIA H100, 81559 MiB",
+            "decode": {"cores": 16, "per_core_ips": 900.0, "threads": 8, "threads_ips": 4000.0,
+                       "pool_processes": 14, "pool_ips": 9000.0},
+            "backends": backends}
+
+
+def test_gpu_summary_holds_the_best_backend_to_the_targets():
+    from bench.gpu import summarize
+
+    head = summarize(_gpu_results(6000.0))
+    assert head["best_backend"] == "torch" and head["best_bf16_model_only_ips"] == 6000.0
+    assert head["best_bf16_efficiency"] == 0.9 and head["worst_bf16_min_cosine"] == 0.9985
+    assert head["verdicts"] == {"best_bf16_model_only_ips": "met", "best_bf16_efficiency": "met",
+                                "worst_bf16_min_cosine": "MISSED"}
+    assert summarize({"backends": {"jax": {"backend": "jax", "error": "exit 1: no GPU"}}}) == {}
+
+
+def test_gpu_section_is_kept_by_the_main_bench(tmp_path):
+    from bench.gpu import BEGIN, END, markdown, summarize
+    from bench.backbones import replace_section
+
+    results = _gpu_results(6000.0)
+    results["summary"] = summarize(results)
+    md = tmp_path / "B.md"
+    replace_section(md, markdown(results), BEGIN, END)
+    text = md.read_text()
+    assert "| torch | GPU:0 (H100, 80 GiB) | bf16 | 6,000.0 | 5,400.0 | 0.900 | 900.0 | 3.0 |" in text
+    assert "| `worst_bf16_min_cosine` | 0.9985 | >= 0.999 | MISSED |" in text
+    main = derive(fake_raw())
+    main.update({"created": "x", "mode": "quick", "command": "c", "total_seconds": 1.0, "notes": [],
+                 "machine": {"cpu": "CPU", "cores": 2, "simd": [], "ram_gib": 1.0, "os": "Linux",
+                             "load_average_at_start": [0, 0, 0], "load_average_at_end": [0, 0, 0]},
+                 "versions": {"python": "3"},
+                 "settings": {"size": 224, "batch": 32, "rounds": 3, "precision": "fp32",
+                              "image_shape": [240, 320], "e2e_images": 128}})
+    suite.write_results(main, tmp_path / "r.json", md)
+    again = md.read_text()
+    assert again.count(BEGIN) == 1 and "| torch | GPU:0 (H100, 80 GiB) | bf16 | 6,000.0 |" in again

@@ -118,6 +118,25 @@ def test_ray_engine_gives_the_local_cache(two_hundred, tmp_path):
     assert meta["computed"] == 200 and "CPU" in meta["device"]
 
 
+def test_ray_engine_runs_the_chosen_backend_in_its_model_actors(two_hundred, tmp_path):
+    """BACKEND travels with the settings to the actors: JAX on Ray gives TensorFlow's vectors."""
+    import importlib.util
+
+    from conftest import run_make
+
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed; JAX is optional: `make test` installs it (requirements-jax.txt)")
+    root, local = two_hundred
+    r = run_make("features", f"IN={root / 'in'}", f"FEATURES={tmp_path / 'features'}", "WEIGHTS=none",
+                 "SIZE=32", "ENGINE=ray", "BACKEND=jax", timeout=600, env={"JAX_PLATFORMS": "cpu"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "computed 200, reused 0, rejected 1" in r.stdout
+    emb, rows, meta = read_cache(Path(r.stdout.strip().splitlines()[-1].split(" -> ")[1]))
+    ref_emb, ref_rows, _ = read_cache(Path(local.folder))
+    assert meta["backend"] == "jax" and rows == ref_rows
+    assert np.abs(emb - ref_emb).max() <= 1e-4 * max(1.0, float(np.abs(ref_emb).max()))
+
+
 def test_ray_engine_killed_part_way_resumes(two_hundred, tmp_path):
     import os
     import signal

@@ -34,7 +34,7 @@ def test_cache_contract_and_incremental_runs(two_class, tmp_path):
     inputs = [p for p in features.iterdir() if not p.name.startswith(".")]
     assert [p.name for p in inputs] == [f"in-{hashlib.sha256(str(two_class).encode()).hexdigest()[:8]}"]
     folders = [p for p in inputs[0].iterdir() if not p.name.startswith(".")]
-    assert [p.name for p in folders] == ["vgg16-avg-64-none"]
+    assert [p.name for p in folders] == ["vgg16-avg-64-none-np1"]
     folder = folders[0]
     assert Path(first.folder) == folder
     assert sorted(p.name for p in folder.iterdir()) == [

@@ -12,7 +12,7 @@ import pandas as pd
 from conftest import colour_image, run_make, write_class_folder
 from extract import cache_folder, read_cache
 
-KEY = "vgg16-avg-64-none"
+KEY = "vgg16-avg-64-none-np1"
 
 
 def test_help_lists_every_target_and_variable():

@@ -19,7 +19,7 @@ def test_compare_backbones_writes_the_matrix_and_the_report_shows_it(tmp_path):
     r = run_make("features", *args)
     assert r.returncode == 0, r.stderr
     assert {p.name for p in (features / input_id(src)).iterdir() if not p.name.startswith(".")} == {
-        "vgg16-avg-32-none", "resnet50v2-avg-32-none"}
+        "vgg16-avg-32-none-np1", "resnet50v2-avg-32-none-np1"}
 
     r = run_make("compare", *args, "FOLDS=3")
     assert r.returncode == 0, r.stderr
@@ -33,13 +33,13 @@ def test_compare_backbones_writes_the_matrix_and_the_report_shows_it(tmp_path):
         own = pd.read_csv(out / backbone / "comparison.csv")
         rows = matrix[matrix["backbone"] == backbone].reset_index(drop=True)
         pd.testing.assert_series_equal(rows["cv_mean"], own["cv_mean"])
-        assert json.loads((out / backbone / "run.json").read_text())["features_key"] == f"{backbone}-avg-32-none"
+        assert json.loads((out / backbone / "run.json").read_text())["features_key"] == f"{backbone}-avg-32-none-np1"
     split = [pd.read_csv(out / b / "split.csv") for b in ("vgg16", "resnet50v2")]
     pd.testing.assert_frame_equal(split[0], split[1])  # the same images on the same side
     run = json.loads((out / "run.json").read_text())
     best = matrix.loc[matrix["cv_mean"].idxmax(), "backbone"]
     assert run["backbones"] == ["vgg16", "resnet50v2"] and run["best_backbone"] == best
-    assert run["features_key"] == f"{best}-avg-32-none"  # the top level is the best one's run
+    assert run["features_key"] == f"{best}-avg-32-none-np1"  # the top level is the best one's run
     test = run["backbone_test"]  # each backbone's best head against the best cell, same folds
     assert test["best"] == best and set(test["verdicts"]) == {"vgg16", "resnet50v2"} and test["verdict"]
     assert matrix.groupby("backbone")["backbone_verdict"].first().to_dict() == test["verdicts"]
@@ -50,7 +50,7 @@ def test_compare_backbones_writes_the_matrix_and_the_report_shows_it(tmp_path):
     page = (out / "report.html").read_text(encoding="utf-8")
     section = page.split('<section id="backbones">', 1)[1].split("</section>", 1)[0]
     assert section.count("<tr>") == 1 + 6  # header and 2 x 3 cells
-    assert "resnet50v2-avg-32-none" in section and "data:image/png;base64," in section
+    assert "resnet50v2-avg-32-none-np1" in section and "data:image/png;base64," in section
     assert "Across backbones:" in section
 
 
@@ -127,5 +127,5 @@ def test_an_image_rejected_by_one_backbone_is_named_with_its_rejection_and_fix(t
         check_same_images(features, both, in_dir=str(src))
     text = str(err.value)
     assert "(first difference: 'red/img_001.png')" in text
-    assert "vgg16's extraction rejected it (" in text and "vgg16-avg-32-none/rejected.csv" in text
+    assert "vgg16's extraction rejected it (" in text and "vgg16-avg-32-none-np1/rejected.csv" in text
     assert "fix or replace that file in IN (or delete it), then run make features BACKBONES=vgg16,resnet50v2" in text

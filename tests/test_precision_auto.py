@@ -51,11 +51,11 @@ def test_a_run_with_nothing_to_compute_resolves_auto_without_any_framework(two_c
             "from extract import Settings, extract_features\n"
             f"s = extract_features({str(two_class)!r}, {str(features)!r}, "
             "Settings(weights='none', size=32, precision='auto'), progress=False, log=lambda *a: None)\n"
-            "print(s.key, s.computed, s.reused, 'tensorflow' in sys.modules, 'keras' in sys.modules)")
+            "print(s.key, s.computed, s.reused, *[m in sys.modules for m in ('tensorflow', 'keras', 'jax', 'torch')])")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split() == [first.key, "0", "20", "False", "False"]
+    assert r.stdout.split() == [first.key, "0", "20", "False", "False", "False", "False"]
 
 
 BAD_ENTRIES = {

@@ -111,7 +111,7 @@ def test_report_has_every_section_and_head(report):
         assert head in text
         assert f"classification report: {head}" in text
     assert "RANDOM WEIGHTS" in text  # weights "none": the banner
-    assert "vgg16-avg-64-none" in text
+    assert "vgg16-avg-64-none-np1" in text
     assert "train/red/damaged.png" in text  # rejected.csv is shown
     audit_text = Page(report.read_text(encoding="utf-8").split('<section id="audit">', 1)[1]).all_text
     assert re.search(r"run\s+make audit", audit_text)
