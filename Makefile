@@ -36,7 +36,7 @@ STALE ?= stop##        stop: compare and audit refuse a cache when IN has images
 EMBEDDINGS ?=##        `make import`: .npy file of float vectors (N, D) computed elsewhere
 LABELS ?=##            `make import`: CSV path,label[,split], one row per vector, in order
 IMAGES ?=##            files or folders to classify with `make predict`
-HEAD ?=##              head used by `make predict` (empty: best cross-validated score)
+HEAD ?=##              head used by `make predict` (empty: the best head of the run in OUT)
 PYTHON ?= python3##    interpreter used to create the virtualenv
 VENV ?= .venv##        the virtualenv that setup creates
 
@@ -119,7 +119,7 @@ report: setup ## one self-contained HTML page of the whole experiment -> OUT/rep
 	$(PY) -m classify.report $(RUN_ARGS) --out "$(OUT)"
 
 predict: setup $(BACKEND_SETUP) ## classify IMAGES with a saved head (HEAD, default the best) -> OUT/new_predictions.csv
-	KERAS_BACKEND=$(BACKEND) $(PY) -m classify.predict $(call given,FEATURES,--features "$(FEATURES)") --out "$(OUT)" \
+	KERAS_BACKEND=$(BACKEND) $(PY) -m classify.predict $(RUN_ARGS) --out "$(OUT)" \
 		--head "$(HEAD)" --batch $(BATCH) --max-pixels $(MAX_PIXELS) -- $(IMAGES)
 
 bench: setup ## measure extraction, comparison and every backbone's speed -> bench/*.json, BENCHMARKS.md

@@ -79,7 +79,9 @@ def recorded(run: dict) -> dict:
     return {k: v for k, v in found.items() if v is not None}
 
 
-def _same(field: str, given, run_value) -> bool:
+def agrees(field: str, given, run_value) -> bool:
+    """Whether a given value means the same as the run's (paths resolved, sizes as numbers,
+    ``PRECISION=auto`` agreeing with any, backbone names in any case)."""
     if field in PATH_FIELDS:
         return os.path.realpath(str(given)) == os.path.realpath(str(run_value))
     if field == "size":
@@ -166,7 +168,7 @@ def remember(out_dir, given: dict, soft: bool = False) -> RunInputs:
             values[field] = known if known is not None else DEFAULTS[field]
             if known not in (None, ""):
                 taken.append(field)
-        elif known is None or _same(field, value, known):
+        elif known is None or agrees(field, value, known):
             values[field] = value
         elif field in SOFT:
             values[field] = value
