@@ -445,6 +445,24 @@ def fold_logreg(pipe) -> tuple[np.ndarray, np.ndarray]:
     return coef, icpt
 
 
+def _export_difference(path: Path, backbone, pipe, settings: Settings, check: int) -> float:
+    """The largest difference in probability between the reloaded Keras file and backbone +
+    scikit-learn head on ``check`` random images (one random colour each, plus noise: pure noise
+    saturates the probabilities at 0 and 1)."""
+    import keras
+
+    from extract.model import preprocess_fn
+
+    size = settings.size
+    rng = np.random.default_rng(0)
+    imgs = np.clip(rng.uniform(0, 255, (check, 1, 1, 3)) + rng.normal(0, 30, (check, size, size, 3)),
+                   0, 255).astype(np.float32)
+    emb = np.asarray(backbone(preprocess_fn(settings.backbone)(imgs.copy()), training=False), np.float32)
+    want = pipe.predict_proba(emb)
+    got = np.asarray(keras.models.load_model(path).predict(imgs, verbose=0))
+    return float(np.abs(got - want).max())
+
+
 def export_keras(out_dir, path, head: str | None = None, check: int = 8, log=print) -> dict:
     """Writes the head and its backbone as one Keras model: images -> class probabilities.
 
@@ -457,7 +475,7 @@ def export_keras(out_dir, path, head: str | None = None, check: int = 8, log=pri
     Args:
         out_dir: OUT, holding ``models/<head>.skops``.
         path: the ``.keras`` file to write.
-        head: the head (default: the best cross-validated one).
+        head: the head (default: the answer's best, :func:`best_head`).
         check: random images (one colour each, plus noise) on which the reloaded file is
             compared with the backbone and the scikit-learn head.
 
@@ -508,16 +526,7 @@ def export_keras(out_dir, path, head: str | None = None, check: int = 8, log=pri
     path.parent.mkdir(parents=True, exist_ok=True)
     full.save(path)
 
-    rng = np.random.default_rng(0)
-    # One random colour per image plus noise: pure noise saturates the probabilities at 0 and 1.
-    imgs = np.clip(rng.uniform(0, 255, (check, 1, 1, 3)) + rng.normal(0, 30, (check, size, size, 3)),
-                   0, 255).astype(np.float32)
-    from extract.model import preprocess_fn
-
-    emb = np.asarray(backbone(preprocess_fn(settings.backbone)(imgs.copy()), training=False), np.float32)
-    want = pipe.predict_proba(emb)
-    got = np.asarray(keras.models.load_model(path).predict(imgs, verbose=0))
-    diff = float(np.abs(got - want).max())
+    diff = _export_difference(path, backbone, pipe, settings, check)
     if not diff < 1e-3:
         path.unlink(missing_ok=True)
         raise RuntimeError(f"the exported model differs from the scikit-learn head by {diff:.3g} "
