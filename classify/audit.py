@@ -72,12 +72,12 @@ def heads_as_compared(heads: str, seed: int, run: dict | None) -> tuple[dict, di
     chosen = tuning.get("chosen") or {}
     mode = tuning.get("mode", "off")
     if run is None or mode == "off" or not chosen:
-        rule = "fixed (TUNE=0's)" + ("" if run is None else ", as in the compare run")
+        rule = "the fixed ones of TUNE=0" + ("" if run is None else ", as in the compare run")
         fixed = {h: {k.split("__", 1)[1]: list(v) if isinstance(v, tuple) else v for k, v in FIXED.items()
                      if k.startswith(m.steps[-1][0] + "__")} for h, m in models.items()}
         return models, {h: format_settings(chosen.get(h) or fixed[h]) for h in models}, rule, ""
     models = {h: fixed_head(h, seed, chosen[h]) if h in chosen else m for h, m in models.items()}
-    rule = "the settings compare chose for its final models (its params column), fixed in every fold"
+    rule = "those compare chose for its final models (the params column), fixed in every fold"
     reason = ("compare tuned each head's settings inside each fold (nested), the audit fixes the final "
               "ones" if mode == "nested" else
               "compare scaled the SVM's gamma on each fold's own rows, the audit fixes the final value"
@@ -403,7 +403,6 @@ def audit(features_dir, settings, out_dir, in_dir="in", heads: str = "logreg,svm
     table, groups, leaked, d = _duplicates(dups, man, role, cluster, dup_threshold, log)
     threshold = dups.threshold if np.isfinite(dups.threshold) else None
     words = [duplicates_in_words(d, threshold, dup_threshold)]
-    log(f"heads' settings: {settings_rule}: " + "; ".join(f"{h} {s or '-'}" for h, s in used.items()))
     repeats = int((run or {}).get("repeats") or 1)  # compare's fold assignments
     scores = {h: {"settings": used[h], **s} for h, s in leakage_scores(
         models, X, y, role, leaked, cluster, content, folds, seed, plan.n_jobs, repeats).items()}
@@ -504,7 +503,7 @@ def main(argv=None) -> int:
     print("accuracy: on the evaluated images; no dups: without those that have a duplicate in training; "
           "CV: balanced accuracy cross-validated on the training part; CV groups: with duplicate "
           "clusters kept whole")
-    print(f"heads' settings ({settings['rule']}): "
+    print(f"heads' settings, {settings['rule']}: "
           + "; ".join(f"{h} {v or '-'}" for h, v in settings.items() if h != "rule"))
     print()
     for sentence in summary["in_words"]:
