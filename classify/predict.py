@@ -263,15 +263,15 @@ def notices_of(bundle: dict, out_dir) -> list[str]:
     from ``split.csv`` when they are the head's), the split-like-name warning and the
     random-weights banner."""
     from .notices import class_counts_line, random_weights_banner, split_like_warning
-    from .remembered import class_counts
+    from .remembered import class_counts, read_run
 
     names = [str(c) for c in bundle.get("class_names") or []]
     counts = class_counts(out_dir)
     line = (class_counts_line(counts) if counts and set(counts) == set(names)
             else f"classes ({len(names)}): {', '.join(names)}")
-    rec = bundle.get("settings") or {}
-    return [line] + [x for x in (split_like_warning(names), random_weights_banner(rec.get("weights")))
-                     if x]
+    rec, run = bundle.get("settings") or {}, read_run(out_dir) or {}
+    banner = random_weights_banner(rec.get("weights"), run.get("weights_fallback"))
+    return [line] + [x for x in (split_like_warning(names), banner) if x]
 
 
 def _hashes(entries, errors) -> list[str | None]:
