@@ -36,7 +36,7 @@ STALE ?= stop##        stop: compare and audit refuse a cache when IN has images
 EMBEDDINGS ?=##        `make import`: .npy file of float vectors (N, D) computed elsewhere
 LABELS ?=##            `make import`: CSV path,label[,split], one row per vector, in order
 IMAGES ?=##            files or folders to classify with `make predict`
-HEAD ?=##              head used by `make predict` (empty: best cross-validated score)
+HEAD ?=##              head used by `make predict` (empty: the best head of the run in OUT)
 PYTHON ?= python3##    interpreter used to create the virtualenv
 VENV ?= .venv##        the virtualenv that setup creates
 
@@ -46,6 +46,17 @@ EXTRACT_ARGS = --in "$(IN)" --features "$(FEATURES)" --dataset "$(DATASET)" --ba
 	$(if $(strip $(SIZE)),--size $(SIZE)) $(if $(strip $(LAYER)),--layer $(LAYER)) --pooling $(POOLING) \
 	--precision $(PRECISION)
 BACKBONES_ARG = $(if $(strip $(BACKBONES)),--backbones $(BACKBONES))
+# report, audit and predict read the rest from OUT/run.json: they get a variable only when the user
+# set it (on the command line or in the environment, not by a `?=` default above), so they can tell
+# "given" (checked against the run) from "not given" (the run's own)
+given = $(if $(and $(filter-out file default undefined,$(origin $(1))),$(strip $($(1)))),$(2))
+RUN_ARGS = $(strip $(call given,IN,--in "$(IN)") $(call given,FEATURES,--features "$(FEATURES)") \
+	$(call given,DATASET,--dataset "$(DATASET)") $(call given,BACKBONE,--backbone $(BACKBONE)) \
+	$(call given,WEIGHTS,--weights "$(WEIGHTS)") $(call given,SIZE,--size $(SIZE)) \
+	$(call given,LAYER,--layer $(LAYER)) $(call given,POOLING,--pooling $(POOLING)) \
+	$(call given,PRECISION,--precision $(PRECISION)))
+AUDIT_ARGS = $(strip $(call given,HEADS,--heads $(HEADS)) $(call given,SEED,--seed $(SEED)) \
+	$(call given,TEST_SIZE,--test-size $(TEST_SIZE)) $(call given,FOLDS,--folds $(FOLDS)))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 .PHONY: help setup setup-ray setup-jax gpu-wheels bench-gpu features weights import compare audit report predict demo test test-deps bench clean clean-features
@@ -102,17 +113,16 @@ compare: setup $(ENGINE_SETUP) ## stage 2: compare HEADS on the cached embedding
 		--dup-threshold $(DUP_THRESHOLD) --engine $(ENGINE) --repeats $(REPEATS) --memory-gb $(MEMORY_GB) \
 		--tune $(TUNE) --stale $(STALE)
 
-audit: setup $(ENGINE_SETUP) ## near-duplicates across splits, label suspects, leakage-aware scores -> OUT/audit/
-	$(PY) -m classify.audit $(EXTRACT_ARGS) --out "$(OUT)" --heads $(HEADS) --seed $(SEED) \
-		--test-size $(TEST_SIZE) --folds $(FOLDS) --jobs $(JOBS) --dup-threshold $(DUP_THRESHOLD) \
-		--engine $(ENGINE) --memory-gb $(MEMORY_GB) --stale $(STALE)
+audit: setup $(ENGINE_SETUP) ## near-duplicates across splits, label suspects, leakage-aware scores -> OUT/audit/ (settings: OUT's run)
+	$(PY) -m classify.audit $(RUN_ARGS) $(AUDIT_ARGS) --out "$(OUT)" --jobs $(JOBS) \
+		--dup-threshold $(DUP_THRESHOLD) --engine $(ENGINE) --memory-gb $(MEMORY_GB) --stale $(STALE)
 
-report: setup ## one self-contained HTML page of the whole experiment -> OUT/report.html
-	$(PY) -m classify.report --in "$(IN)" --features "$(FEATURES)" --out "$(OUT)"
+report: setup ## one self-contained HTML page of the whole experiment -> OUT/report.html (settings: OUT's run)
+	$(PY) -m classify.report $(RUN_ARGS) --out "$(OUT)"
 
-predict: setup $(BACKEND_SETUP) ## classify IMAGES with a saved head (HEAD, default the best) -> OUT/predict.csv
-	KERAS_BACKEND=$(BACKEND) $(PY) -m classify.predict --features "$(FEATURES)" --out "$(OUT)" --head "$(HEAD)" --batch $(BATCH) \
-		--max-pixels $(MAX_PIXELS) -- $(IMAGES)
+predict: setup $(BACKEND_SETUP) ## classify IMAGES with a saved head (HEAD, default the best) -> OUT/new_predictions.csv
+	KERAS_BACKEND=$(BACKEND) $(PY) -m classify.predict $(RUN_ARGS) --out "$(OUT)" \
+		--head "$(HEAD)" --batch $(BATCH) --max-pixels $(MAX_PIXELS) -- $(IMAGES)
 
 bench: setup ## measure extraction, comparison and every backbone's speed -> bench/*.json, BENCHMARKS.md
 	$(PY) -m bench

@@ -115,18 +115,25 @@ def _sample(X, y, rows, folds, seed, groups=None):
     return X[rows[keep]], y[rows[keep]], sampled, None if groups is None else groups[keep]
 
 
-def more_data_would_help(curves: pd.DataFrame) -> str:
+def more_data_would_help(curves: pd.DataFrame, best: str | None = None) -> str:
     """A sentence: does the best head's curve still rise at the full training size?
 
     Rising means the last step (75% -> 100% of the training part) gained more than the folds'
     own spread at full size: more labelled images would likely help it further.
+
+    Args:
+        curves: :func:`learning_curves`' table.
+        best: the head to speak of: the comparison's best (:mod:`classify.answer`), so that the
+            sentence names the head the rest of the results name; default the head with the
+            highest curve at full size.
     """
     if curves is None or curves.dropna(subset=["score_mean"]).empty:
         return ("Too few training images for a learning curve (at least "
                 f"{MIN_PER_CLASS} per class in each fold's training part).")
     curves = curves.dropna(subset=["score_mean"])
-    last = curves[curves["train_size"] == curves["train_size"].max()]
-    best = last.loc[last["score_mean"].idxmax(), "head"]
+    if best is None or best not in set(curves["head"]):
+        last = curves[curves["train_size"] == curves["train_size"].max()]
+        best = last.loc[last["score_mean"].idxmax(), "head"]
     mine = curves[curves["head"] == best].sort_values("train_size")
     if len(mine) < 2:
         return ""
@@ -136,7 +143,7 @@ def more_data_would_help(curves: pd.DataFrame) -> str:
         return (f"{best}'s score still rises at the full training size (+{gain:.3f} over the last "
                 f"step, more than the folds' spread of {spread:.3f}): more labelled images would "
                 "likely help.")
-    return (f"{best}'s score has levelled off (+{gain:.3f} over the last step, within the folds' "
+    return (f"{best}'s score has levelled off ({gain:+.3f} over the last step, within the folds' "
             f"spread of {spread:.3f}): more images of the same kind would likely help little; "
             "other features or labels might.")
 
@@ -162,7 +169,10 @@ def plot_learning_curves(curves: pd.DataFrame, path: Path) -> str:
                  + (f"\nsettings: {settings}" if settings else ""), fontsize=10)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
-    return _save(fig, Path(path))
+    caption = ("Each head's cross-validated balanced accuracy against the number of training images "
+               "it was fitted on (the comparison's own folds; error bars: the spread over them)"
+               + (f"; the heads' settings: {settings}." if settings else "."))
+    return _save(fig, Path(path), caption)
 
 
 def reliability_diagram(probas: dict, y_eval, class_names: list[str], path: Path) -> str | None:
@@ -178,28 +188,32 @@ def reliability_diagram(probas: dict, y_eval, class_names: list[str], path: Path
 
     from .figures import _save
 
+    positive = str(class_names[1])
     fig, ax = plt.subplots(figsize=(5, 5))
-    y_bin = (np.asarray(y_eval) == class_names[1]).astype(int)
-    bins = int(np.clip(len(y_bin) // 10, 3, 10))
+    y_true = np.asarray(y_eval).astype(str)
+    bins = int(np.clip(len(y_true) // 10, 3, 10))
     for name, proba in probas.items():
-        CalibrationDisplay.from_predictions(y_bin, proba[:, 1], n_bins=bins, name=name, ax=ax)
-    ax.set_title(f"Reliability on the evaluated images, positive class {class_names[1]!r}")
-    return _save(fig, Path(path))
+        CalibrationDisplay.from_predictions(y_true, proba[:, 1], n_bins=bins, name=name, ax=ax,
+                                            pos_label=positive)
+    ax.set_title(f"Reliability on the evaluated images, positive class {positive!r}")
+    caption = (f"How often an evaluated image is {positive!r} against the probability each head gave "
+               f"it ({bins} bins); on the dotted diagonal a head's probabilities mean what they say.")
+    return _save(fig, Path(path), caption)
 
 
 def plot_intervals(comparison: pd.DataFrame, path: Path) -> str:
     """Writes figures/intervals.png: each head's hold-out accuracy and CV score with 95% intervals,
-    the verdict beside its name."""
+    the verdict beside its name; the legend sits below the plot, where it covers no interval."""
     import matplotlib.pyplot as plt
 
     from .figures import _save
 
     heads = comparison["head"].tolist()
     labels = [f"{h} ({v})" for h, v in zip(heads, comparison["verdict"])]
-    fig, ax = plt.subplots(figsize=(6.5, 0.6 * len(heads) + 1.6))
+    fig, ax = plt.subplots(figsize=(6.5, 0.6 * len(heads) + 2.0), layout="constrained")
     pos = np.arange(len(heads))
     for offset, (col, low, high, name) in enumerate((
-            ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "hold-out accuracy (Wilson)"),
+            ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "accuracy on the evaluated images (Wilson)"),
             ("cv_mean", "cv_ci_low", "cv_ci_high", "CV balanced accuracy (corrected t)"))):
         mid = comparison[col].astype(float).to_numpy()
         err = np.vstack([mid - comparison[low].astype(float), comparison[high].astype(float) - mid])
@@ -208,6 +222,8 @@ def plot_intervals(comparison: pd.DataFrame, path: Path) -> str:
     ax.set_yticks(pos, labels)
     ax.invert_yaxis()
     ax.set_xlabel("score, with 95% intervals")
-    ax.set_title("Heads compared: overlapping intervals and 'tied' mean no honest winner")
-    ax.legend(loc="lower left", fontsize=8)
-    return _save(fig, Path(path))
+    ax.set_title("Heads compared: overlapping intervals and 'tied' mean no honest winner", fontsize=10)
+    fig.legend(loc="outside lower center", ncol=2, fontsize=8, frameon=False)
+    caption = ("Each head's accuracy on the evaluated images and its cross-validated balanced "
+               "accuracy, each with its 95% interval; the verdict is beside each name.")
+    return _save(fig, Path(path), caption)

@@ -20,7 +20,7 @@ from .data import DataError
 # files of the user's) is carried over into the new run.
 RUN_OUTPUTS = frozenset({
     "comparison.csv", "predictions.csv", "split.csv", "run.json", "reports", "models", "figures",
-    "report.html", "predict.csv", "backbones.csv", "cv_scores.csv", "learning_curve.csv", "tuning.csv",
+    "report.html", "new_predictions.csv", "predict.csv", "backbones.csv", "cv_scores.csv", "learning_curve.csv", "tuning.csv",
 })
 
 

@@ -7,7 +7,10 @@ embedded again; only the others run through the backbone, and TensorFlow is impo
 when there are such images. Nothing is written to the cache: it holds the labelled images of
 ``IN`` only.
 
-Writes ``OUT/predict.csv``: ``path,head,label,score,error``, one row per input file.
+Writes ``OUT/new_predictions.csv``: ``path,head,label,score,error``, one row per input file
+(``predictions.csv`` beside it holds compare's evaluated images, a different thing). The default
+head is the answer's best (:mod:`classify.answer`). FEATURES defaults to the run's in OUT
+(``run.json``); IN and extraction settings that are given must agree with the run and the head.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from extract.load import DEFAULT_MAX_PIXELS
 from extract.model import BACKBONES, Settings, WeightsUnavailable
 
 from .data import DataError
+from .notices import plural
 
 COLUMNS = ["path", "head", "label", "score", "error"]
+OUTPUT = "new_predictions.csv"  # new images; never predictions.csv, compare's evaluated ones
 
 
 class SettingsMismatch(DataError):
@@ -97,25 +102,29 @@ def _no_models(out_dir) -> DataError:
 
 
 def best_head(out_dir) -> str:
-    """The saved head with the best cross-validated score (``cv_mean`` of ``comparison.csv``,
-    the balanced accuracy of the CV folds).
+    """The saved head the run's answer names best (:func:`classify.answer.read_answer`: the
+    highest cross-validated balanced accuracy, the rule of the verdicts), so ``make predict``
+    uses the head ``make compare`` and the report call best.
 
-    Ties go to the first row of ``comparison.csv``. Without ``comparison.csv`` the ``cv_mean``
-    recorded in each model's sidecar JSON is used.
+    When the answer's best has no saved model, the next head of the answer's ranking that has one.
+    Without ``comparison.csv`` the ``cv_mean`` recorded in each model's sidecar JSON decides
+    (ties: the first by name).
 
     Raises:
         DataError: no saved models.
     """
+    from .answer import read_answer
+
     heads = available_heads(out_dir)
     if not heads:
         raise _no_models(out_dir)
-    table = Path(out_dir) / "comparison.csv"
-    if table.is_file():
-        df = pd.read_csv(table)
-        if {"head", "cv_mean"} <= set(df.columns):
-            df = df[df["head"].astype(str).isin(heads)].dropna(subset=["cv_mean"])
-            if len(df):
-                return str(df.loc[df["cv_mean"].astype(float).idxmax(), "head"])
+    try:
+        ranked = [h.head for h in read_answer(out_dir).ranked]
+    except (FileNotFoundError, ValueError, KeyError):
+        ranked = []
+    saved = [h for h in ranked if h in heads]
+    if saved:
+        return saved[0]
     import json
 
     best, best_cv = heads[0], -math.inf
@@ -249,6 +258,115 @@ def _not_an_image(path: str, max_pixels: int) -> str | None:
     return None
 
 
+def notices_of(bundle: dict, out_dir) -> list[str]:
+    """The lines printed before the predictions: the head's classes (with the run's image counts
+    from ``split.csv`` when they are the head's), the split-like-name warning and the
+    random-weights banner."""
+    from .notices import class_counts_line, random_weights_banner, split_like_warning
+    from .remembered import class_counts, read_run
+
+    names = [str(c) for c in bundle.get("class_names") or []]
+    counts = class_counts(out_dir)
+    line = (class_counts_line(counts) if counts and set(counts) == set(names)
+            else f"classes ({len(names)}): {', '.join(names)}")
+    rec, run = bundle.get("settings") or {}, read_run(out_dir) or {}
+    banner = random_weights_banner(rec.get("weights"), run.get("weights_fallback"))
+    return [line] + [x for x in (split_like_warning(names), banner) if x]
+
+
+def _hashes(entries, errors) -> list[str | None]:
+    """The SHA-256 of each readable entry (None for the others; ``errors`` says why)."""
+    shas: list[str | None] = [None] * len(entries)
+    for i, (path, err) in enumerate(entries):
+        if err:
+            continue
+        try:
+            shas[i] = sha256_file(path)
+        except OSError as exc:
+            errors[i] = f"cannot read: {exc.strerror or exc}"
+    return shas
+
+
+def _embed_misses(misses: dict, entries, bundle: dict, settings: Settings, batch: int, max_pixels: int,
+                  progress: bool, log):
+    """Embeds the first file of each content not in the cache.
+
+    Returns:
+        ({entry index: vector}, {entry index: error}, the weights error in words or None).
+    """
+    from extract.embed import embed_files
+
+    firsts = [rows[0] for rows in misses.values()]
+    log(f"{plural(len(firsts), 'image')} not in the cache {bundle['features_key']}; embedding them "
+        f"with {settings.key}")
+    weights_error = None
+    try:
+        emb, errs = embed_files([entries[i][0] for i in firsts], settings, batch=batch,
+                                max_pixels=max_pixels, progress=progress, log=log)
+    except WeightsUnavailable as err:
+        # Not raised: the cached images can still be classified. The CLI prints it.
+        weights_error = (
+            f"{plural(len(firsts), 'image')} not in the cache, and head {bundle['head']!r} needs the "
+            f"backbone it was trained on to embed them ({_needs(bundle)}), which cannot be built "
+            f"here: {err}")
+        emb, errs = None, [f"not in the cache, and the backbone cannot be built: {err}"] * len(firsts)
+    vectors, errors = {}, {}
+    for j, rows in enumerate(misses.values()):
+        for i in rows:
+            if errs[j]:
+                errors[i] = errs[j]
+            else:
+                vectors[i] = emb[j]
+    return vectors, errors, weights_error
+
+
+def _vectors(entries, errors, features_dir, bundle, settings, batch, max_pixels, progress, log):
+    """Each classifiable entry's vector: from any cache of the head's key by content, else
+    embedded. Returns ({entry index: vector}, how many came from the cache, the weights error)."""
+    shas = _hashes(entries, errors)
+    store = _cached_vectors(features_dir, bundle["features_key"], log)
+    vectors: dict[int, np.ndarray] = {}
+    misses: dict[str, list[int]] = {}
+    for i, sha in enumerate(shas):
+        if sha is None:
+            continue
+        if sha in store:
+            vectors[i] = np.asarray(store.get(sha), np.float32)
+        elif (reason := _not_an_image(entries[i][0], max_pixels)) is not None:
+            errors[i] = reason  # refused without starting the backbone
+        else:
+            misses.setdefault(sha, []).append(i)
+    n_cached = len(vectors)
+    weights_error = None
+    if misses:
+        embedded, failed, weights_error = _embed_misses(misses, entries, bundle, settings, batch,
+                                                        max_pixels, progress, log)
+        vectors.update(embedded)
+        for i, err in failed.items():
+            errors[i] = err
+    return vectors, n_cached, weights_error
+
+
+def _classify(bundle: dict, settings: Settings, vectors: dict, n: int) -> tuple[list, list]:
+    """(label, score) per entry from the head; "" and NaN where there is no vector."""
+    labels = [""] * n
+    score: list[float] = [math.nan] * n
+    ok = sorted(vectors)
+    if not ok:
+        return labels, score
+    X = np.stack([vectors[i] for i in ok]).astype(np.float32)
+    dim = (bundle.get("settings") or {}).get("dim")
+    if dim and X.shape[1] != int(dim):
+        raise SettingsMismatch(f"head {bundle['head']!r} expects {dim}-dimensional embeddings but "
+                               f"{settings.key} gave {X.shape[1]}; run make compare again")
+    from .heads import scores
+
+    got_labels, got_scores = scores(bundle["model"], X)
+    for i, lab, sc in zip(ok, got_labels, got_scores):
+        labels[i], score[i] = str(lab), round(float(sc), 6)
+    return labels, score
+
+
 def predict_images(images, features_dir="features", out_dir="out", head: str | None = None,
                    batch: int = 32, max_pixels: int = DEFAULT_MAX_PIXELS, write: bool = True,
                    progress: bool = False, log=print) -> pd.DataFrame:
@@ -257,13 +375,13 @@ def predict_images(images, features_dir="features", out_dir="out", head: str | N
     Args:
         images: files and/or folders (expanded recursively, sorted, hidden files skipped).
         features_dir: the cache root (FEATURES), searched by content hash before embedding.
-        out_dir: where ``make compare`` wrote ``models/`` (OUT); ``predict.csv`` goes there.
-        head: the head's name; None or "" for the best cross-validated one.
+        out_dir: where ``make compare`` wrote ``models/`` (OUT); ``new_predictions.csv`` goes there.
+        head: the head's name; None or "" for the answer's best (:func:`best_head`).
         batch: images per model call for images not in the cache.
         max_pixels: larger images are refused (decompression-bomb guard).
-        write: also write ``out_dir/predict.csv``.
+        write: also write ``out_dir/new_predictions.csv``.
         progress: show a progress bar while embedding.
-        log: where messages go.
+        log: where messages go; the classes and the random-weights banner are said first.
 
     Returns:
         A DataFrame ``path, head, label, score, error`` with one row per file: ``label`` and
@@ -282,82 +400,24 @@ def predict_images(images, features_dir="features", out_dir="out", head: str | N
         raise DataError('no images given; pass IMAGES="<file or folder> ..." '
                         '(e.g. make predict IMAGES="new/cat.jpg new/more/")')
     bundle = load_head(out_dir, head)
-    name, key, model = bundle["head"], bundle["features_key"], bundle["model"]
     settings = settings_of(bundle)
-    dim = (bundle.get("settings") or {}).get("dim")
-
+    for line in notices_of(bundle, out_dir):
+        log(line)
     entries = expand_inputs(images, log=log)
     errors = [err for _, err in entries]
-    shas: list[str | None] = [None] * len(entries)
-    for i, (path, err) in enumerate(entries):
-        if err:
-            continue
-        try:
-            shas[i] = sha256_file(path)
-        except OSError as exc:
-            errors[i] = f"cannot read: {exc.strerror or exc}"
-
-    store = _cached_vectors(features_dir, key, log)
-    vectors: dict[int, np.ndarray] = {}
-    misses: dict[str, list[int]] = {}
-    for i, sha in enumerate(shas):
-        if sha is None:
-            continue
-        if sha in store:
-            vectors[i] = np.asarray(store.get(sha), np.float32)
-        elif (reason := _not_an_image(entries[i][0], max_pixels)) is not None:
-            errors[i] = reason  # refused without starting the backbone
-        else:
-            misses.setdefault(sha, []).append(i)
-    n_cached = len(vectors)
-    weights_error = None
-    if misses:
-        from extract.embed import embed_files
-
-        firsts = [rows[0] for rows in misses.values()]
-        log(f"{len(firsts)} images are not in the cache {key}; embedding them with "
-            f"{settings.key}")
-        try:
-            emb, errs = embed_files([entries[i][0] for i in firsts], settings, batch=batch,
-                                    max_pixels=max_pixels, progress=progress, log=log)
-        except WeightsUnavailable as err:
-            # Not raised: the cached images can still be classified. The CLI prints it.
-            weights_error = (
-                f"{len(firsts)} images are not in the cache, and head {name!r} needs the backbone "
-                f"it was trained on to embed them ({_needs(bundle)}), which cannot be built "
-                f"here: {err}")
-            emb, errs = None, [f"not in the cache, and the backbone cannot be built: {err}"] * len(firsts)
-        for j, rows in enumerate(misses.values()):
-            for i in rows:
-                if errs[j]:
-                    errors[i] = errs[j]
-                else:
-                    vectors[i] = emb[j]
-    n_embedded = len(vectors) - n_cached
-
-    labels = [""] * len(entries)
-    score: list[float] = [math.nan] * len(entries)
-    ok = sorted(vectors)
-    if ok:
-        X = np.stack([vectors[i] for i in ok]).astype(np.float32)
-        if dim and X.shape[1] != int(dim):
-            raise SettingsMismatch(f"head {name!r} expects {dim}-dimensional embeddings but "
-                                   f"{settings.key} gave {X.shape[1]}; run make compare again")
-        from .heads import scores
-
-        got_labels, got_scores = scores(model, X)
-        for i, lab, sc in zip(ok, got_labels, got_scores):
-            labels[i], score[i] = str(lab), round(float(sc), 6)
-    df = pd.DataFrame({"path": [p for p, _ in entries], "head": name, "label": labels,
+    vectors, n_cached, weights_error = _vectors(entries, errors, features_dir, bundle, settings, batch,
+                                                max_pixels, progress, log)
+    labels, score = _classify(bundle, settings, vectors, len(entries))
+    df = pd.DataFrame({"path": [p for p, _ in entries], "head": bundle["head"], "label": labels,
                        "score": score, "error": errors}, columns=COLUMNS)
-    df.attrs.update(head=name, features_key=key, cached=n_cached, embedded=n_embedded,
-                    weights_error=weights_error)
+    df.attrs.update(head=bundle["head"], features_key=bundle["features_key"], cached=n_cached,
+                    embedded=len(vectors) - n_cached, weights_error=weights_error)
     if write:
         from extract.atomic import write_csv
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        write_csv(out / "predict.csv", COLUMNS,
+        write_csv(out / OUTPUT, COLUMNS,
                   ([r.path, r.head, r.label, "" if math.isnan(r.score) else r.score, r.error]
                    for r in df.itertuples(index=False)))
     return df
@@ -385,6 +445,24 @@ def fold_logreg(pipe) -> tuple[np.ndarray, np.ndarray]:
     return coef, icpt
 
 
+def _export_difference(path: Path, backbone, pipe, settings: Settings, check: int) -> float:
+    """The largest difference in probability between the reloaded Keras file and backbone +
+    scikit-learn head on ``check`` random images (one random colour each, plus noise: pure noise
+    saturates the probabilities at 0 and 1)."""
+    import keras
+
+    from extract.model import preprocess_fn
+
+    size = settings.size
+    rng = np.random.default_rng(0)
+    imgs = np.clip(rng.uniform(0, 255, (check, 1, 1, 3)) + rng.normal(0, 30, (check, size, size, 3)),
+                   0, 255).astype(np.float32)
+    emb = np.asarray(backbone(preprocess_fn(settings.backbone)(imgs.copy()), training=False), np.float32)
+    want = pipe.predict_proba(emb)
+    got = np.asarray(keras.models.load_model(path).predict(imgs, verbose=0))
+    return float(np.abs(got - want).max())
+
+
 def export_keras(out_dir, path, head: str | None = None, check: int = 8, log=print) -> dict:
     """Writes the head and its backbone as one Keras model: images -> class probabilities.
 
@@ -397,7 +475,7 @@ def export_keras(out_dir, path, head: str | None = None, check: int = 8, log=pri
     Args:
         out_dir: OUT, holding ``models/<head>.skops``.
         path: the ``.keras`` file to write.
-        head: the head (default: the best cross-validated one).
+        head: the head (default: the answer's best, :func:`best_head`).
         check: random images (one colour each, plus noise) on which the reloaded file is
             compared with the backbone and the scikit-learn head.
 
@@ -448,16 +526,7 @@ def export_keras(out_dir, path, head: str | None = None, check: int = 8, log=pri
     path.parent.mkdir(parents=True, exist_ok=True)
     full.save(path)
 
-    rng = np.random.default_rng(0)
-    # One random colour per image plus noise: pure noise saturates the probabilities at 0 and 1.
-    imgs = np.clip(rng.uniform(0, 255, (check, 1, 1, 3)) + rng.normal(0, 30, (check, size, size, 3)),
-                   0, 255).astype(np.float32)
-    from extract.model import preprocess_fn
-
-    emb = np.asarray(backbone(preprocess_fn(settings.backbone)(imgs.copy()), training=False), np.float32)
-    want = pipe.predict_proba(emb)
-    got = np.asarray(keras.models.load_model(path).predict(imgs, verbose=0))
-    diff = float(np.abs(got - want).max())
+    diff = _export_difference(path, backbone, pipe, settings, check)
     if not diff < 1e-3:
         path.unlink(missing_ok=True)
         raise RuntimeError(f"the exported model differs from the scikit-learn head by {diff:.3g} "
@@ -471,13 +540,27 @@ def export_keras(out_dir, path, head: str | None = None, check: int = 8, log=pri
 
 # --------------------------------------------------------------------------- command line
 
+# given extraction settings are checked against the run's and the head's: (flag, field, the
+# head's settings key, type)
+SETTING_FLAGS = [("--backbone", "backbone", "backbone", str), ("--weights", "weights", "weights", str),
+                 ("--size", "size", "image_size", int), ("--pooling", "pooling", "pooling", str),
+                 ("--precision", "precision", "precision", str), ("--layer", "layer", "layer", str)]
+
+
 def parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m classify.predict",
-                                description="Classify image files or folders with a saved head.")
+    p = argparse.ArgumentParser(prog="python -m classify.predict", description=(
+        f"Classify image files or folders with a saved head -> OUT/{OUTPUT}. FEATURES defaults to "
+        "the run's in OUT (run.json); IN and extraction settings that are given must agree with "
+        "the run's and the head's."))
     p.add_argument("images", nargs="*", help="files or folders (IMAGES)")
-    p.add_argument("--features", default="features", help="cache root (FEATURES)")
+    p.add_argument("--features", default=None, help="cache root (FEATURES); default: the run's")
+    p.add_argument("--in", dest="in_dir", default=None, help="IN: checked against the run's")
+    p.add_argument("--dataset", default=None, help="DATASET: checked against the run's")
+    for flag, dest, _, kind in SETTING_FLAGS:
+        p.add_argument(flag, dest=dest, type=kind, default=None,
+                       help=f"{dest.upper()}: checked against the run's and the head's")
     p.add_argument("--out", default="out", help="where make compare wrote models/ (OUT)")
-    p.add_argument("--head", default="", help="head to use (HEAD); empty: best cv_mean")
+    p.add_argument("--head", default="", help="head to use (HEAD); empty: the answer's best")
     p.add_argument("--batch", type=int, default=32, help="images per model call (BATCH)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="MAX_PIXELS")
     p.add_argument("--export", metavar="FILE.keras", default=None,
@@ -486,14 +569,67 @@ def parse(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def check_given(args: argparse.Namespace, log=print) -> str:
+    """FEATURES to use: the given one, else the run's; refuses IN, DATASET and extraction
+    settings that conflict with the run in OUT or with the head's own settings.
+
+    Raises:
+        DataError: naming the given value and the run's or the head's.
+    """
+    from .remembered import agrees, remember
+
+    fields = ("in_dir", "features", "dataset") + tuple(d for _, d, _, _ in SETTING_FLAGS)
+    inputs = remember(args.out, {f: getattr(args, f) for f in fields})
+    if inputs.said():
+        log(inputs.said())
+    for note in inputs.notes:
+        log(note)
+    if not args.images and not args.export:
+        return str(inputs["features"])
+    bundle = load_head(args.out, args.head or None)
+    rec = bundle.get("settings") or {}
+    clashes = [(dest.upper(), getattr(args, dest), rec.get(key)) for _, dest, key, _ in SETTING_FLAGS
+               if getattr(args, dest) not in (None, "") and rec.get(key) not in (None, "")
+               and not agrees(dest, getattr(args, dest), rec.get(key))]
+    if clashes:
+        said = "; ".join(f"{n}={g} was given, but head {bundle['head']!r} was trained on {n}={h}"
+                         for n, g, h in clashes)
+        raise SettingsMismatch(
+            f"{said} ({models_dir(args.out) / bundle['head']}.json). A head classifies only vectors of "
+            f"its own settings: leave {' '.join(n for n, _, _ in clashes)} out to use them, or train a "
+            "head on yours first: make features && make compare OUT=<another folder> "
+            + " ".join(f"{n}={g}" for n, g, _ in clashes))
+    return str(inputs["features"])
+
+
+def _print_result(df: pd.DataFrame, out_dir) -> int:
+    """The table, a summary line and the weights error; returns the exit status."""
+    shown = df.assign(
+        score=df["score"].map(lambda v: "" if math.isnan(v) else f"{v:.4f}"),
+        error=df["error"].map(lambda e: e if len(e) <= 70 else e[:67] + "..."))
+    print(shown.to_string(index=False))
+    n_ok = int((df["error"] == "").sum())
+    a = df.attrs
+    print(f"\npredicted {n_ok:,} of {plural(len(df), 'file')} with head {a['head']} on {a['features_key']} "
+          f"({a['cached']:,} from the cache, {a['embedded']:,} embedded, {plural(len(df) - n_ok, 'error')}) "
+          f"-> {Path(out_dir) / OUTPUT} (full error messages there)")
+    if a.get("weights_error"):
+        print(f"{'error' if n_ok == 0 else 'warning'}: {a['weights_error']}", file=sys.stderr)
+    if n_ok == 0:
+        print("error: no file could be classified; the error column says why", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     try:
+        features = check_given(args)
         if args.export:
             export_keras(args.out, args.export, args.head or None)
             if not args.images:
                 return 0
-        df = predict_images(args.images, args.features, args.out, args.head or None,
+        df = predict_images(args.images, features, args.out, args.head or None,
                             batch=args.batch, max_pixels=args.max_pixels,
                             progress=not args.quiet)
     except (DataError, ValueError, FileNotFoundError, WeightsUnavailable) as err:
@@ -502,21 +638,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; nothing written", file=sys.stderr)
         return 130
-    shown = df.assign(
-        score=df["score"].map(lambda v: "" if math.isnan(v) else f"{v:.4f}"),
-        error=df["error"].map(lambda e: e if len(e) <= 70 else e[:67] + "..."))
-    print(shown.to_string(index=False))
-    n_ok = int((df["error"] == "").sum())
-    a = df.attrs
-    print(f"\npredicted {n_ok} of {len(df)} files with head {a['head']} on {a['features_key']} "
-          f"({a['cached']} from the cache, {a['embedded']} embedded, {len(df) - n_ok} errors) "
-          f"-> {Path(args.out) / 'predict.csv'} (full error messages there)")
-    if a.get("weights_error"):
-        print(f"{'error' if n_ok == 0 else 'warning'}: {a['weights_error']}", file=sys.stderr)
-    if n_ok == 0:
-        print("error: no file could be classified; the error column says why", file=sys.stderr)
-        return 1
-    return 0
+    return _print_result(df, args.out)
 
 
 if __name__ == "__main__":

@@ -312,3 +312,97 @@ def test_contact_sheets_say_when_images_are_missing(tmp_path):
     assert names == ["duplicates.png", "label_suspects.png"]
     assert all((tmp_path / n).stat().st_size > 0 for n in names)
     assert any("not available" in m for m in messages)
+
+
+# --- the audit beside a compare run: same settings, same scores, plain words ------------------
+
+@pytest.mark.parametrize("tune", ["0", "auto"])
+def test_the_audit_uses_the_compare_runs_settings_and_says_how_its_scores_relate(mislabelled, tmp_path, tune):
+    """make audit printed logreg 0.7190 where compare said 0.7059, without saying why: it fitted
+    fixed settings on one repetition of the folds while compare tuned and repeated them."""
+    import classify
+    from classify.audit import audit
+    from classify.heads import format_settings
+
+    in_dir, feats, _ = mislabelled
+    out = tmp_path / "out"
+    classify.compare(feats, _settings(), out, heads="logreg,mlp", folds=3, jobs=1, in_dir=in_dir,
+                     tune=tune, log=lambda *a: None)
+    comp = pd.read_csv(out / "comparison.csv").set_index("head")
+    run = json.loads((out / "run.json").read_text())
+    summary = audit(feats, _settings(), out, in_dir=in_dir, heads="logreg,mlp", folds=3, jobs=1,
+                    log=lambda *a: None)
+    for head in ("logreg", "mlp"):
+        s = summary["scores"][head]
+        assert s["accuracy"] == pytest.approx(comp.loc[head, "accuracy"])  # the same split and final model
+        assert summary["heads_settings"][head] == format_settings(run["tuning"]["chosen"][head])
+        assert s["compare_cv_mean"] == pytest.approx(comp.loc[head, "cv_mean"])
+    agree = summary["in_words"][-1]
+    if tune == "0":  # fixed settings in both: the very same folds and fits
+        for head in ("logreg", "mlp"):
+            assert summary["scores"][head]["cv_mean"] == pytest.approx(comp.loc[head, "cv_mean"], abs=1e-9)
+        assert agree.startswith("The audit's CV scores are compare's"), agree
+    else:
+        assert run["tuning"]["mode"] == "nested"
+        assert ("are compare's" in agree or "because compare tuned each head's settings inside each fold"
+                in agree), agree
+
+
+def test_the_audit_summary_is_in_plain_words(mislabelled, tmp_path):
+    """'label suspects: 125 of 398 images' said neither what a suspect is nor how many the heads'
+    own errors give."""
+    from classify.audit import audit
+
+    in_dir, feats, _ = mislabelled
+    summary = audit(feats, _settings(), tmp_path, in_dir=in_dir, heads="logreg", folds=3, jobs=1,
+                    log=lambda *a: None)
+    s = summary["label_suspects"]
+    words = " ".join(summary["in_words"])
+    assert f"Label suspects: {s['count']} images of {s['checked']} whose label the cross-validated " \
+           "predictions of logreg contradict" in words
+    assert f"contradicts about {s['expected_by_chance']} (± {s['expected_sd']}) of {s['checked']} labels " \
+           "even when every label is right" in words
+    cv = summary["scores"]["logreg"]["cv_mean"]
+    assert s["expected_by_chance"] == round(s["checked"] * (1 - cv))
+
+
+def test_audit_messages_count_in_the_right_number(tmp_path, monkeypatch, capsys):
+    """'1 duplicate pairs', '1 errors'."""
+    from classify import audit as A
+    from classify.suspects import suspects_in_words
+
+    d = {"pairs": 1, "exact": 1, "near": 0, "cross_split": 1, "label_disagree": 1,
+         "eval_with_train_duplicate": 1, "exact_groups": 1, "images_in_exact_groups": 2,
+         "largest_exact_group": 2}
+    text = A.duplicates_in_words(d, 0.99, "auto")
+    assert "1 duplicate pair listed" in text and "1 pair across" in text and "1 evaluated image with" in text
+    assert "pairs" not in text.split("listed")[0]
+    assert "1 image of 10 whose" in suspects_in_words(1, 10, "logreg", 0.9, 1)
+    summary = {"scores": {"logreg": {"accuracy": 0.9, "accuracy_no_dups": 0.9, "cv_mean": 0.9,
+                                     "cv_mean_groups": 0.9}},
+               "heads_settings": {"rule": "fixed", "logreg": "C=1"}, "in_words": [text], "files": []}
+    monkeypatch.setattr(A, "audit", lambda *a, **k: summary)
+    assert A.main(["--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "1 duplicate pair listed" in printed and "1 duplicate pairs" not in printed
+    assert max(len(line) for line in A.score_table(summary).splitlines()) <= 100
+
+
+def test_make_audit_takes_its_settings_from_the_run_in_out(planted, tmp_path):
+    """Every command needed every setting again: `make audit OUT=<out>` must find the run's
+    input, cache and settings, and refuse one that conflicts, naming both values."""
+    in_dir, feats, _ = planted
+    out = tmp_path / "out"
+    proc = run_make("compare", f"IN={in_dir}", f"FEATURES={feats}", f"OUT={out}", "WEIGHTS=none", "SIZE=64",
+                    "HEADS=logreg", "FOLDS=3", "JOBS=1", "TUNE=0")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_make("audit", f"OUT={out}", "JOBS=1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"IN={in_dir}" in proc.stdout and "WEIGHTS=none SIZE=64" in proc.stdout
+    assert "classes (2): ellipse 29, rect 28" in proc.stdout and "RANDOM WEIGHTS" in proc.stdout
+    assert "The audit's CV scores are compare's" in proc.stdout
+    summary = json.loads((out / "audit" / "summary.json").read_text())
+    assert set(summary["scores"]) == {"logreg"} and summary["folds"] == 3
+    proc = run_make("audit", f"OUT={out}", "SIZE=128")
+    assert proc.returncode != 0
+    assert "SIZE=128 was given" in proc.stderr and "SIZE=64" in proc.stderr, proc.stderr

@@ -57,7 +57,7 @@ def test_make_predict_end_to_end(trained, tmp_path):
     res = run_make("predict", f"IMAGES={new / 'red.png'} {new / 'blue.jpg'} {new / 'corrupt.png'}",
                    f"FEATURES={trained / 'features'}", f"OUT={out}")
     assert res.returncode == 0, res.stdout + res.stderr
-    with open(out / "predict.csv", newline="", encoding="utf-8") as fh:
+    with open(out / "new_predictions.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["path", "head", "label", "score", "error"]
     by_name = {r["path"].rsplit("/", 1)[-1]: r for r in rows}
@@ -68,7 +68,12 @@ def test_make_predict_end_to_end(trained, tmp_path):
     bad = by_name["corrupt.png"]
     assert bad["label"] == "" and bad["score"] == "" and bad["error"].startswith("not an image")
     assert {r["head"] for r in rows} == {P.best_head(out)}
-    assert "2 embedded" in res.stdout and "1 errors" in res.stdout
+    assert "2 embedded" in res.stdout and "1 error)" in res.stdout and "1 errors" not in res.stdout
+    assert f"-> {out / 'new_predictions.csv'}" in res.stdout
+    assert not (out / "predict.csv").exists() and not (out / "predictions.csv").exists()
+    # the classes and the random-weights banner come first, as in every command
+    assert "classes (2): blue, red" in res.stdout and "RANDOM WEIGHTS" in res.stdout
+    assert res.stdout.index("RANDOM WEIGHTS") < res.stdout.index("\npredicted 2 of 3 files")
 
 
 def test_default_head_is_best_cv_mean(trained, tmp_path):
@@ -77,6 +82,7 @@ def test_default_head_is_best_cv_mean(trained, tmp_path):
     assert P.best_head(out) == table.loc[table["cv_mean"].idxmax(), "head"]
     # Make the SVM the clear winner: the default must follow comparison.csv.
     table["cv_mean"] = [0.5 if h != "svm" else 0.9 for h in table["head"]]
+    table["verdict"] = ["worse" if h != "svm" else "best" for h in table["head"]]
     table.to_csv(out / "comparison.csv", index=False)
     assert P.best_head(out) == "svm"
     df = P.predict_images([trained / "in" / "red"], trained / "features", out, write=False, log=quiet)
@@ -164,7 +170,7 @@ def test_unreadable_files_get_their_own_rows(trained, tmp_path):
     assert df.loc[3, "error"] == "empty file (0 bytes)"
     assert "JPEG" in df.loc[4, "error"]
     assert (df.loc[1:, "label"] == "").all() and df.loc[1:, "score"].isna().all()
-    written = pd.read_csv(out / "predict.csv", keep_default_na=False)
+    written = pd.read_csv(out / "new_predictions.csv", keep_default_na=False)
     assert list(written["error"]) == list(df["error"])
     assert list(written["label"]) == list(df["label"])
 
@@ -202,7 +208,7 @@ def test_settings_mismatch_is_refused(trained, tmp_path, capsys):
     assert P.main(["--features", str(trained / "features"), "--out", str(unknown), "--", str(new)]) == 2
     msg = capsys.readouterr().err
     assert "'resnet50' is unknown" in msg and "BACKBONE=resnet50 WEIGHTS=none SIZE=64" in msg
-    assert not (unknown / "predict.csv").exists()
+    assert not (unknown / "new_predictions.csv").exists()
 
 
 def test_unavailable_weights_message_comes_through(trained, tmp_path, capsys):
@@ -216,7 +222,7 @@ def test_unavailable_weights_message_comes_through(trained, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1
     assert f"cannot load weights file {str(weights)!r}" in err
-    written = pd.read_csv(out / "predict.csv", keep_default_na=False)
+    written = pd.read_csv(out / "new_predictions.csv", keep_default_na=False)
     assert written.loc[0, "error"].startswith("not in the cache, and the backbone cannot be built")
 
 
@@ -262,3 +268,48 @@ def test_export_logreg_to_keras(trained, tmp_path):
     np.testing.assert_allclose(proba.max(1), df["score"].to_numpy(), atol=1e-4)
     with pytest.raises(DataError, match="only the logreg head"):
         P.export_keras(out, tmp_path / "mlp.keras", head="mlp", log=quiet)
+
+
+def test_the_default_head_is_the_answers_best(trained, tmp_path):
+    """make predict's default head must be the one compare and the report call best (the answer),
+    and, when that one has no saved model, the next of the answer's ranking."""
+    from classify.answer import read_answer
+
+    out = _copy_out(trained, tmp_path)
+    table = pd.read_csv(out / "comparison.csv")
+    # the verdicts decide, not the row with the highest cv_mean: mlp best, svm tied, logreg worse
+    table["cv_mean"] = [{"logreg": 0.70, "svm": 0.80, "mlp": 0.79}[h] for h in table["head"]]
+    table["verdict"] = [{"logreg": "worse", "svm": "tied", "mlp": "best"}[h] for h in table["head"]]
+    table.to_csv(out / "comparison.csv", index=False)
+    assert read_answer(out).best.head == "mlp"
+    assert P.best_head(out) == "mlp"
+    for ext in (".skops", ".json"):
+        (out / "models" / f"mlp{ext}").unlink()
+    assert P.best_head(out) == "svm"  # tied with the best, the next of the ranking
+
+
+def test_make_predict_takes_the_cache_from_the_run_and_refuses_conflicts(trained, tmp_path, capsys):
+    """Every command needed every setting again: with OUT alone, make predict finds the run's
+    FEATURES (the images already cached are not embedded again); a setting that conflicts with
+    the run or with the head is refused, naming both values."""
+    out = tmp_path / "out"
+    shutil.copytree(trained / "out", out)
+    image = trained / "in" / "red" / "img_000.png"
+    res = run_make("predict", f"OUT={out}", f"IMAGES={image}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"FEATURES={trained / 'features'}" in res.stdout
+    assert "1 from the cache, 0 embedded" in res.stdout
+    assert "classes (2): blue 10, red 10" in res.stdout and "RANDOM WEIGHTS" in res.stdout
+
+    before = (out / "new_predictions.csv").read_bytes()
+    res = run_make("predict", f"OUT={out}", f"IMAGES={image}", "SIZE=128")
+    assert res.returncode != 0
+    assert "SIZE=128 was given" in res.stderr and "SIZE=64" in res.stderr, res.stderr
+    assert (out / "new_predictions.csv").read_bytes() == before  # nothing written
+
+    (out / "run.json").unlink()  # no run to compare with: the head's own settings still hold
+    rc = P.main(["--out", str(out), "--features", str(trained / "features"), "--size", "128", "--quiet",
+                 "--", str(image)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "SIZE=128 was given, but head" in err and "trained on SIZE=64" in err, err

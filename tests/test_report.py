@@ -21,7 +21,7 @@ from PIL import Image
 from conftest import COLOURS, ROOT, colour_image, run_cli, run_make, write_class_folder
 
 HEADS = ["logreg", "svm", "mlp"]
-SECTION_IDS = ["run", "data", "embedding", "comparison", "figures", "gallery", "audit"]
+SECTION_IDS = ["answer", "comparison", "figures", "gallery", "data", "embedding", "audit", "settings"]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
 
@@ -69,7 +69,7 @@ def experiment(tmp_path_factory):
     import extract
 
     root = tmp_path_factory.mktemp("report")
-    in_dir = root / "in"
+    in_dir = root / "colours"  # the dataset's name, which the page's title shows
     write_class_folder(in_dir, 8, split="train")
     write_class_folder(in_dir, 3, split="test")
     for i in range(3):
@@ -85,7 +85,7 @@ def experiment(tmp_path_factory):
 @pytest.fixture(scope="module")
 def report(experiment):
     """The report written through the command line, without an audit."""
-    r = run_cli("classify.report", "--in", experiment / "in", "--features", experiment / "features",
+    r = run_cli("classify.report", "--in", experiment / "colours", "--features", experiment / "features",
                 "--out", experiment / "out")
     assert r.returncode == 0, r.stderr
     path = experiment / "out" / "report.html"
@@ -110,7 +110,7 @@ def test_report_has_every_section_and_head(report):
     for head in HEADS:
         assert head in text
         assert f"classification report: {head}" in text
-    assert "Random weights." in text  # weights "none": the banner
+    assert "RANDOM WEIGHTS" in text  # weights "none": the banner
     assert "vgg16-avg-64-none-np1" in text
     assert "train/red/damaged.png" in text  # rejected.csv is shown
     audit_text = Page(report.read_text(encoding="utf-8").split('<section id="audit">', 1)[1]).all_text
@@ -138,24 +138,51 @@ def test_report_embeds_figures_map_and_gallery(report, experiment):
             assert im.size == (96, 96)
 
 
+def _moved_run(experiment, tmp_path, keep_thumbs: bool = False):
+    """A copy of the run whose run.json says its images are in a copy of IN (as after a move)."""
+    in_copy, out_copy = tmp_path / "colours", tmp_path / "out"
+    shutil.copytree(experiment / "colours", in_copy)
+    shutil.copytree(experiment / "out", out_copy,
+                    ignore=None if keep_thumbs else shutil.ignore_patterns("report_cache"))
+    run = json.loads((out_copy / "run.json").read_text(encoding="utf-8"))
+    run["input"] = str(in_copy)
+    (out_copy / "run.json").write_text(json.dumps(run), encoding="utf-8")
+    return in_copy, out_copy
+
+
 def test_thumbnails_are_cached_and_unreadable_images_get_a_placeholder(experiment, report, tmp_path):
     from classify.report import build_report
 
     logs = []
-    build_report(experiment / "in", experiment / "features", experiment / "out", log=logs.append)
-    assert re.search(r"thumbnails: 0 made, [1-9]\d* reused", logs[-1]), logs
+    build_report(None, None, experiment / "out", log=logs.append)
+    assert any(re.search(r"thumbnails: 0 made, [1-9]\d* reused", line) for line in logs), logs
     # A copy whose input lost one misclassified image and whose thumbnail cache is empty.
-    in_copy, out_copy = tmp_path / "in", tmp_path / "out"
-    shutil.copytree(experiment / "in", in_copy)
-    shutil.copytree(experiment / "out", out_copy, ignore=shutil.ignore_patterns("report_cache"))
+    in_copy, out_copy = _moved_run(experiment, tmp_path)
     (in_copy / "test" / "blue" / "wrong_0.png").write_bytes(b"gone bad")
     logs = []
-    path = build_report(in_copy, experiment / "features", out_copy, log=logs.append)
-    assert "1 unreadable" in logs[-1]
-    page = Page(path.read_text(encoding="utf-8"))
+    path = build_report(None, None, out_copy, log=logs.append)
+    assert any("1 unreadable" in line for line in logs), logs
+    text = path.read_text(encoding="utf-8")
+    page = Page(text)
     src = {img["alt"]: img["src"] for img in page.imgs}
     assert src["test/blue/wrong_0.png"].startswith("data:image/png")  # the placeholder
     assert src["test/blue/wrong_1.png"].startswith("data:image/jpeg")
+    gallery = Page(text.split('<section id="gallery">', 1)[1].split("</section>", 1)[0]).all_text
+    assert "test/blue/wrong_0.png" in gallery and "changed or damaged since make features" in gallery
+
+
+def test_images_that_cannot_be_read_are_explained_with_what_to_pass(experiment, tmp_path):
+    """Without IN the report drew every image as a grey placeholder, without a word."""
+    from classify.report import build_report
+
+    in_copy, out_copy = _moved_run(experiment, tmp_path)
+    shutil.rmtree(in_copy)
+    logs = []
+    path = build_report(None, None, out_copy, log=logs.append)
+    gallery = Page(path.read_text(encoding="utf-8").split('<section id="gallery">', 1)[1]
+                   .split("</section>", 1)[0]).all_text
+    assert f"IN={in_copy} is not a folder here" in gallery and "make report IN=" in gallery
+    assert any("make report IN=" in line for line in logs), logs
 
 
 def test_caps_are_applied_and_said(experiment, tmp_path):
@@ -163,7 +190,7 @@ def test_caps_are_applied_and_said(experiment, tmp_path):
 
     out = tmp_path / "out"
     shutil.copytree(experiment / "out", out)
-    path = build_report(experiment / "in", experiment / "features", out, max_gallery=2, max_tsne=10,
+    path = build_report(None, None, out, max_gallery=2, max_tsne=10,
                         log=lambda *a: None)
     page = Page(path.read_text(encoding="utf-8"))
     assert page.cards == 2
@@ -179,8 +206,11 @@ def _write_audit(out: Path) -> None:
     (audit / "summary.json").write_text(json.dumps({
         "features_key": "vgg16-avg-64-none", "n_images": 25,
         "dup_threshold": 0.9973, "dup_threshold_rule": "auto: from the nearest-neighbour distances",
-        "duplicates": {"pairs": 2, "exact": 0, "near": 2, "cross_split": 1, "label_disagree": 0},
+        "duplicates": {"pairs": 2, "exact": 0, "near": 2, "cross_split": 1, "label_disagree": 0,
+                       "exact_pairs_listed_per_group": 10, "search": "exact"},
         "label_suspects": {"count": 3, "head": "logreg", "folds": 3},
+        "memory_plan": {"method": "exact", "n_jobs": 2, "memory_gb": 7.85, "reason": "fits"},
+        "in_words": ["3 label suspects: images whose label the heads contradict."],
         "scores": {"logreg": {"accuracy": 0.81, "accuracy_no_dups": 0.78, "cv_mean": 0.8, "cv_mean_groups": 0.77},
                    "svm": {"accuracy": 0.79, "accuracy_no_dups": 0.74, "cv_mean": 0.8, "cv_mean_groups": 0.75}},
         "seed": 42,
@@ -190,9 +220,9 @@ def _write_audit(out: Path) -> None:
         "train/red/img_000.png,red,train,test/red/img_000.png,red,test,0.9991,near,1\n"
         "train/blue/img_001.png,blue,train,train/blue/img_002.png,blue,train,0.9980,near,0\n", encoding="utf-8")
     (audit / "label_suspects.csv").write_text(
-        "rank,path,label,suggested_label,label_quality\n"
-        "1,test/blue/wrong_0.png,blue,red,0.02\n2,test/blue/wrong_1.png,blue,red,0.03\n"
-        "3,missing/file.png,red,blue,0.4\n", encoding="utf-8")
+        "rank,path,label,suggested_label,label_quality,p_label\n"
+        "1,test/blue/wrong_0.png,blue,red,0.02,0.00001\n2,test/blue/wrong_1.png,blue,red,0.03,0.03\n"
+        "3,missing/file.png,red,blue,0.4,0.4\n", encoding="utf-8")
     Image.fromarray(np.full((40, 120, 3), 200, np.uint8)).save(audit / "duplicates.png")
 
 
@@ -202,16 +232,22 @@ def test_audit_section_shows_the_audit(experiment, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(experiment / "out", out)
     _write_audit(out)
-    path = build_report(experiment / "in", experiment / "features", out, log=lambda *a: None)
+    path = build_report(None, None, out, log=lambda *a: None)
     text = path.read_text(encoding="utf-8")
     audit_html = text.split('<section id="audit">', 1)[1].split("</section>", 1)[0]
     page = Page(audit_html)
     words = page.all_text
     assert "make audit" not in words
-    for needle in ("0.9973", "dup_threshold", "duplicates: cross_split", "label_suspects: count",
-                   "Scores: plain and leakage-aware", "accuracy_no_dups", "cv_mean_groups", "0.7700",
-                   "similarity", "suggested_label", "missing/file.png", "duplicates.png"):
+    for needle in ("0.9973", "duplicate threshold (cosine similarity)", "pairs across training and evaluated images",
+                   "label suspects", "3 label suspects: images whose label the heads contradict.",
+                   "Scores: plain and leakage-aware", "accuracy without duplicates", "CV, clusters kept whole",
+                   "0.7700", "cosine similarity", "looks like", "missing/file.png",
+                   "exact pairs listed per copy group", "memory plan", "< 0.001"):
         assert needle in words, needle
+    tiles = re.findall(r'<div class="k">([^<]*)</div>', audit_html)
+    assert "label suspects" in tiles and "duplicate pairs" in tiles
+    assert not [t for t in tiles if "_" in t or "listed" in t or "memory" in t], tiles  # findings only
+    assert "0.0000" not in words  # a tiny probability reads "< 0.001"
     alts = [img["alt"] for img in page.imgs]
     assert {"train/red/img_000.png", "test/red/img_000.png", "test/blue/wrong_0.png",
             "duplicates.png"} <= set(alts)
@@ -228,7 +264,7 @@ def test_damaged_audit_files_do_not_break_the_page(experiment, tmp_path):
     (out / "audit").mkdir()
     (out / "audit" / "summary.json").write_text("{not json", encoding="utf-8")
     (out / "audit" / "duplicates.csv").write_text("", encoding="utf-8")
-    path = build_report(experiment / "in", experiment / "features", out, log=lambda *a: None)
+    path = build_report(None, None, out, log=lambda *a: None)
     assert "could not be read" in path.read_text(encoding="utf-8")
 
 
@@ -240,7 +276,7 @@ def test_a_missing_cache_still_gives_a_page_that_says_so(experiment, tmp_path):
     run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     run["features_folder"] = str(tmp_path / "gone")
     (out / "run.json").write_text(json.dumps(run), encoding="utf-8")
-    path = build_report(experiment / "in", tmp_path / "empty", out, log=lambda *a: None)
+    path = build_report(None, None, out, log=lambda *a: None)
     page = Page(path.read_text(encoding="utf-8"))
     assert page.sections == SECTION_IDS
     assert "was not found" in page.all_text
@@ -256,24 +292,57 @@ def test_missing_run_json_says_to_compare_first(tmp_path):
 
 def test_report_does_not_import_tensorflow(experiment, tmp_path):
     code = ("import sys; from classify.report import main; "
-            f"main(['--in', {str(experiment / 'in')!r}, '--features', {str(experiment / 'features')!r}, "
-            f"'--out', {str(tmp_path / 'out')!r}]); assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
+            f"main(['--out', {str(tmp_path / 'out')!r}]); assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
     shutil.copytree(experiment / "out", tmp_path / "out")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
 
 
-def test_make_report_and_demo_wiring(experiment, tmp_path):
+def test_make_report_takes_everything_from_the_run_in_out(experiment, tmp_path):
+    """`make report` without IN drew every image as a grey placeholder: with OUT alone it must
+    draw every thumbnail of the run; an IN or a setting that conflicts with the run is refused."""
     out = tmp_path / "out"
     shutil.copytree(experiment / "out", out, ignore=shutil.ignore_patterns("report*"))
-    r = run_make("report", f"IN={experiment / 'in'}", f"FEATURES={experiment / 'features'}", f"OUT={out}")
-    assert r.returncode == 0, r.stderr
-    assert (out / "report.html").is_file()
+    r = run_make("report", f"OUT={out}")
+    assert r.returncode == 0, r.stdout + r.stderr
     assert f"report: {out / 'report.html'}" in r.stdout
+    assert re.search(r"thumbnails: [1-9]\d* made, 0 reused .*, 0 unreadable", r.stdout), r.stdout
+    page = Page((out / "report.html").read_text(encoding="utf-8"))
+    thumbs = [img for img in page.imgs if "thumb" in (img.get("class") or "")]
+    assert thumbs and all(img["src"].startswith("data:image/jpeg") for img in thumbs)
+    assert "classes (2): blue 14, red 11" in r.stdout and "RANDOM WEIGHTS" in r.stdout
+
+    r = run_make("report", f"OUT={out}", f"IN={tmp_path}")
+    assert r.returncode != 0
+    assert f"IN={tmp_path} was given" in r.stderr and f"IN={experiment / 'colours'}" in r.stderr, r.stderr
+    r = run_make("report", f"OUT={out}", "SIZE=128", "WEIGHTS=none")  # WEIGHTS agrees, SIZE does not
+    assert r.returncode != 0 and "SIZE=128 was given" in r.stderr and "SIZE=64" in r.stderr, r.stderr
+    assert "WEIGHTS" not in r.stderr.split("(")[0]
     # `make demo` ends by writing the report (dry run: the demo itself is slow)
     r = run_make("-n", "demo", timeout=60)
     last = [line for line in r.stdout.splitlines() if line.strip()][-1]
     assert "-m classify.report" in last and '--out "demo/out"' in last
+
+
+def test_the_page_opens_on_the_answer(report, experiment):
+    """The report opened on a 25-row settings table, the comparison 2,300 px down, and its title
+    was the cache key."""
+    from classify.answer import read_answer
+
+    text = report.read_text(encoding="utf-8")
+    answer = read_answer(experiment / "out")
+    title = re.search(r"<title>(.*?)</title>", text).group(1)
+    assert "colours" in title and "vgg16-avg-64-none" not in title
+    best = text.index(f"Best head: <strong>{answer.best.head}</strong>")
+    interval = text.index(f"[{answer.best.cv_ci[0]:.3f}, {answer.best.cv_ci[1]:.3f}]", best)
+    settings = text.index('<section id="settings">')
+    assert best < interval < settings
+    assert text.index('class="kv"', settings) > settings  # the settings tables come after
+    for head in answer.tied:
+        assert best < text.index(f"<strong>{head.head}</strong>", best) < settings
+    assert "<details" in text[settings:text.index("</section>", settings)]  # folded away
+    compact = text.index('table class="num compact"')
+    assert best < compact < text.index('<section id="figures">') < settings
 
 
 def _chromium(*args, timeout=120) -> subprocess.CompletedProcess:
@@ -295,23 +364,34 @@ def test_report_renders_in_headless_chromium(experiment, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(experiment / "out", out)
     _write_audit(out)
-    path = build_report(experiment / "in", experiment / "features", out, log=lambda *a: None)
+    path = build_report(None, None, out, log=lambda *a: None)
     url = path.resolve().as_uri()
 
     dom = _chromium("--dump-dom", "--window-size=1280,1000", url)
     assert dom.returncode == 0, dom.stderr[-2000:]
     console = [line for line in dom.stderr.splitlines() if ":CONSOLE" in line]
     assert not console, console
-    rendered = re.search(r'data-rendered="images=(\d+) broken=(\d+) sections=([^" ]*) height=(\d+)"',
-                         dom.stdout)
+    rendered = re.search(r'data-rendered="images=(\d+) broken=(\d+) sections=([^" ]*) verdict=(\w+) '
+                         r'height=(\d+)"', dom.stdout)
     assert rendered, "the page's script did not run"
     assert int(rendered.group(1)) >= 8 and rendered.group(2) == "0"
     assert rendered.group(3).split(",") == SECTION_IDS
+    # the verdict column of the comparison is in view in a 1280-px-wide window, without scrolling
+    assert rendered.group(4) == "visible"
+    # the answer (best head, its interval, the tied heads) comes before the settings table
+    from classify.answer import read_answer
+
+    answer, body = read_answer(out), dom.stdout
+    best = body.index(f"Best head: <strong>{answer.best.head}</strong>")
+    settings = body.index('<section id="settings"')
+    assert best < body.index(f"{answer.best.cv_ci[0]:.3f}, {answer.best.cv_ci[1]:.3f}]", best) < settings
+    for head in answer.tied:
+        assert best < body.index(f"<strong>{head.head}</strong>", best) < settings
 
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report.png"
     shot.unlink(missing_ok=True)
-    height = min(int(rendered.group(4)) + 20, 12000)  # the whole page, as it is at 1280 px wide
+    height = min(int(rendered.group(5)) + 20, 12000)  # the whole page, as it is at 1280 px wide
     r = _chromium(f"--screenshot={shot}", f"--window-size=1280,{height}", url)
     assert r.returncode == 0 and shot.is_file(), r.stderr[-2000:]
     assert not [line for line in r.stderr.splitlines() if ":CONSOLE" in line]
@@ -326,7 +406,7 @@ def test_the_pca_map_draws_a_sample_of_large_caches(monkeypatch):
     seeded sample, fitted on every vector, and says so."""
     import pandas as pd
 
-    from classify import report
+    from classify.report import embedding as report
 
     monkeypatch.setattr(report, "MAX_PCA_POINTS", 40)
     rng = np.random.default_rng(0)
@@ -338,3 +418,25 @@ def test_the_pca_map_draws_a_sample_of_large_caches(monkeypatch):
     assert "black rings mark evaluated images that at least one head got wrong (40, " in html
     small = report.section_embedding(X[:30], man.iloc[:30], wrong, seed=1, max_tsne=30)
     assert "drawn" not in small
+
+
+def test_the_more_data_sentence_speaks_of_the_best_head(experiment, tmp_path):
+    """The report marked one head best while its "more data" sentence spoke of another (the head
+    with the highest learning curve)."""
+    from classify.answer import read_answer
+    from classify.report import build_report
+
+    out = tmp_path / "out"
+    shutil.copytree(experiment / "out", out)
+    best = read_answer(out).best.head
+    other = next(h for h in HEADS if h != best)
+    rows = ["head,train_size,score_mean,score_std,n_folds,settings"]
+    for head, top in ((best, 0.70), (other, 0.95)):
+        rows += [f"{head},20,{top - 0.2},0.01,3,fixed", f"{head},40,{top},0.01,3,fixed"]
+    (out / "learning_curve.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    run["more_data"] = f"{other}'s score still rises at the full training size"
+    (out / "run.json").write_text(json.dumps(run), encoding="utf-8")
+    text = Page(build_report(None, None, out, log=lambda *a: None).read_text(encoding="utf-8")).all_text
+    sentence = text.split("More images?", 1)[1][:200]
+    assert sentence.strip().startswith(f"{best}'s score"), sentence

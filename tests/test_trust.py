@@ -231,12 +231,13 @@ def test_cv_scores_are_balanced_accuracy_and_pick_the_best_head(tmp_path):
 
 
 def test_report_keeps_labels_as_written_and_shows_label_conflicts(tmp_path):
-    from classify.report import section_run, table
+    from classify.report.dataset import section_data
+    from classify.report.markup import table
 
     html = table(pd.DataFrame({"class": ["1.10", "2"], "train": ["3", "4"]}), cls="num")
     assert "1.10" in html and "1.1000" not in html
     run = {"label_conflicts": [{"sha256": "ab" * 32, "labels": ["x", "y"], "paths": ["x/1.png", "y/1.png"]}]}
-    page = section_run(run, {}, None)
+    page = section_data(None, None, None, {}, run["label_conflicts"])
     assert "label conflict" in page.lower() and "x/1.png" in page and "y/1.png" in page
 
 
