@@ -80,6 +80,7 @@ TRUSTED_TYPES = (
     "classify.heads.GramRBFSVC",
     "classify.heads.GroupedMLPClassifier",
     "classify.heads.RowBlockScaler",
+    "classify.knn.KNNClassifier",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
 )
 MODEL_SUFFIX = ".skops"
