@@ -344,8 +344,9 @@ def predict_images(images, features_dir="features", out_dir="out", head: str | N
             raise SettingsMismatch(f"head {name!r} expects {dim}-dimensional embeddings but "
                                    f"{settings.key} gave {X.shape[1]}; run make compare again")
         from .heads import scores
+        from .knn import normalize_vectors
 
-        got_labels, got_scores = scores(model, X)
+        got_labels, got_scores = scores(model, normalize_vectors(X, bundle.get("normalize", "none")))
         for i, lab, sc in zip(ok, got_labels, got_scores):
             labels[i], score[i] = str(lab), round(float(sc), 6)
     df = pd.DataFrame({"path": [p for p, _ in entries], "head": name, "label": labels,
