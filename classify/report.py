@@ -33,6 +33,7 @@ SECTIONS = [
     ("embedding", "Embedding map"),
     ("backbones", "Backbones x heads"),  # only for `make compare BACKBONES=...` runs
     ("comparison", "Comparison"),
+    ("fewshot", "Few-shot curves"),  # only for `make compare SHOTS=...` runs
     ("figures", "Figures"),
     ("gallery", "Misclassified images"),
     ("audit", "Audit"),
@@ -41,6 +42,7 @@ FIGURE_CAPTIONS = {
     "confusion_matrices.png": "Confusion matrices of every head on the evaluated images (rows: true class).",
     "roc.png": "ROC curves of every head (two classes).",
     "mlp_history.png": "MLP head: training loss and validation accuracy per epoch.",
+    "fewshot.png": "Few-shot curves: balanced accuracy at k training images per class (band: lowest to highest draw).",
 }
 MAX_GALLERY = 60
 MAX_TSNE = 2000
@@ -469,6 +471,33 @@ def section_backbones(out: Path, run: dict) -> str | None:
     return "".join(parts)
 
 
+def section_fewshot(out: Path, run: dict) -> str | None:
+    """The few-shot curves (``SHOTS``): the figure, and each head's mean, lowest and highest score
+    per k over the draws; None when the run has no ``fewshot.csv``."""
+    from .fewshot import summary
+
+    shots = _read_csv(out / "fewshot.csv")
+    if shots is None or not {"head", "shots", "score"} <= set(shots.columns):
+        return None
+    for col in ("shots", "score"):
+        shots[col] = pd.to_numeric(shots[col], errors="coerce")
+    info = run.get("fewshot") or {}
+    parts = [f"<p>Each head at its fixed settings, fitted on k training images per class "
+             f"({esc(info.get('draws', '?'))} seeded draws per k, the same images for every head), scored by "
+             "balanced accuracy on the evaluated images of the classes drawn. From "
+             "<code>fewshot.csv</code>.</p>"]
+    left = info.get("classes_left_out") or {}
+    for k, names in left.items():
+        parts.append(f'<p class="warn">{esc(k)} shots: left out (fewer than {esc(k)} training images): '
+                     f"{esc(', '.join(names))}</p>")
+    png = out / "figures" / "fewshot.png"
+    if png.is_file():
+        parts.append(f'<figure>{img_tag(data_uri(png.read_bytes(), "image/png"), FIGURE_CAPTIONS["fewshot.png"], "fig")}'
+                     f"<figcaption>{esc(FIGURE_CAPTIONS['fewshot.png'])}</figcaption></figure>")
+    parts.append(table(summary(shots), cls="num"))
+    return "".join(parts)
+
+
 def section_figures(out: Path) -> str:
     folder = out / "figures"
     pngs = sorted(folder.glob("*.png")) if folder.is_dir() else []
@@ -786,6 +815,7 @@ def build_report(in_dir, features_dir, out_dir, max_gallery: int = MAX_GALLERY, 
         "embedding": section_embedding(X, manifest, set(errors["path"]) if len(errors) else set(), seed, max_tsne),
         "backbones": section_backbones(out, run),
         "comparison": section_comparison(out, comparison, heads, run),
+        "fewshot": section_fewshot(out, run),
         "figures": section_figures(out),
         "gallery": section_gallery(errors, pred, heads, thumbs, max_gallery),
         "audit": section_audit(out, thumbs, known, in_dir),
