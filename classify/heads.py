@@ -749,8 +749,8 @@ def make_heads(seed: int, tune: bool = False) -> dict:
         "svm": make_pipeline(RowBlockScaler(), CalibratedSVC(folds=INNER_FOLDS, random_state=seed, **svm_grid)),
         "mlp": HalvingGridSearchCV(heads["mlp"], GRIDS["mlp"], factor=3, cv=inner, scoring="balanced_accuracy",
                                    random_state=seed, error_score=np.nan),
-        "knn": GridSearchCV(heads["knn"], [{k: [v] for k, v in point.items()} for point in candidates("knn")],
-                            cv=inner, scoring="balanced_accuracy", error_score=np.nan),
+        "knn": make_pipeline(KNNClassifier(n_neighbors=20, folds=INNER_FOLDS, random_state=seed, search=[
+            point["knnclassifier__n_neighbors"] for point in candidates("knn")])),
     }
 
 
@@ -856,8 +856,7 @@ def _widen_validation(model, y) -> None:
             set_inner(model, MLPClassifier, validation_fraction=min(0.5, need))
 
 
-SETTINGS = {LogisticRegression: ("C",), MLPClassifier: ("hidden_layer_sizes", "alpha", "early_stopping"),
-            KNNClassifier: ("n_neighbors",)}
+SETTINGS = {LogisticRegression: ("C",), MLPClassifier: ("hidden_layer_sizes", "alpha", "early_stopping")}
 
 
 def settings_of(model) -> dict:
@@ -871,6 +870,8 @@ def settings_of(model) -> dict:
         if out["method"] == "nystroem":
             out["n_components"] = int(est.svm_.nystroem_.components_.shape[0])
         return out
+    if isinstance(est, KNNClassifier):  # k as chosen (searched inside its fit when tuned)
+        return dict(est.best_params_)
     names = next((v for t, v in SETTINGS.items() if isinstance(est, t)), ())
     out = {}
     for name in names:

@@ -92,17 +92,33 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
     probabilities are the votes divided by their sum. ``n_neighbors`` is bounded by the number
     of training rows.
 
+    With ``search`` (a list of k's), ``fit`` chooses k the way the other heads are tuned: on
+    ``folds`` inner folds of its training rows (:class:`classify.heads.CopyAwareFolds`: stratified,
+    exact copies and ``groups`` kept whole), by balanced accuracy, the first of tied k's in the
+    order given (the fixed k first). One neighbour search per inner fold, for the largest k,
+    scores every k (a grid search would search once per k and fold: 3 times the work).
+
     Args:
         n_neighbors: k, a positive whole number (``n_neighbors_`` is the k used: at most the
             training rows).
         temperature: the votes' temperature, a positive number (0.07 as in DINO).
         exact_max: most training rows searched exactly; above, a faiss HNSW index.
+        search: k's to choose from on inner folds, or None: ``n_neighbors``.
+        folds: inner folds of the search.
+        random_state: shuffles the inner folds.
+
+    Attributes:
+        best_params_: {"n_neighbors": the k chosen, or ``n_neighbors``}.
     """
 
-    def __init__(self, n_neighbors: int = 20, temperature: float = 0.07, exact_max: int = EXACT_MAX):
+    def __init__(self, n_neighbors: int = 20, temperature: float = 0.07, exact_max: int = EXACT_MAX,
+                 search=None, folds: int = 3, random_state=None):
         self.n_neighbors = n_neighbors
         self.temperature = temperature
         self.exact_max = exact_max
+        self.search = search
+        self.folds = folds
+        self.random_state = random_state
 
     def _check_params(self) -> None:
         rules = [
@@ -111,17 +127,22 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
             ("temperature", isinstance(self.temperature, Real) and self.temperature > 0, "a positive number"),
             ("exact_max", isinstance(self.exact_max, Integral) and self.exact_max >= 0,
              "a whole number of at least 0"),
+            ("search", self.search is None or (len(self.search) > 0 and all(
+                isinstance(k, Integral) and not isinstance(k, bool) and k >= 1 for k in self.search)),
+             "None or a list of whole numbers of at least 1"),
+            ("folds", isinstance(self.folds, Integral) and self.folds >= 2, "a whole number of at least 2"),
         ]
         for name, ok, want in rules:
             if not ok:
                 raise ValueError(f"KNNClassifier's {name} must be {want}; received {getattr(self, name)!r}")
 
-    def fit(self, X, y):
-        """Stores the unit training rows and their classes.
+    def fit(self, X, y, groups=None):
+        """Stores the unit training rows and their classes (choosing k first, with ``search``).
 
         Args:
             X: (n_samples, n_features) dense vectors.
             y: class labels.
+            groups: optional group ids per row, kept whole by the inner folds of ``search``.
 
         Returns:
             self.
@@ -135,12 +156,42 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
         self.classes_ = unique_labels(y)
         if len(self.classes_) < 2:
             raise ValueError(f"KNNClassifier needs at least 2 classes in y; received 1: {self.classes_[0]!r}")
+        k = self.n_neighbors if self.search is None else self._choose_k(X, y, groups)
+        self._store(X, y, k)
+        self.best_params_ = {"n_neighbors": int(k)}
+        return self
+
+    def _store(self, X, y, k: int) -> None:
         self.train_ = unit_rows(X)
         self.train_codes_ = np.searchsorted(self.classes_, y).astype(np.int32)
-        self.n_neighbors_ = int(min(self.n_neighbors, len(X)))
+        self.n_neighbors_ = int(min(k, len(X)))
         self.method_ = "exact" if len(X) <= self.exact_max else "hnsw"
         self._index = None
-        return self
+
+    def _choose_k(self, X, y, groups=None) -> int:
+        """The k of ``search`` with the best mean balanced accuracy over the inner folds (the
+        first of ties); ``n_neighbors`` when no inner folds can be made."""
+        from sklearn.base import clone
+        from sklearn.metrics import balanced_accuracy_score
+
+        from .heads import CopyAwareFolds
+
+        ks = [int(k) for k in self.search]
+        splits = list(CopyAwareFolds(self.folds, self.random_state).split(X, y, groups))
+        if not splits:
+            return self.n_neighbors
+        scores = np.zeros(len(ks))
+        for train, test in splits:
+            inner = clone(self).set_params(search=None)
+            inner.classes_, inner.n_features_in_ = self.classes_, X.shape[1]
+            inner._store(X[train], y[train], max(ks))
+            sims, nbrs = inner.kneighbors(X[test])
+            for i, k in enumerate(ks):
+                k = min(k, len(train))
+                pred = self.classes_[inner._votes(sims[:, :k], nbrs[:, :k]).argmax(axis=1)]
+                scores[i] += balanced_accuracy_score(y[test], pred)
+        self.search_scores_ = dict(zip(ks, (scores / len(splits)).round(6).tolist()))
+        return ks[int(np.argmax(scores))]  # argmax keeps the first of ties
 
     def __getstate__(self):
         """The state without the faiss index (rebuilt from ``train_`` when needed), so that the
@@ -200,7 +251,10 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X) -> np.ndarray:
         """The normalised temperature-weighted votes, one column per class of ``classes_``."""
-        sims, nbrs = self.kneighbors(X)
+        return self._votes(*self.kneighbors(X))
+
+    def _votes(self, sims: np.ndarray, nbrs: np.ndarray) -> np.ndarray:
+        """Probabilities from neighbours (similarities, training rows; -1: none)."""
         found = nbrs >= 0
         # exp((s - max s) / T): the same ratios as exp(s / T), without overflow
         top = np.where(found, sims, -np.inf).max(axis=1, keepdims=True)

@@ -121,6 +121,22 @@ def test_knn_k_is_bounded_by_the_training_rows_and_checked():
         KNNClassifier(n_neighbors=0).fit(X, y)
 
 
+def test_tuned_knn_chooses_k_as_a_grid_search_on_the_same_inner_folds_would():
+    from sklearn.model_selection import GridSearchCV
+
+    from classify.heads import INNER_FOLDS, CopyAwareFolds, candidates, fit_head, make_heads
+
+    X, y = _blobs(240, 3, spread=2.2, seed=3)
+    X = X.astype(np.float32)  # as the cache gives them (the inner folds group identical rows by their bytes)
+    tuned, settings = fit_head(make_heads(7, tune=True)["knn"], X, y)
+    grid = GridSearchCV(make_heads(7)["knn"], [{k: [v] for k, v in p.items()} for p in candidates("knn")],
+                        cv=CopyAwareFolds(INNER_FOLDS, 7), scoring="balanced_accuracy").fit(X, y)
+    assert settings == {"n_neighbors": grid.best_params_["knnclassifier__n_neighbors"]}
+    searched = tuned[-1].search_scores_
+    for params, score in zip(grid.cv_results_["params"], grid.cv_results_["mean_test_score"]):
+        assert searched[params["knnclassifier__n_neighbors"]] == pytest.approx(score, abs=1e-6)
+
+
 @pytest.fixture(scope="module")
 def colours(tmp_path_factory):
     """Features of a red/blue/green folder, 20 images each, random weights at 32 px."""
