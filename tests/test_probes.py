@@ -253,12 +253,13 @@ def test_normalize_changes_what_heads_see_not_the_cache(colours, tmp_path, monke
 
     from classify.predict import predict_images  # new images get the run's normalisation too
 
-    got = predict_images([colours / "in"], colours / "features", out, head="logreg", write=False, **QUIET)
     pred = pd.read_csv(out / "predictions.csv", dtype=str).set_index("path")
-    got["path"] = [Path(p).relative_to(colours / "in").as_posix() for p in got["path"]]
-    both = got.set_index("path").loc[pred.index]
-    assert (both["label"] == pred["logreg"]).all()
-    np.testing.assert_allclose(both["score"].astype(float), pred["logreg_score"].astype(float), atol=1e-5)
+    for head in ("logreg", "knn"):
+        got = predict_images([colours / "in"], colours / "features", out, head=head, write=False, **QUIET)
+        got["path"] = [Path(p).relative_to(colours / "in").as_posix() for p in got["path"]]
+        both = got.set_index("path").loc[pred.index]
+        assert (both["label"] == pred[head]).all()
+        np.testing.assert_allclose(both["score"].astype(float), pred[f"{head}_score"].astype(float), atol=1e-5)
 
     from classify.report import build_report
 
