@@ -155,7 +155,7 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         self.classes_ = unique_labels(y)
         if len(self.classes_) < 2:
-            raise ValueError(f"KNNClassifier needs at least 2 classes in y; received 1: {self.classes_[0]!r}")
+            raise ValueError(f"KNNClassifier needs at least 2 classes in y; received 1 class: {self.classes_[0]!r}")
         k = self.n_neighbors if self.search is None else self._choose_k(X, y, groups)
         self._store(X, y, k)
         self.best_params_ = {"n_neighbors": int(k)}
@@ -267,4 +267,5 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         """The class with the most votes of each row."""
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        proba = self.predict_proba(X)  # first: an unfitted model raises NotFittedError
+        return self.classes_[proba.argmax(axis=1)]
