@@ -281,8 +281,10 @@ def test_top5_accuracy_from_six_classes(tmp_path, classes):
     assert "top5_accuracy" in format_table(table)
     top5, top1 = comp["top5_accuracy"], comp["accuracy"]
     assert (top5 >= top1).all() and (top5 <= 1).all() and (top5 > top1).any()
-    pred = pd.read_csv(tmp_path / "out" / "predictions.csv")
-    assert len(pred) == int(comp["n_eval"].iloc[0])
+    from classify.report import build_report
+
+    html = build_report(tmp_path / "no-images", features, tmp_path / "out", **QUIET).read_text()
+    assert "top5_<wbr>accuracy" in html
 
 
 def test_make_and_the_cli_pass_the_probe_settings(tmp_path):
