@@ -22,7 +22,10 @@ DECODERS ?= auto##     processes that decode images in stage 1 (auto: all cores 
 ENGINE ?= local##      local (this machine) or ray (Ray Data for features, Ray's joblib backend for compare and audit; RAY_ADDRESS selects a cluster)
 STRICT ?= 0##          1: `make features` exits non-zero when any file was rejected
 MAX_PIXELS ?= 89478485## larger images are rejected (decompression-bomb guard)
-HEADS ?= logreg,svm,mlp## heads to compare (comma-separated)
+HEADS ?= logreg,svm,mlp## heads to compare (comma-separated; also knn: weighted k-nearest neighbours, cosine)
+NORMALIZE ?= none##    none, or l2: every head sees the vectors scaled to length 1 (the cache is unchanged)
+SHOTS ?=##             few-shot curves: training images per class, comma-separated (e.g. 1,2,4,8,16) -> OUT/fewshot.csv
+SHOT_DRAWS ?= 5##      draws of the training images per few-shot k
 SEED ?= 42##           random state of heads, folds and hold-out
 TEST_SIZE ?= 0.2##     hold-out fraction when IN has no split folders
 TUNE ?= auto##         search each head's settings (on a valid/ folder beside test/, else by nested inner CV); auto: up to 20,000 training images; 0: fixed settings
@@ -111,7 +114,7 @@ compare: setup $(ENGINE_SETUP) ## stage 2: compare HEADS on the cached embedding
 	$(PY) -m classify compare $(EXTRACT_ARGS) $(BACKBONES_ARG) --out "$(OUT)" --heads $(HEADS) --seed $(SEED) \
 		--test-size $(TEST_SIZE) --folds $(FOLDS) --jobs $(JOBS) --groups $(GROUPS) \
 		--dup-threshold $(DUP_THRESHOLD) --engine $(ENGINE) --repeats $(REPEATS) --memory-gb $(MEMORY_GB) \
-		--tune $(TUNE) --stale $(STALE)
+		--tune $(TUNE) --stale $(STALE) --normalize $(NORMALIZE) --shots "$(SHOTS)" --shot-draws $(SHOT_DRAWS)
 
 audit: setup $(ENGINE_SETUP) ## near-duplicates across splits, label suspects, leakage-aware scores -> OUT/audit/ (settings: OUT's run)
 	$(PY) -m classify.audit $(RUN_ARGS) $(AUDIT_ARGS) --out "$(OUT)" --jobs $(JOBS) \

@@ -292,6 +292,7 @@ def main(argv=None) -> int:
     raw["compare_seconds"] = statistics.median(runs["0"])
     raw["compare_tuned_seconds"] = statistics.median(runs["1"])
     raw["compare_seconds_runs"], raw["compare_tuned_seconds_runs"] = runs["0"], runs["1"]
+    raw.update(suite.knn_seconds(fake / "features", fake / "out-knn", settings))
     raw["compare_tuned_heads"] = {h: {"cv_mean": round(float(r["cv_mean"]), 4), "accuracy": round(float(r["accuracy"]), 4),
                                       "params": r["params"]} for h, r in tuned.set_index("head").iterrows()}
     raw["compare_n"] = cfg["compare_n"]

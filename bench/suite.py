@@ -380,18 +380,18 @@ import json, sys, time
 from pathlib import Path
 from classify import compare
 from extract.model import Settings
-features, out, tune, dataset, size = sys.argv[1:6]
+features, out, tune, dataset, size, heads = sys.argv[1:7]
 settings = Settings(weights="none", size=int(size))
 t0 = time.perf_counter()
-table = compare(Path(features), settings, Path(out), heads="logreg,svm,mlp", seed=42, folds=5,
+table = compare(Path(features), settings, Path(out), heads=heads, seed=42, folds=5,
                 log=lambda *a, **k: None, dataset=dataset, tune=tune)
 seconds = time.perf_counter() - t0
 print(json.dumps({"seconds": seconds, "table": json.loads(table.to_json(orient="records"))}))
 """
 
 
-def compare_in_child(features: Path, out: Path, settings, tune: str):
-    """Times ``classify.compare`` (heads logreg,svm,mlp, seed 42, 5 folds) on the synthetic cache in
+def compare_in_child(features: Path, out: Path, settings, tune: str, heads: str = "logreg,svm,mlp"):
+    """Times ``classify.compare`` (``heads``, seed 42, 5 folds) on the synthetic cache in
     a fresh Python process, as ``make compare`` runs it: without TensorFlow, which the benchmark's
     own process holds by then (three paired runs of TUNE=0 took 1.0 s longer after TensorFlow had
     run in the process). Imports happen before the clock starts.
@@ -402,12 +402,29 @@ def compare_in_child(features: Path, out: Path, settings, tune: str):
     import pandas as pd
 
     proc = subprocess.run([sys.executable, "-c", _COMPARE_CHILD, str(features), str(out), tune,
-                           FAKE_DATASET, str(settings.size)], cwd=ROOT, capture_output=True, text=True,
+                           FAKE_DATASET, str(settings.size), heads], cwd=ROOT, capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     if proc.returncode:
         raise RuntimeError(f"compare (TUNE={tune}) failed:\n{proc.stderr[-2000:]}")
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     return got["seconds"], pd.DataFrame(got["table"])
+
+
+def knn_seconds(features: Path, out: Path, settings) -> dict:
+    """The knn head's compare cost on the synthetic cache: ``knn_seconds_12k`` is its
+    ``fit_seconds + cv_seconds`` (the 5 CV fits with their predictions, and the final fit) in a
+    ``HEADS=knn`` compare with TUNE=0, as ``compare_seconds_12k``; ``knn_tuned_seconds_12k`` the
+    same with TUNE=1 (k searched by 3-fold inner CV in every fit); ``knn_compare_run_seconds_12k``
+    the whole run's seconds (duplicate search and every output included)."""
+    got = {}
+    for tune, key in (("0", "knn_seconds_12k"), ("1", "knn_tuned_seconds_12k")):
+        seconds, table = compare_in_child(features, out.with_name(f"{out.name}-tune{tune}"), settings, tune, heads="knn")
+        row = table.set_index("head").loc["knn"]
+        got[key] = round(float(row["fit_seconds"]) + float(row["cv_seconds"]), 2)
+        if tune == "0":
+            got.update(knn_compare_run_seconds_12k=round(seconds, 2), knn_cv_12k=round(float(row["cv_mean"]), 4),
+                       knn_accuracy_12k=round(float(row["accuracy"]), 4))
+    return got
 
 
 def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -537,6 +554,9 @@ def markdown(results: dict) -> str:
         f"({runs('compare_seconds_runs')} s), each a fresh process without TensorFlow (imports before the clock) writing a new OUT")
     row("compare_tuned_seconds_12k", "the same with TUNE=1: every head tuned by 3-fold inner CV inside each of the 5 folds and the final fit (nested), every output written "
         f"({runs('compare_tuned_seconds_runs')} s)")
+    row("knn_seconds_12k", "the knn head's cost in a TUNE=0 compare of HEADS=knn on the same vectors: its fit_seconds + "
+        f"cv_seconds (whole run {r.get('knn_compare_run_seconds_12k')} s; CV {r.get('knn_cv_12k')}); in the default HEADS only at <= 2 s")
+    row("knn_tuned_seconds_12k", "the same with TUNE=1 (k from 10, 20, 50 by 3-fold inner CV in every fit)")
     row("compare_logreg_cv", "its logreg CV accuracy (the synthetic set is made to score 0.85-0.95)")
     row("seed_style_seconds_12k", f"the original design's cost: {r.get('seed_style_formula')}")
     row("seed_style_over_compare", "seed style / compare")

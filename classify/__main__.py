@@ -20,6 +20,12 @@ def parse(argv=None) -> argparse.Namespace:
     c.add_argument("--tune", default="auto", choices=["auto", "1", "0"],
                    help="search each head's settings: on the validation folder beside test/, else by "
                         "nested inner CV; auto: up to 20,000 training images; 0: fixed settings (TUNE)")
+    c.add_argument("--normalize", default="none", choices=["none", "l2"],
+                   help="l2: every head sees the vectors scaled to length 1 (NORMALIZE)")
+    c.add_argument("--shots", default="",
+                   help="few-shot curves: comma-separated training images per class, e.g. 1,2,4,8,16; "
+                        "empty: none (SHOTS)")
+    c.add_argument("--shot-draws", default="5", help="draws per few-shot k (SHOT_DRAWS)")
     c.add_argument("--backbones", default="",
                    help="compare every head on each of these comma-separated backbones: "
                         "OUT/backbones.csv, OUT/<backbone>/ (BACKBONES; overrides --backbone)")
@@ -42,7 +48,8 @@ def compare_matrix(args: argparse.Namespace) -> int:
                                    test_size=args.test_size, folds=args.folds,
                                    jobs=args.jobs or None, groups=args.groups,
                                    dup_threshold=args.dup_threshold, repeats=args.repeats,
-                                   memory_gb=args.memory_gb, tune=args.tune, stale=args.stale)
+                                   memory_gb=args.memory_gb, tune=args.tune, stale=args.stale,
+                                   normalize=args.normalize, shots=args.shots, shot_draws=args.shot_draws)
     print()
     print(format_table(matrix.drop(columns=["features_key"])))
     print(f"\noutputs in {args.out}/: backbones.csv, backbones.png, <backbone>/ for each backbone; "
@@ -67,11 +74,13 @@ def main(argv=None) -> int:
                                 fallback_none=args.weights_fallback == "none",
                                 groups=args.groups, dup_threshold=args.dup_threshold,
                                 dataset=args.dataset or None, repeats=args.repeats,
-                                memory_gb=args.memory_gb, tune=args.tune, stale=args.stale)
+                                memory_gb=args.memory_gb, tune=args.tune, stale=args.stale,
+                                normalize=args.normalize, shots=args.shots, shot_draws=args.shot_draws)
             print()
             print(format_table(table))
             print(f"\noutputs in {args.out}/: comparison.csv, predictions.csv, reports/, models/, "
-                  "figures/, run.json" + (", tuning.csv" if (Path(args.out) / "tuning.csv").is_file() else ""))
+                  "figures/, run.json" + "".join(f", {f}" for f in ("tuning.csv", "fewshot.csv")
+                                                 if (Path(args.out) / f).is_file()))
     except (DataError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ import pandas as pd
 import sklearn
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, classification_report
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, classification_report, top_k_accuracy_score
 
 from extract.atomic import atomic_write, write_csv, write_json
 from extract.model import Settings
@@ -26,14 +26,16 @@ from extract.model import Settings
 from .data import (DataError, Features, assign_split, check_coverage, check_input, content_key, copies_across,
                    eval_split_of, features_command, require_two_classes, tune_split_of,
                    cv_folds, describe_conflict, label_conflicts, load_features, unit_ids)
-from . import curves, stats
+from . import curves, fewshot, stats
 from .budget import apply_plan, plan_for
 from .dups import cached_duplicates, share_warning
+from .knn import check_normalize, normalize_vectors
 from .heads import (GRIDS, INNER_FOLDS, candidates, decision_values, fit_head, fixed_head, format_settings,
                     labels_of, outputs, select_heads)
 from .outdir import check_out_dir, new_run
 
 TIMING_COLUMNS = ["fit_seconds", "cv_seconds"]
+TOP_K, TOP_K_FROM = 5, 6  # top5_accuracy is reported from 6 classes (with 5 it is always 1)
 AUTO_REPEATS_UP_TO = 5000  # REPEATS=auto: 3 repeats up to this many training images, else 1
 TUNE_AUTO_UP_TO = 20_000  # TUNE=auto tunes up to this many training images (see choose_tuning)
 
@@ -80,6 +82,7 @@ TRUSTED_TYPES = (
     "classify.heads.GramRBFSVC",
     "classify.heads.GroupedMLPClassifier",
     "classify.heads.RowBlockScaler",
+    "classify.knn.KNNClassifier",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
 )
 MODEL_SUFFIX = ".skops"
@@ -180,7 +183,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             in_dir: str = "in", fallback_none: bool = False, log=print, groups: str = "none",
             dup_threshold="auto", dataset: str | None = None,
             repeats: int | str = "auto", memory_gb="auto", tune: str = "auto",
-            stale: str = "stop") -> pd.DataFrame:
+            stale: str = "stop", normalize: str = "none", shots="", shot_draws=fewshot.DEFAULT_DRAWS) -> pd.DataFrame:
     """Trains, cross-validates and evaluates the heads; writes one whole run to ``out_dir``.
 
     The run is written into a temporary folder beside ``out_dir`` and swapped into place when
@@ -221,6 +224,12 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             every fit (see :func:`choose_tuning`); ``0`` keeps the fixed settings.
         stale: ``stop`` or ``ok`` (STALE): whether images added to or removed from IN since
             ``make features`` stop the run, or the cache is used as it is.
+        normalize: ``none`` or ``l2`` (NORMALIZE): with ``l2`` every head (the learning and
+            few-shot curves, and the saved models through ``make predict``, included) sees the
+            vectors scaled to length 1; the cache and its key are unchanged.
+        shots: ``SHOTS``, comma-separated k's (e.g. ``1,2,4,8,16``; empty: none): few-shot curves,
+            ``fewshot.csv`` and ``figures/fewshot.png`` (see :mod:`classify.fewshot`).
+        shot_draws: ``SHOT_DRAWS``, draws per k.
 
     Returns:
         The comparison table (also written to ``out_dir/comparison.csv``), with each head's chosen
@@ -237,6 +246,8 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     """
     t_start = time.perf_counter()
     models = select_heads(heads, seed)
+    normalize = check_normalize(normalize)
+    shot_list, shot_draws = fewshot.parse_shots(shots), fewshot.check_draws(shot_draws)
     if groups not in ("none", "dups"):
         raise ValueError(f"GROUPS must be 'none' or 'dups'; received {groups!r}")
     check_out_dir(out_dir)
@@ -281,8 +292,9 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     fold_ids = [(r, k) for r, (fl, _) in enumerate(fold_sets) for k in range(len(fl))]
     fold_list = [f for fl, _ in fold_sets for f in fl]
     n_folds = len(fold_sets[0][0])
-    X = feats.X
-    log(f"features {feats.key}: {len(man)} images, {X.shape[1]} dims; {split_rule}; "
+    X = normalize_vectors(feats.X, normalize)  # the one place: every head below sees these
+    log(f"features {feats.key}: {len(man)} images, {X.shape[1]} dims"
+        f"{'' if normalize == 'none' else f' (NORMALIZE={normalize})'}; {split_rule}; "
         f"{len(train_idx)} train, {len(eval_idx)} evaluated; {n_folds}-fold CV"
         f"{f' x {repeats} repeats' if repeats > 1 else ''}; "
         f"heads {', '.join(models)}")
@@ -327,7 +339,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         outs = {h: outputs(m, X[eval_idx]) for h, m in fitted.items()}  # each model's one pass
         comparison = _evaluate(out, fitted, outs, cv_scores, fit_seconds, cv_seconds, y, man, eval_idx,
                                leaked, class_names, feats, split_rule, seed, len(train_idx),
-                               {h: chosen[h]["final"] for h in fitted})
+                               {h: chosen[h]["final"] for h in fitted}, normalize)
         comparison = _compare_heads(comparison, cv_scores, n_folds, [len(te) for _, te in fold_list], y[eval_idx],
                                     man["path"].to_numpy()[eval_idx],
                                     pd.read_csv(out / "predictions.csv", keep_default_na=False,
@@ -353,12 +365,19 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         figure_names.append(curves.plot_intervals(comparison, out / "figures" / "intervals.png"))
         more_data = curves.more_data_would_help(curve)
         log(more_data)
+        shots_info = None
+        if shot_list:
+            shots_info = _fewshot(out, heads, seed, plan, X, y, train_idx, eval_idx, shot_list, shot_draws,
+                                  n_jobs, log)
+            figure_names.append(shots_info.pop("figure"))
         write_json(out / "run.json", {
             "features_key": feats.key,
             "features_folder": str(feats.folder.resolve()),
             "extraction": _settings_of(feats.meta),
             "weights_fallback": feats.meta.get("weights_fallback"),
             "heads": list(models),
+            "normalize": normalize,
+            "fewshot": shots_info,
             "seed": seed, "test_size": test_size, "folds": n_folds, "repeats": repeats,
             "jobs": n_jobs,
             "memory_plan": plan.as_dict(),
@@ -390,6 +409,24 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             "versions": _versions(),
         })
     return comparison
+
+
+def _fewshot(out: Path, heads: str, seed: int, plan, X, y, train_idx, eval_idx, shots: list[int],
+             draws: int, n_jobs: int, log) -> dict:
+    """Writes fewshot.csv and figures/fewshot.png (heads at their fixed settings, within the
+    memory plan); returns what run.json records, and the figure's name under ``figure``."""
+    models = select_heads(heads, seed)
+    apply_plan(models, plan)
+    table = fewshot.fewshot_curves(models, X, y, train_idx, eval_idx, shots, draws, seed, n_jobs, log)
+    write_csv(out / "fewshot.csv", list(table.columns), table.itertuples(index=False))
+    figure = fewshot.plot_fewshot(table, out / "figures" / "fewshot.png")
+    means = fewshot.summary(table)
+    log("few-shot (mean balanced accuracy over the draws): " + "; ".join(
+        f"{h} " + ", ".join(f"{k}: {m:.3f}" for k, m in zip(g["shots"], g["score_mean"]))
+        for h, g in means.groupby("head", sort=False)))
+    left = {str(k): v for k, v in fewshot.draw_rows(y[train_idx], shots, 1, seed)["left_out"].items() if v}
+    return {"shots": shots, "draws": draws, "settings": "fixed (TUNE=0's)", "score": CV_METRIC,
+            "classes_left_out": left, "figure": figure}
 
 
 def _curve_heads(models: dict, chosen: dict, mode: str, n_folds: int, seed: int) -> tuple[dict, str]:
@@ -587,7 +624,7 @@ def _select_on_validation(models: dict, X, y, train_idx, valid_idx, n_jobs: int,
 
 def _evaluate(out: Path, fitted: dict, outs: dict, cv_scores: dict, fit_seconds: dict, cv_seconds: dict, y,
               man: pd.DataFrame, eval_idx, leaked, class_names: list[str], feats: Features,
-              split_rule: str, seed: int, n_train: int, settings: dict) -> pd.DataFrame:
+              split_rule: str, seed: int, n_train: int, settings: dict, normalize: str = "none") -> pd.DataFrame:
     """Scores every fitted head on the evaluated images and writes comparison.csv,
     predictions.csv, reports/ and models/ under ``out``. ``outs``: each head's
     :func:`classify.heads.outputs` on the evaluated images.
@@ -596,6 +633,8 @@ def _evaluate(out: Path, fitted: dict, outs: dict, cv_scores: dict, fit_seconds:
     classes that have evaluated images (:func:`measured_classes`), read from the same
     classification report that is written. A class with no evaluated image has no F1 to measure
     (counting it as 0 would make a perfect head score below 1); it is named in the report.
+    ``top5_accuracy`` (from 6 classes): the share of evaluated images whose class is among the
+    head's 5 most probable. ``normalize``: NORMALIZE, saved with each model for ``make predict``.
     """
     for sub in ("reports", "models"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -627,6 +666,8 @@ def _evaluate(out: Path, fitted: dict, outs: dict, cv_scores: dict, fit_seconds:
                                  else float("nan")),
             "balanced_accuracy": cv_score(y_eval, labels),
             "macro_f1": float(report["macro avg"]["f1-score"]),
+            **({f"top{TOP_K}_accuracy": float(top_k_accuracy_score(y_eval, proba, k=TOP_K, labels=class_names))}
+               if len(class_names) >= TOP_K_FROM else {}),
             "cv_mean": float(folds_score.mean()),
             "cv_std": float(folds_score.std()),
             "n_train": n_train,
@@ -643,7 +684,7 @@ def _evaluate(out: Path, fitted: dict, outs: dict, cv_scores: dict, fit_seconds:
             "model": model, "head": name, "class_names": class_names,
             "features_key": feats.key, "settings": _settings_of(feats.meta),
             "seed": seed, "cv_mean": float(folds_score.mean()), "cv_metric": CV_METRIC,
-            "params": settings[name],
+            "params": settings[name], "normalize": normalize,
             "sklearn": sklearn.__version__,
         })
     comparison = pd.DataFrame(rows)

@@ -17,6 +17,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .knn import KNNClassifier
+
 
 BLOCK_ROWS = 2048  # rows of a kernel block computed at once (predict, Gram, Nystroem features)
 BLOCK_ENTRIES = 16_000_000  # at most this many float32 temporaries per Gram block (64 MB)
@@ -697,9 +699,10 @@ GRIDS = {
     "logreg": {"logisticregression__C": [0.01, 0.1, 1.0, 10.0]},
     "svm": {"calibratedsvc__C": [0.1, 1.0, 10.0], "calibratedsvc__gamma_factor": [0.5, 1.0, 2.0]},
     "mlp": {"mlpclassifier__hidden_layer_sizes": [(128,), (256,)], "mlpclassifier__alpha": [1e-4, 1e-2]},
+    "knn": {"knnclassifier__n_neighbors": [10, 20, 50]},  # bounded by the training rows (KNNClassifier)
 }
 FIXED = {"logisticregression__C": 1.0, "calibratedsvc__C": 1.0, "calibratedsvc__gamma_factor": 1.0,
-         "mlpclassifier__hidden_layer_sizes": (128,), "mlpclassifier__alpha": 1e-4}  # TUNE=0's settings
+         "mlpclassifier__hidden_layer_sizes": (128,), "mlpclassifier__alpha": 1e-4, "knnclassifier__n_neighbors": 20}  # TUNE=0's settings
 
 
 def candidates(name: str) -> list[dict]:
@@ -730,6 +733,7 @@ def make_heads(seed: int, tune: bool = False) -> dict:
         "mlp": Pipeline([("rowblockscaler", RowBlockScaler()), ("mlpclassifier", GroupedMLPClassifier(
             hidden_layer_sizes=(128,), activation="relu", early_stopping=True,
             validation_fraction=0.1, n_iter_no_change=10, max_iter=200, random_state=seed))]),
+        "knn": make_pipeline(KNNClassifier(n_neighbors=20)),
     }
     if not tune:
         return heads
@@ -745,6 +749,8 @@ def make_heads(seed: int, tune: bool = False) -> dict:
         "svm": make_pipeline(RowBlockScaler(), CalibratedSVC(folds=INNER_FOLDS, random_state=seed, **svm_grid)),
         "mlp": HalvingGridSearchCV(heads["mlp"], GRIDS["mlp"], factor=3, cv=inner, scoring="balanced_accuracy",
                                    random_state=seed, error_score=np.nan),
+        "knn": make_pipeline(KNNClassifier(n_neighbors=20, folds=INNER_FOLDS, random_state=seed, search=[
+            point["knnclassifier__n_neighbors"] for point in candidates("knn")])),
     }
 
 
@@ -864,6 +870,8 @@ def settings_of(model) -> dict:
         if out["method"] == "nystroem":
             out["n_components"] = int(est.svm_.nystroem_.components_.shape[0])
         return out
+    if isinstance(est, KNNClassifier):  # k as chosen (searched inside its fit when tuned)
+        return dict(est.best_params_)
     names = next((v for t, v in SETTINGS.items() if isinstance(est, t)), ())
     out = {}
     for name in names:

@@ -18,6 +18,7 @@ from .card import section_answer
 from .comparison import section_backbones, section_comparison
 from .dataset import section_data
 from .embedding import MAX_TSNE, section_embedding
+from .fewshot import section_fewshot
 from .gallery import MAX_GALLERY, misclassified, section_gallery
 from .markup import esc, read_csv
 from .page import page
@@ -104,6 +105,7 @@ def _bodies(inputs: RunInputs, cache: Cache, thumbs: Thumbs, max_gallery: int, m
         "answer": section_answer(answer, run, weights, class_counts(out), _train_counts(split)),
         "comparison": section_comparison(out, comparison, answer, heads, run),
         "backbones": section_backbones(out, run),
+        "fewshot": section_fewshot(out, run),
         "figures": section_figures(out),
         "gallery": section_gallery(errors, pred, heads, thumbs, max_gallery),
         "data": section_data(cache.manifest, split, rejected, cache.meta, run.get("label_conflicts")),

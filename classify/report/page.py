@@ -9,6 +9,7 @@ SECTIONS = [
     ("answer", "The answer"),
     ("comparison", "Comparison"),
     ("backbones", "Backbones x heads"),  # only for `make compare BACKBONES=...` runs
+    ("fewshot", "Few-shot curves"),  # only for `make compare SHOTS=...` runs
     ("figures", "Figures"),
     ("gallery", "Misclassified images"),
     ("data", "The data"),

@@ -18,7 +18,10 @@ FALLBACK_CAPTIONS = {
     "reliability.png": "How often the positive class is right against the probability each head gave it.",
     "learning_curve.png": "Each head's cross-validated balanced accuracy against the number of training images.",
     "mlp_history.png": "The MLP head's training history.",
+    "fewshot.png": "Few-shot curves: balanced accuracy at k training images per class (band: lowest "
+                   "to highest draw).",
 }
+OWN_SECTION = {"fewshot.png"}  # shown in its own section, not among the figures
 WIDE = {"confusion_matrices.png"}
 
 
@@ -30,7 +33,7 @@ def caption(path: Path) -> str:
 def section_figures(out: Path) -> str:
     """Every figure of ``OUT/figures/`` in :data:`ORDER` (others after, by name), with captions."""
     folder = out / "figures"
-    pngs = sorted(folder.glob("*.png")) if folder.is_dir() else []
+    pngs = sorted(p for p in folder.glob("*.png") if p.name not in OWN_SECTION) if folder.is_dir() else []
     pngs.sort(key=lambda p: (ORDER.index(p.name) if p.name in ORDER else len(ORDER), p.name))
     if not pngs:
         return "<p>No figures in <code>figures/</code>: run <code>make compare</code>.</p>"
