@@ -365,3 +365,19 @@ def test_groups_dups_on_images_with_resized_copies(tmp_path):
         assert ((split.label == kind) & (split.role == "train")).sum() >= 20
     run = json.loads((tmp_path / "o" / "run.json").read_text())
     assert run["duplicates"]["pairs"] >= 10 and run["duplicates"]["eval_with_train_duplicate"] == 0
+
+
+@pytest.mark.parametrize("name", ["val", "valid", "validation"])
+def test_without_test_folder_val_or_valid_is_evaluated(name):
+    """train/ and a validation folder without test/: the validation folder is evaluated, and
+    nothing is left for tuning; with test/ beside it, test/ is evaluated and it tunes."""
+    from classify.data import assign_split
+
+    manifest = pd.DataFrame({"split": ["train"] * 4 + [name] * 2, "label": ["a", "b"] * 3,
+                             "sha256": [f"{i:064x}" for i in range(6)]})
+    role, rule = assign_split(manifest, 0.2, 42)
+    assert list(role) == ["train"] * 4 + ["eval"] * 2 and f"evaluated on '{name}'" in rule
+    both = pd.concat([manifest, manifest.assign(split="test", sha256=[f"{i:064x}" for i in range(6, 12)])],
+                     ignore_index=True)
+    role, rule = assign_split(both, 0.2, 42)
+    assert list(role) == ["train"] * 4 + ["tune"] * 2 + ["eval"] * 6 and "evaluated on 'test'" in rule
