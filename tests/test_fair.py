@@ -14,7 +14,7 @@ S64 = Settings(weights="none", size=64)
 
 @pytest.fixture(scope="module")
 def colours(tmp_path_factory):
-    """Two colour classes, 30 images each, random weights, 64 px (issue 13's done-when data)."""
+    """Two colour classes, 30 images each, random weights, 64 px."""
     root = tmp_path_factory.mktemp("fair")
     write_class_folder(root / "in", 30)
     extract_features(root / "in", root / "features", S64, progress=False, log=lambda *_: None)
@@ -73,7 +73,7 @@ def test_the_learning_curves_use_each_folds_own_tuned_settings(tmp_path):
     # what its own fit chose, so at the fold's full size a curve point is the CV fold score.
     import json
 
-    from test_splits import fake_cache, run_compare
+    from helpers import fake_cache, run_compare
 
     rng = np.random.default_rng(4)
     labels = ["a"] * 30 + ["b"] * 30 + ["a"] * 5 + ["b"] * 5

@@ -1,5 +1,5 @@
 """Stage 2's outputs can be trusted: safe model files, comparable scores, one whole run in OUT,
-the best head by balanced accuracy (issue 12)."""
+the best head by balanced accuracy."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from test_splits import fake_cache, run_compare
+from helpers import fake_cache, run_compare
 
 
 @pytest.fixture(scope="module")
