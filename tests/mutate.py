@@ -82,6 +82,22 @@ MUTATIONS: list[tuple[str, str, str, str, list[str]]] = [
      "    h.update(memoryview(X).cast(\"B\"))\n",
      "",
      ["tests/test_dup_cache.py"]),
+    ("mlp-early-stopping-off-by-one", "classify/heads.py",
+     "early = len(y) >= EARLY_STOPPING_FROM",
+     "early = len(y) > EARLY_STOPPING_FROM",
+     ["tests/test_early_stopping.py"]),
+    ("legacy-cache-ignored", "extract/cache.py",
+     "    if (features / key / \"manifest.csv\").is_file():\n        found.append(features / key)\n",
+     "",
+     ["tests/test_guarantees.py::test_a_cache_of_the_layout_before_input_folders_is_reused"]),
+    ("out-may-be-home", "classify/outdir.py",
+     " or full == Path.home().resolve()",
+     "",
+     ["tests/test_guarantees.py::test_out_may_not_be_the_home_folder_or_the_root"]),
+    ("make-clean-deletes-out-itself", "Makefile",
+     'rm -rf -- "$${o:?OUT is empty}"/* "$$o"/.dups',
+     'rm -rf -- "$${o:?OUT is empty}"',
+     ["tests/test_guarantees.py::test_make_clean_deletes_what_is_in_out_and_nothing_else"]),
 ]
 
 

@@ -200,11 +200,17 @@ def test_models_load_only_when_written_by_this_tool(cached, tmp_path):
     from classify import DataError, load_model
 
     out = tmp_path / "out"
-    _compare(cached / "features", out, heads="logreg")
+    _compare(cached / "features", out, heads="logreg", tune="0", repeats=1)
     bundle = load_model(out / "models" / "logreg.skops")
     assert bundle["class_names"] == ["blue", "red"] and bundle["features_key"] == S64.key
-    emb, _, _ = read_cache(cache_folder(cached / "features", cached / "flat", S64.key))
+    emb, rows, _ = read_cache(cache_folder(cached / "features", cached / "flat", S64.key))
     assert set(bundle["model"].predict(emb)) <= {"blue", "red"}
+    # the loaded model is the one that made predictions.csv: same label, same score, per image
+    pred = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    row_of = {r["path"]: i for i, r in enumerate(rows)}
+    X = emb[[row_of[p] for p in pred["path"]]]
+    assert list(bundle["model"].predict(X)) == list(pred["logreg"])
+    np.testing.assert_allclose(bundle["model"].predict_proba(X).max(1), pred["logreg_score"], atol=1e-5)
     with open(out / "models" / "logreg.skops", "ab") as fh:
         fh.write(b"tampered")
     with pytest.raises(DataError, match="refusing to load"):
