@@ -153,10 +153,14 @@ def test_memory_limits_see_an_address_space_limit():
 
     code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (8 * 1024**3, 8 * 1024**3)); "
             f"sys.path.insert(0, {str(budget.__file__.rsplit('/classify', 1)[0])!r}); "
-            "from classify.budget import default_memory_gb; print(default_memory_gb())")
+            "from classify.budget import GIB, default_memory_gb, memory_limits; "
+            "print(default_memory_gb(), memory_limits()['address_space'] / GIB, "
+            "min(memory_limits().values()) / GIB)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert float(out.stdout) == pytest.approx(8 / 3, abs=0.01)
+    auto, address_space, smallest = map(float, out.stdout.split())
+    assert address_space == pytest.approx(8.0)  # the limit is seen...
+    assert smallest <= 8.0 and auto == pytest.approx(smallest / 3, abs=0.01)  # ...and counts
 
 
 def test_compare_uses_and_records_the_bounded_method_when_the_kernel_does_not_fit(tmp_path, monkeypatch):

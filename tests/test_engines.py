@@ -151,9 +151,11 @@ def test_ray_engine_killed_part_way_resumes(two_hundred, tmp_path):
     cmd = [sys.executable, "-m", "extract", "--in", str(root / "in"), "--features", str(features),
            "--weights", "none", "--size", "32", "--batch", "4", "--engine", "ray", "--quiet",
            "--flush-seconds", "0"]
-    # each model actor waits at its 4th batch of 4 (of 50 in all): the run cannot end first
+    # Each model actor waits at its 11th batch of 4 (of about 50 in all), so the run cannot end
+    # first. Ray hands an actor's results back per read block of about 16 files (4-5 batches),
+    # so by then at least two blocks are done and saved.
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True, env=dict(os.environ, EMBEDCMP_TEST_PAUSE_AT_BATCH="4"))
+                            start_new_session=True, env=dict(os.environ, EMBEDCMP_TEST_PAUSE_AT_BATCH="11"))
     partial = Path(local.folder.replace(str(root / "local"), str(features))).parent / ".partial"
     end = time.time() + 300
     while time.time() < end and proc.poll() is None and vectors_in(partial) < 8:

@@ -298,7 +298,7 @@ def test_groups_dups_on_images_with_resized_copies(tmp_path):
     from PIL import Image
 
     from extract import extract_features
-    from test_audit import shape_image
+    from conftest import shape_image
 
     in_dir = tmp_path / "in"
     for c, kind in enumerate(("ellipse", "rect")):
