@@ -57,11 +57,15 @@ def fake_cache(folder, labels, shas=None, splits=None, X=None, dim: int = 16, se
 
 
 def run_compare(features, out, **kw):
-    """``compare`` on the single cache under ``features`` (3 folds, one job, quiet by default)."""
+    """``compare`` on the single cache under ``features``: by default 3 folds, one job, quiet,
+    and :data:`FAST` (no tuning, one round of cross-validation) unless ``tune``/``repeats`` are
+    given."""
     from classify import compare
 
     from conftest import only_cache
 
+    for name, value in FAST.items():
+        kw.setdefault(name, value)
     kw.setdefault("folds", 3)
     kw.setdefault("jobs", 1)
     kw.setdefault("log", quiet)

@@ -24,6 +24,7 @@ def colours(tmp_path_factory):
 def _compare(root, out, **kw):
     from classify import compare
 
+    kw.setdefault("tune", "0")  # tuning has its own tests (test_tune); repeats are set per test
     return compare(root / "features", S64, out, in_dir=root / "in", log=lambda *_: None, **kw)
 
 

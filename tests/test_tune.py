@@ -67,7 +67,7 @@ def test_tune_0_keeps_the_fixed_settings_and_leaves_valid_unused(tmp_path):
     _three_splits(tmp_path)
     logs = []
     run_compare(tmp_path / "f", tmp_path / "o", heads="logreg", tune="1")  # a tuned run before
-    assert (tmp_path / "o" / "tuning.csv").is_file()
+    assert set(pd.read_csv(tmp_path / "o" / "tuning.csv")["head"]) == {"logreg"}
     table = run_compare(tmp_path / "f", tmp_path / "o", log=logs.append, tune="0")
     run = json.loads((tmp_path / "o" / "run.json").read_text())
     assert run["tuning"]["mode"] == "off" and run["tuning"]["grids"] is None
