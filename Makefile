@@ -143,8 +143,9 @@ bench-gpu: ## VGG16 on this machine's GPU with PyTorch and JAX, fp32 and bf16 ->
 	$(if $(wildcard $(PY)),$(PY),python3) -m bench.gpu
 
 DEMO ?= demo##          where `make demo` writes its input, features and outputs
+DEMO_IMAGES ?=##        empty: all 1,797 digits in the demo; a number (20 or more): only the first ones (quicker)
 demo: setup ## the embedded default: scikit-learn's digits as PNGs -> features -> compare (offline-safe)
-	$(PY) -m classify.demo "$(DEMO)/in"
+	$(PY) -m classify.demo "$(DEMO)/in" $(DEMO_IMAGES)
 	$(PY) -m extract --in "$(DEMO)/in" --features "$(DEMO)/features" --size 32 --weights imagenet \
 		--weights-fallback none --batch 64 --backend $(BACKEND)
 	$(PY) -m classify compare --in "$(DEMO)/in" --features "$(DEMO)/features" --out "$(DEMO)/out" \

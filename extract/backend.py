@@ -10,6 +10,8 @@ loads a framework.
 from __future__ import annotations
 
 import itertools
+import os
+import time
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -21,6 +23,21 @@ NAN_REASON = "the model produced NaN or infinite values for this image"
 NOTHING_RAN = "none needed (everything cached)"
 
 _EMBEDDERS: dict = {}  # (backend, key) -> compiled model call, so later runs in one process skip build
+
+PAUSE_AT_BATCH = "EMBEDCMP_TEST_PAUSE_AT_BATCH"
+
+
+def pause_for_tests(batch_number: int) -> None:
+    """For the interruption tests only: with ``EMBEDCMP_TEST_PAUSE_AT_BATCH=n`` in the
+    environment, the model's ``n``-th batch (counted per process from 1) waits forever instead of
+    starting, so that a test kills or interrupts the run at a known point, with the batches
+    before it done, whatever the speed of the machine. Unset (as always outside the tests), it
+    does nothing.
+    """
+    at = os.environ.get(PAUSE_AT_BATCH)
+    if at and batch_number == int(at):
+        while True:  # until a signal ends the process (SIGKILL) or raises KeyboardInterrupt (SIGINT)
+            time.sleep(0.05)
 
 
 def _apply_precision(settings: Settings) -> None:
@@ -117,9 +134,12 @@ class _Batches:
         self.settings, self.device, self.log = settings, device, log
         self.call = None
         self.flight = None  # (reads, launched output) of the batch running on the device
+        self.started = 0  # batches started, for pause_for_tests
 
     def run(self, reads: list[Read]) -> Iterator[tuple[Read, np.ndarray | None]]:
         """Starts ``reads`` on the device; yields the results of the batch that ran before."""
+        self.started += 1
+        pause_for_tests(self.started)
         if self.call is None:
             s = self.settings
             self.call, self.device.name = embedder(s), device_name(s.backend)

@@ -110,8 +110,13 @@ class _Embed:
         self.device = f"{device_name(self.settings.backend)} on {os.uname().nodename}"
         side = self.settings.size
         self.dim = int(np.asarray(self.run(np.zeros((1, side, side, 3), np.uint8))).shape[1])
+        self.calls = 0  # batches embedded, for backend.pause_for_tests
 
     def __call__(self, batch: dict) -> dict:
+        from .backend import pause_for_tests
+
+        self.calls += 1
+        pause_for_tests(self.calls)
         decoded = np.asarray(batch["decoded"], bool)
         emb = np.zeros((len(decoded), self.dim), np.float32)
         if decoded.any():

@@ -43,6 +43,20 @@ def write_class_folder(root: Path, per_class: int = 10, classes=("red", "blue"),
     return paths
 
 
+def shape_image(seed: int, kind: str, size: int = 64) -> Image.Image:
+    """A flat background of a random colour with one ellipse or rectangle of another colour."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    im = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 256, 3)))
+    x0, y0 = (int(v) for v in rng.integers(0, size // 2, 2))
+    x1, y1 = x0 + int(rng.integers(size // 4, size // 2)), y0 + int(rng.integers(size // 4, size // 2))
+    draw = ImageDraw.Draw(im)
+    (draw.ellipse if kind == "ellipse" else draw.rectangle)(
+        [x0, y0, x1, y1], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    return im
+
+
 @pytest.fixture
 def two_class(tmp_path) -> Path:
     """A two-class folder (red vs blue, 10 each) without split folders."""

@@ -172,8 +172,11 @@ def test_errors_name_the_rule(corpus):
         load_image(str(root / "blue/bomb.png"), 32)
 
 
-def _start(in_dir, features, *extra, size=96, batch=4):
+def _start(in_dir, features, *extra, size=96, batch=4, pause_at=None):
     """Starts ``python -m extract`` as a command typed in a terminal: Ctrl-C (SIGINT) reaches it.
+
+    ``pause_at``: the model batch at which the run waits until it is killed or interrupted
+    (``EMBEDCMP_TEST_PAUSE_AT_BATCH``, see :func:`extract.backend.pause_for_tests`).
 
     A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored
     across exec, so a suite run as ``make test &`` would hand its children a deaf Ctrl-C.
@@ -185,8 +188,12 @@ def _start(in_dir, features, *extra, size=96, batch=4):
            "--flush-seconds", "0", *map(str, extra)]
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        env.pop("EMBEDCMP_TEST_PAUSE_AT_BATCH", None)
+        if pause_at is not None:
+            env["EMBEDCMP_TEST_PAUSE_AT_BATCH"] = str(pause_at)
         return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+                                text=True, env=env)
     finally:
         signal.signal(signal.SIGINT, previous)
 
@@ -218,8 +225,10 @@ def test_interrupted_run_resumes_to_the_same_embeddings(ninety, tmp_path, how):
     key = Settings(weights="none", size=96).key
     features = tmp_path / "features"
     folder = cache_folder(features, base / "in", key)
-    proc = _start(base / "in", features)
-    _wait_for_shards(folder.parent / ".partial" / key, proc, minimum=1)  # early: most is still ahead
+    # the run waits at its 4th batch of 4 (of 23): at least the first is saved, most is ahead
+    proc = _start(base / "in", features, pause_at=4)
+    _wait_for_shards(folder.parent / ".partial" / key, proc, minimum=1)
+    assert proc.poll() is None
     if how == "kill -9":
         proc.kill()
     else:

@@ -213,7 +213,7 @@ def test_scale_section_lists_one_off_runs(tmp_path):
 
 
 def test_time_backbone_measures_a_small_backbone():
-    # The embedder returns NumPy arrays since the engines work (issue 16); `make bench` then
+    # The embedder returns NumPy arrays since the engines work; `make bench` then
     # stopped in bench.backbones calling .numpy() on one.
     from bench.backbones import QUICK, time_backbone
 

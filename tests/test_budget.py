@@ -114,7 +114,7 @@ def test_plan_refuses_a_budget_below_one_fit():
 
 
 def test_plan_counts_what_the_process_already_holds():
-    # Reproduced (issue 14): at 1,000,000 x 512 the plan budgeted the fit alone (5.7 GiB of a
+    # Measured: at 1,000,000 x 512 the plan budgeted the fit alone (5.7 GiB of a
     # 11.8 GiB budget), and the run peaked at 10.6 GiB: the fit ran on top of the process's own
     # memory and the 2 GB of memory-mapped vectors it reads.
     gib = budget.GIB
@@ -153,10 +153,14 @@ def test_memory_limits_see_an_address_space_limit():
 
     code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (8 * 1024**3, 8 * 1024**3)); "
             f"sys.path.insert(0, {str(budget.__file__.rsplit('/classify', 1)[0])!r}); "
-            "from classify.budget import default_memory_gb; print(default_memory_gb())")
+            "from classify.budget import GIB, default_memory_gb, memory_limits; "
+            "print(default_memory_gb(), memory_limits()['address_space'] / GIB, "
+            "min(memory_limits().values()) / GIB)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert float(out.stdout) == pytest.approx(8 / 3, abs=0.01)
+    auto, address_space, smallest = map(float, out.stdout.split())
+    assert address_space == pytest.approx(8.0)  # the limit is seen...
+    assert smallest <= 8.0 and auto == pytest.approx(smallest / 3, abs=0.01)  # ...and counts
 
 
 def test_compare_uses_and_records_the_bounded_method_when_the_kernel_does_not_fit(tmp_path, monkeypatch):
@@ -224,3 +228,49 @@ def test_the_exact_svm_fit_stays_within_its_planned_memory(n, tune):
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert got["peak"] - got["before"] <= got["planned"], got  # the fit within its estimate
     assert got["peak"] <= got["held"] + got["planned"], got  # the plan's total: what is held and the fit
+
+
+def test_memory_gb_inf_is_refused_with_a_clear_message():
+    """MEMORY_GB=inf (or 1e400) is not a budget: refused by the rule, naming what was received."""
+    from classify.budget import parse_memory_gb
+
+    for bad in ("inf", "1e400", "nan"):
+        with pytest.raises(ValueError, match=r"MEMORY_GB must be 'auto' or a positive number of GiB; "
+                                             rf"received '{bad}'"):
+            parse_memory_gb(bad)
+
+
+def test_a_budget_above_the_machines_memory_is_flagged(monkeypatch):
+    """MEMORY_GB=1000 on a 16 GiB machine: the plan (an exact SVM of ~522 GiB per fit) comes
+    with a warning naming the machine's limit and the budget MEMORY_GB=auto would use."""
+    from classify.heads import make_heads as heads
+
+    monkeypatch.setattr(budget, "memory_limits", lambda: {"physical": 16 * budget.GIB})
+    logs = []
+    budget.plan_for(heads(0), np.zeros((10, 512), np.float32), 200_000, "1000", 16, logs.append)
+    warned = [m for m in logs if m.startswith("warning: MEMORY_GB=1000 is more than this machine")]
+    assert len(warned) == 1, logs
+    assert "physical 16.0 GiB" in warned[0] and "MEMORY_GB=auto plans within" in warned[0]
+
+
+def test_the_audit_plans_its_fits_after_the_duplicate_search(tmp_path, monkeypatch):
+    """The memory held when the fits start includes the duplicate search's results, so the
+    audit measures it after that search, as compare does."""
+    import warnings
+
+    from conftest import only_cache
+    from helpers import S64, fake_cache, quiet
+
+    from classify import dups
+    from classify.audit import audit
+
+    order = []
+    real_resident, real_dups = budget.resident_bytes, dups.cached_duplicates
+    monkeypatch.setattr(budget, "resident_bytes", lambda X=None: order.append("plan") or real_resident(X))
+    monkeypatch.setattr(dups, "cached_duplicates", lambda *a, **k: order.append("dups") or real_dups(*a, **k))
+    fake_cache(tmp_path / "f", ["a"] * 20 + ["b"] * 20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        audit(tmp_path / "f", S64, tmp_path / "o", heads="logreg", folds=3, jobs=1, log=quiet,
+              **only_cache(tmp_path / "f"))
+    assert "dups" in order and order.index("dups") < order.index("plan"), order

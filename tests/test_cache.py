@@ -104,20 +104,23 @@ def test_same_size_and_mtime_under_another_input_is_hashed_again(tmp_path):
 
 
 def test_odd_names_are_kept_or_rejected_by_name_never_a_crash(two_class, tmp_path):
-    """A non-UTF-8 name and two Unicode spellings of one name (NFC, NFD)."""
+    """A non-UTF-8 name and two Unicode spellings of one name (NFC, NFD): on a file system that
+    keeps both spellings apart (Linux), they are two files and give two rows."""
     red = os.fsencode(two_class / "red")
     colour_image((210, 40, 40), 71).save(os.fsdecode(red + b"/caf\xe9.png"), format="PNG")
     nfc, nfd = unicodedata.normalize("NFC", "café.png"), unicodedata.normalize("NFD", "café.png")
     colour_image((210, 40, 40), 72).save(two_class / "red" / nfc)
     colour_image((210, 40, 40), 73).save(two_class / "red" / nfd)
+    if not {nfc, nfd} <= set(os.listdir(two_class / "red")):
+        pytest.skip("this file system stores the NFC and NFD spellings as one name")
     features = tmp_path / "features"
     s = _extract(two_class, features)
     emb, rows, meta = read_cache(Path(s.folder))
     paths = [r["path"] for r in rows]
     rejected = (Path(s.folder) / "rejected.csv").read_text(encoding="utf-8")
-    for name in ("red/caf\\xe9.png", f"red/{nfc}", f"red/{nfd}"):
-        assert name in paths or name in rejected, name
-    assert len(set(paths)) == len(paths) == s.n
+    assert f"red/{nfc}" in paths and f"red/{nfd}" in paths  # two files, two rows
+    assert f"red/{nfc}" != f"red/{nfd}" and "caf" not in rejected
+    assert len(set(paths)) == len(paths) == s.n == 23
     assert "red/caf\\xe9.png" in paths
     assert files.fs_path(two_class, "red/caf\\xe9.png") == os.fsdecode(red + b"/caf\xe9.png")
     assert Path(files.fs_path(two_class, "red/caf\\xe9.png")).is_file()
@@ -125,7 +128,7 @@ def test_odd_names_are_kept_or_rejected_by_name_never_a_crash(two_class, tmp_pat
     from classify.compare import compare
 
     table = compare(features, S64, tmp_path / "out", heads="logreg", folds=2, in_dir=str(two_class),
-                    log=lambda *_: None)
+                    log=lambda *_: None, tune="0", repeats=1)
     assert table.loc[0, "n_train"] + table.loc[0, "n_eval"] == s.n
 
 

@@ -36,6 +36,8 @@ def _compare(features, out, **kw):
     from classify import compare
 
     kw.setdefault("folds", 3)
+    kw.setdefault("tune", "0")  # tuning and repeats have their own tests (test_tune, test_fair)
+    kw.setdefault("repeats", 1)
     for name, value in only_cache(features).items():
         kw.setdefault(name, value)
     return compare(features, S64, out, log=lambda *_: None, **kw)
@@ -111,7 +113,7 @@ def test_split_folders_train_on_train_and_evaluate_on_test(cached, tmp_path):
     roles = pd.read_csv(out / "split.csv")
     assert set(roles.loc[roles["role"] == "train", "path"].str.split("/").str[0]) == {"train"}
     assert not (out / "figures" / "roc.png").exists()  # three classes: no ROC figure
-    assert (out / "figures" / "confusion_matrices.png").exists()
+    assert (out / "figures" / "confusion_matrices.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_holdout_is_stratified_seeded_and_stable_when_images_are_added():
@@ -203,8 +205,14 @@ def test_models_load_only_when_written_by_this_tool(cached, tmp_path):
     _compare(cached / "features", out, heads="logreg")
     bundle = load_model(out / "models" / "logreg.skops")
     assert bundle["class_names"] == ["blue", "red"] and bundle["features_key"] == S64.key
-    emb, _, _ = read_cache(cache_folder(cached / "features", cached / "flat", S64.key))
+    emb, rows, _ = read_cache(cache_folder(cached / "features", cached / "flat", S64.key))
     assert set(bundle["model"].predict(emb)) <= {"blue", "red"}
+    # the loaded model is the one that made predictions.csv: same label, same score, per image
+    pred = pd.read_csv(out / "predictions.csv", keep_default_na=False)
+    row_of = {r["path"]: i for i, r in enumerate(rows)}
+    X = emb[[row_of[p] for p in pred["path"]]]
+    assert list(bundle["model"].predict(X)) == list(pred["logreg"])
+    np.testing.assert_allclose(bundle["model"].predict_proba(X).max(1), pred["logreg_score"], atol=1e-5)
     with open(out / "models" / "logreg.skops", "ab") as fh:
         fh.write(b"tampered")
     with pytest.raises(DataError, match="refusing to load"):
@@ -295,7 +303,8 @@ def test_copies_of_a_file_land_on_one_side_of_the_holdout():
 def test_stale_outputs_of_other_heads_are_removed(cached, tmp_path):
     out = tmp_path / "out"
     _compare(cached / "features", out)
-    assert (out / "models" / "mlp.skops").exists() and (out / "figures" / "mlp_history.png").exists()
+    assert (out / "models" / "mlp.skops").stat().st_size > 0
+    assert (out / "figures" / "mlp_history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     _compare(cached / "features", out, heads="logreg")
     assert sorted(p.name for p in (out / "models").iterdir()) == ["logreg.json", "logreg.skops"]
     assert not (out / "figures" / "mlp_history.png").exists()

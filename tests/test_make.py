@@ -55,7 +55,7 @@ def test_features_then_compare(tmp_path):
     meta = json.loads((folder / "meta.json").read_text())
     assert (meta["computed"], meta["n"]) == (3, 23)
 
-    r = run_make("compare", *args, "FOLDS=3")
+    r = run_make("compare", *args, "FOLDS=3", "TUNE=0", "REPEATS=1")
     assert r.returncode == 0, r.stderr
     comp = pd.read_csv(out / "comparison.csv")
     assert list(comp["head"]) == ["logreg", "svm", "mlp"]
@@ -65,8 +65,9 @@ def test_features_then_compare(tmp_path):
     labels = {row["path"]: row["label"] for row in read_cache(folder)[1]}
     assert all(labels[p] == label for p, label in zip(pred["path"], pred["label"]))
     for name in ("logreg", "svm", "mlp"):
-        assert (out / "models" / f"{name}.skops").exists()
-        assert (out / "reports" / f"{name}.txt").exists()
+        assert (out / "models" / f"{name}.json").read_text().count(name) >= 1
+        report = (out / "reports" / f"{name}.txt").read_text()
+        assert "precision" in report and "red" in report and "blue" in report
 
     r = run_make("compare", *args, "HEADS=logreg,tree")
     assert r.returncode != 0 and "known heads: logreg, svm, mlp" in r.stderr
@@ -86,28 +87,46 @@ def test_split_layout_end_to_end(tmp_path):
     assert run_make("features", *args).returncode == 0
     _, rows, _ = read_cache(cache_folder(tmp_path / "f", src, KEY))
     assert {r["split"] for r in rows} == {"train", "test"}
-    r = run_make("compare", *args, "FOLDS=3", "HEADS=logreg")
+    r = run_make("compare", *args, "FOLDS=3", "HEADS=logreg", "TUNE=0", "REPEATS=1")
     assert r.returncode == 0, r.stderr
     assert "evaluated on 'test'" in r.stdout
 
 
 def test_demo_runs_offline_to_the_end(tmp_path):
+    """The whole demo pipeline (input, features, compare with its default tuning, report) on the
+    first 300 digits (DEMO_IMAGES): the full 1,797 are written by the demo's first step below."""
     demo = tmp_path / "demo"
     offline = {"KERAS_HOME": str(tmp_path / "empty-keras-home"), "HTTPS_PROXY": "http://127.0.0.1:9",
                "https_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
-    r = run_make("demo", f"DEMO={demo}", timeout=1500, env=offline)
+    r = run_make("demo", f"DEMO={demo}", "DEMO_IMAGES=300", timeout=1500, env=offline)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert len(list((demo / "in").rglob("*.png"))) == 1797
+    assert len(list((demo / "in").rglob("*.png"))) == 300
+    assert "the first 300 of scikit-learn's digits" in r.stdout
     comp = pd.read_csv(demo / "out" / "comparison.csv")
     assert set(comp["head"]) == {"logreg", "svm", "mlp"}
     assert comp["accuracy"].max() > 0.8
     run = json.loads((demo / "out" / "run.json").read_text())
     meta = json.loads((Path(run["features_folder"]) / "meta.json").read_text())
     assert Path(run["features_folder"]).parent.parent == (demo / "features").resolve()
-    assert meta["n"] == 1797
+    assert meta["n"] == 300 and len(meta["class_names"]) == 10
     assert meta["weights"] == "none"  # offline: the demo fell back, and says so
     assert "RANDOM" in r.stderr and meta["weights_fallback"]
     assert "head" in r.stdout and "accuracy" in r.stdout
     report = demo / "out" / "report.html"
     assert report.is_file() and str(report) in r.stdout  # the demo ends by printing its path
     assert "http://" not in report.read_text() and "https://" not in report.read_text()
+
+
+def test_the_full_demo_input_is_every_digit_and_the_same_commands(tmp_path):
+    """Without DEMO_IMAGES the demo writes all 1,797 digits (a second run writes none) and runs
+    the same commands as the subset above, on them."""
+    from classify.demo import main
+
+    assert main([str(tmp_path / "in")]) == 0
+    assert len(list((tmp_path / "in").rglob("*.png"))) == 1797
+    assert {p.name for p in (tmp_path / "in").iterdir()} == {str(d) for d in range(10)}
+    full = run_make("-n", "demo", f"DEMO={tmp_path}", timeout=60)
+    part = run_make("-n", "demo", f"DEMO={tmp_path}", "DEMO_IMAGES=300", timeout=60)
+    assert full.returncode == 0 and part.returncode == 0
+    assert f'classify.demo "{tmp_path}/in" \n' in full.stdout
+    assert full.stdout.replace(f'"{tmp_path}/in" \n', f'"{tmp_path}/in" 300\n', 1) == part.stdout

@@ -35,7 +35,7 @@ def trained(tmp_path_factory):
     write_class_folder(root / "in", 10)
     extract.extract_features(root / "in", root / "features", SETTINGS, progress=False, log=quiet)
     classify.compare(root / "features", SETTINGS, root / "out", folds=3, jobs=1, log=quiet,
-                     in_dir=root / "in")
+                     in_dir=root / "in", tune="0", repeats=1)
     new = root / "new"
     new.mkdir()
     colour_image(COLOURS["red"], seed=5001).save(new / "red.png")

@@ -78,7 +78,7 @@ def experiment(tmp_path_factory):
     settings = extract.Settings(weights="none", size=64)
     extract.extract_features(in_dir, root / "features", settings, progress=False)
     classify.compare(root / "features", settings, root / "out", folds=3, jobs=1, log=lambda *a: None,
-                     in_dir=in_dir)
+                     in_dir=in_dir, tune="0", repeats=1)
     return root
 
 

@@ -1,60 +1,15 @@
 """Stage 2's splits and folds: copies stay together, groups are balanced, classes exist on both
-sides, and small data gives a message instead of a scikit-learn traceback (issue 12)."""
+sides, and small data gives a message instead of a scikit-learn traceback."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from extract import Settings
-from extract.cache import write_cache
-
-S64 = Settings(weights="none", size=64)
-
-
-def quiet(*_args, **_kw):
-    pass
-
-
-def fake_cache(folder, labels, shas=None, splits=None, X=None, dim: int = 16, seed: int = 0):
-    """Writes a cache of ``labels`` (one row each) with separable random embeddings, as the
-    input ``DATASET=fake`` under the cache root ``folder``."""
-    rng = np.random.default_rng(seed)
-    classes = sorted(set(labels))
-    if X is None:
-        centres = rng.normal(0, 3, (len(classes), dim))
-        X = np.stack([centres[classes.index(lab)] + rng.normal(0, 1, dim) for lab in labels])
-    shas = shas or [f"{i:064x}" for i in range(len(labels))]
-    splits = splits or [""] * len(labels)
-    rows = [{"path": f"{sp + '/' if sp else ''}{lab}/{i:03d}.png", "label": lab, "split": sp,
-             "sha256": sha, "size": 1, "mtime_ns": 1}
-            for i, (lab, sha, sp) in enumerate(zip(labels, shas, splits))]
-    X = np.asarray(X, np.float32)
-    # an exact copy has the exact embedding of its original
-    first = {}
-    for i, sha in enumerate(shas):
-        X[i] = X[first.setdefault(sha, i)]
-    write_cache(Path(folder) / "fake", S64.key, X, rows, {"dim": X.shape[1], "backbone": "vgg16", "weights": "none",
-                                           "image_size": 64, "pooling": "avg", "precision": "fp32",
-                                           "key": S64.key}, [])
-    return X, rows
-
-
-def run_compare(features, out, **kw):
-    from classify import compare
-
-    from conftest import only_cache
-
-    kw.setdefault("folds", 3)
-    kw.setdefault("jobs", 1)
-    kw.setdefault("log", quiet)
-    for name, value in only_cache(features).items():
-        kw.setdefault(name, value)
-    return compare(features, S64, out, **kw)
+from helpers import S64, fake_cache, quiet, run_compare
 
 
 # --- exact copies ---------------------------------------------------------------------------
@@ -343,7 +298,7 @@ def test_groups_dups_on_images_with_resized_copies(tmp_path):
     from PIL import Image
 
     from extract import extract_features
-    from test_audit import shape_image
+    from conftest import shape_image
 
     in_dir = tmp_path / "in"
     for c, kind in enumerate(("ellipse", "rect")):
@@ -365,3 +320,19 @@ def test_groups_dups_on_images_with_resized_copies(tmp_path):
         assert ((split.label == kind) & (split.role == "train")).sum() >= 20
     run = json.loads((tmp_path / "o" / "run.json").read_text())
     assert run["duplicates"]["pairs"] >= 10 and run["duplicates"]["eval_with_train_duplicate"] == 0
+
+
+@pytest.mark.parametrize("name", ["val", "valid", "validation"])
+def test_without_test_folder_val_or_valid_is_evaluated(name):
+    """train/ and a validation folder without test/: the validation folder is evaluated, and
+    nothing is left for tuning; with test/ beside it, test/ is evaluated and it tunes."""
+    from classify.data import assign_split
+
+    manifest = pd.DataFrame({"split": ["train"] * 4 + [name] * 2, "label": ["a", "b"] * 3,
+                             "sha256": [f"{i:064x}" for i in range(6)]})
+    role, rule = assign_split(manifest, 0.2, 42)
+    assert list(role) == ["train"] * 4 + ["eval"] * 2 and f"evaluated on '{name}'" in rule
+    both = pd.concat([manifest, manifest.assign(split="test", sha256=[f"{i:064x}" for i in range(6, 12)])],
+                     ignore_index=True)
+    role, rule = assign_split(both, 0.2, 42)
+    assert list(role) == ["train"] * 4 + ["tune"] * 2 + ["eval"] * 6 and "evaluated on 'test'" in rule

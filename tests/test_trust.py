@@ -1,5 +1,5 @@
 """Stage 2's outputs can be trusted: safe model files, comparable scores, one whole run in OUT,
-the best head by balanced accuracy (issue 12)."""
+the best head by balanced accuracy."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from test_splits import fake_cache, run_compare
+from helpers import fake_cache, run_compare
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +202,10 @@ def test_a_crash_in_compare_leaves_the_previous_run_whole(run3, tmp_path, monkey
     assert not [p for p in tmp_path.iterdir() if p.name != "out"]  # no temporary folder left
     monkeypatch.undo()
     run_compare(run3 / "f", out, heads="svm")
-    assert (out / "mine.txt").is_file() and (out / "models" / "svm.skops").is_file()
+    assert (out / "mine.txt").read_bytes() == b"a file of the user's"
+    from classify.compare import load_model
+
+    assert load_model(out / "models" / "svm.skops")["head"] == "svm"
     assert not (out / "models" / "logreg.skops").exists()
 
 
@@ -244,4 +247,4 @@ def test_report_keeps_labels_as_written_and_shows_label_conflicts(tmp_path):
 def test_compare_leaves_no_stray_files_beside_out(run3):
     parent = run3 / "out"
     assert not [p for p in run3.iterdir() if p.name.startswith(".")], os.listdir(run3)
-    assert (parent / "run.json").is_file()
+    assert json.loads((parent / "run.json").read_text())["heads"]

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from test_splits import fake_cache, quiet, run_compare
+from helpers import fake_cache, quiet, run_compare
 
 
 def _three_splits(tmp_path, flip_test: bool = False):
@@ -67,7 +67,7 @@ def test_tune_0_keeps_the_fixed_settings_and_leaves_valid_unused(tmp_path):
     _three_splits(tmp_path)
     logs = []
     run_compare(tmp_path / "f", tmp_path / "o", heads="logreg", tune="1")  # a tuned run before
-    assert (tmp_path / "o" / "tuning.csv").is_file()
+    assert set(pd.read_csv(tmp_path / "o" / "tuning.csv")["head"]) == {"logreg"}
     table = run_compare(tmp_path / "f", tmp_path / "o", log=logs.append, tune="0")
     run = json.loads((tmp_path / "o" / "run.json").read_text())
     assert run["tuning"]["mode"] == "off" and run["tuning"]["grids"] is None
@@ -273,3 +273,104 @@ def test_the_svm_method_is_in_params_and_the_model_sidecar(tmp_path):
     assert format_settings(settings).endswith("method=nystroem n_components=16")
     again = fixed_head("svm", 0, settings).fit(X, y)
     assert settings_of(again) == settings
+
+
+# --- small inner folds and ties ---------------------------------------------------------------
+
+def _conflicting_copies():
+    """Three distinct vectors, each filed once as 'a' and once as 'b' (exact copies under two
+    labels, which compare reports as label conflicts and keeps)."""
+    R = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    return R[[0, 1, 2, 0, 1, 2]], np.array(["b", "a", "a", "a", "b", "b"])
+
+
+@pytest.mark.parametrize("name,tune", [("svm", False), ("svm", True), ("logreg", True), ("mlp", True)])
+def test_label_conflicting_copies_do_not_crash_the_inner_folds(name, tune):
+    """When copies carry two labels no label may have enough groups for stratified inner folds;
+    the fit still succeeds (with fewer or no inner folds)."""
+    import warnings
+
+    from classify.heads import fit_head, make_heads
+
+    X, y = _conflicting_copies()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, _ = fit_head(make_heads(0, tune)[name], X.copy(), y)
+    assert list(model.classes_) == ["a", "b"]
+    assert list(model.predict(X[:3])) and set(model.predict(X)) <= {"a", "b"}
+
+
+class _NoFolds:
+    """A splitter that holds nothing out (as CopyAwareFolds does for some seeds on data with
+    copies filed under two labels)."""
+
+    def split(self, X, y=None, groups=None):
+        return iter(())
+
+    def get_n_splits(self, X=None, y=None, groups=None):
+        return 0
+
+
+@pytest.mark.parametrize("name", ["logreg", "mlp"])
+def test_a_tuned_search_falls_back_whenever_its_own_folds_are_empty(name):
+    """A search whose own splitter finds no folds (whatever seed found some before) fits the
+    head with its fixed settings instead of raising 'No fits were performed'."""
+    import warnings
+
+    from classify.heads import fit_head, make_heads
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 4)).astype(np.float32)
+    y = np.repeat(["a", "b"], 30)
+    search = make_heads(1, tune=True)[name].set_params(cv=_NoFolds())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, _ = fit_head(search, X.copy(), y)
+    assert list(model.classes_) == ["a", "b"]
+    assert (model.predict(X) == y).mean() > 0.5
+
+
+def test_validation_folder_ties_keep_the_settings_nearest_the_defaults():
+    """On a tie (common on small valid/ folders) selection on the validation folder keeps the
+    candidate nearest the defaults (svm C=1, gamma x1), as the calibrated SVM's own rule does."""
+    import warnings
+
+    from classify.compare import _select_on_validation
+    from classify.heads import make_heads
+
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 1, (60, 8)), rng.normal(6, 1, (60, 8))]).astype(np.float32)
+    y = np.array(["a"] * 60 + ["b"] * 60)
+    idx = rng.permutation(120)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        chosen, rows = _select_on_validation(make_heads(0), X, y, idx[:80], idx[80:], 1, lambda *_: None)
+    assert {r[3] for r in rows if r[0] == "svm"} == {1.0}  # every candidate ties
+    svm = chosen["svm"][-1]
+    assert (svm.C, svm.gamma_factor) == (1.0, 1.0)
+
+
+def test_a_validation_folder_holding_copies_of_test_images_is_warned_about(tmp_path):
+    """Every test/ image here is an exact copy (same sha256) of a valid/ image: selecting on
+    valid/ then selects on the test images; the run says so, naming the count and what to do."""
+    import warnings
+
+    labels, splits, shas = [], [], []
+    for split, n in (("train", 10), ("valid", 4), ("test", 4)):
+        for c in "ab":
+            for _ in range(n):
+                labels.append(c)
+                splits.append(split)
+                shas.append(f"{len(shas):064x}")
+    valid = [i for i, s in enumerate(splits) if s == "valid"]
+    test = [i for i, s in enumerate(splits) if s == "test"]
+    for v, t in zip(valid, test):
+        shas[t] = shas[v]
+    fake_cache(tmp_path / "f", labels, shas, splits=splits)
+    logs = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_compare(tmp_path / "f", tmp_path / "o", heads="logreg", tune="auto", log=logs.append)
+    warned = [m for m in logs if m.startswith("warning: 8 evaluated images are exact copies of valid/ images")]
+    assert len(warned) == 1, logs
+    assert "choose each head's settings" in warned[0] and "delete the copies" in warned[0]
