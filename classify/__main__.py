@@ -50,6 +50,19 @@ def compare_matrix(args: argparse.Namespace) -> int:
     return 0
 
 
+def console_answer(table) -> str:
+    """What compare prints last: the headline (best head, tied heads, scores with 95%
+    intervals) and the compact table, best first and marked, within 100 columns; the full table
+    is comparison.csv."""
+    import textwrap
+
+    from .answer import WIDTH, answer_of, compact_table
+
+    answer = answer_of(table)
+    return (f"{textwrap.fill(answer.headline(), WIDTH)}\n\n{compact_table(answer)}\n"
+            "(* best; every column, p values and timings: comparison.csv)")
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     from .data import DataError
@@ -58,7 +71,7 @@ def main(argv=None) -> int:
         if args.command == "compare" and args.backbones:
             return compare_matrix(args)
         if args.command == "compare":
-            from .compare import compare, format_table
+            from .compare import compare
 
             with engine(args.engine):
                 table = compare(args.features, settings_from(args), args.out, heads=args.heads,
@@ -69,7 +82,7 @@ def main(argv=None) -> int:
                                 dataset=args.dataset or None, repeats=args.repeats,
                                 memory_gb=args.memory_gb, tune=args.tune, stale=args.stale)
             print()
-            print(format_table(table))
+            print(console_answer(table))
             print(f"\noutputs in {args.out}/: comparison.csv, predictions.csv, reports/, models/, "
                   "figures/, run.json" + (", tuning.csv" if (Path(args.out) / "tuning.csv").is_file() else ""))
     except (DataError, ValueError, FileNotFoundError) as err:

@@ -23,11 +23,13 @@ from .data import (DataError, Features, assign_split, check_coverage, check_inpu
                    eval_split_of, features_command, require_two_classes, tune_split_of,
                    cv_folds, describe_conflict, label_conflicts, load_features, unit_ids)
 from . import curves, stats
+from .answer import answer_of
 from .budget import apply_plan, plan_for
 from .dups import cached_duplicates, share_warning
 from .heads import (GRIDS, INNER_FOLDS, candidates, decision_values, fit_head, fixed_head, format_settings,
                     labels_of, outputs, select_heads)
 from .models import MODEL_SUFFIX, TRUSTED_TYPES, load_model, model_sidecar, read_sidecar, save_model  # noqa: F401
+from .notices import class_counts_line, random_weights_banner, split_like_warning
 from .outdir import check_out_dir, new_run
 
 TIMING_COLUMNS = ["fit_seconds", "cv_seconds"]
@@ -209,6 +211,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     log("splits: " + "; ".join(f"{name}: {use}" for name, use in split_use.items()))
     plan = plan_for(models, X, len(train_idx), memory_gb, jobs, log)
     n_jobs = plan.n_jobs
+    log_notices(man, feats.meta, log)
     tuning_rows = []
     inner_groups = fold_groups if groups == "dups" else None  # splits inside each fit keep clusters whole
     if mode == "valid":
@@ -285,6 +288,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
                            **dups.summary(), "eval_with_train_duplicate": int(leaked.sum())},
             "label_conflicts": conflicts,
             "more_data": more_data,
+            "answer": answer_record(comparison),
             "learning_curve": {"settings": curve_settings, "folds": int(curve["n_folds"].max()) if len(curve) else 0},
             "n_images": len(man), "n_train": len(train_idx), "n_eval": len(eval_idx),
             "class_names": class_names,
@@ -295,6 +299,30 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             "versions": _versions(),
         })
     return comparison
+
+
+def log_notices(man: pd.DataFrame, meta: dict, log) -> None:
+    """Logs what a reader needs before the numbers: the classes with their image counts (most
+    first), a warning when a class name looks like a split name, and a banner when the features
+    come from random weights (see :mod:`classify.notices`)."""
+    counts = man["label"].astype(str).value_counts()
+    counts = counts.sort_index().sort_values(ascending=False, kind="stable")
+    log(class_counts_line(counts.to_dict()))
+    for line in (split_like_warning(counts.index), random_weights_banner(meta.get("weights"),
+                                                                         meta.get("weights_fallback"))):
+        if line:
+            log(line)
+
+
+def answer_record(comparison: pd.DataFrame) -> dict:
+    """The answer of the run as run.json records it (:func:`classify.answer.answer_of` of
+    comparison.csv, the same best head by the same rule for every command that reads the run)."""
+    answer = answer_of(comparison)
+    return {"rule": "best: highest cv_mean (cross-validated balanced accuracy of the reported "
+                    "settings); tied: corrected paired t against the best, Holm-adjusted, "
+                    f"p >= {stats.ALPHA}",
+            "best": answer.best.head, "tied": [h.head for h in answer.tied],
+            "worse": [h.head for h in answer.worse], "headline": answer.headline()}
 
 
 def _curve_heads(models: dict, chosen: dict, mode: str, n_folds: int, seed: int) -> tuple[dict, str]:

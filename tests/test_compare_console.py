@@ -1,0 +1,87 @@
+"""What ``make compare`` prints: the classes, what could mislead, the answer first and a table
+that fits a terminal, progress over its fits, and messages for settings that cannot work."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from classify.answer import WIDTH
+from test_splits import fake_cache, run_compare
+
+
+def _cli(features, out, *extra):
+    """Runs ``python -m classify compare`` in this process on the fake cache under ``features``."""
+    from classify.__main__ import main
+
+    return main(["compare", "--features", str(features), "--dataset", "fake", "--weights", "none",
+                 "--size", "64", "--out", str(out), "--folds", "3", "--jobs", "1", "--repeats", "1",
+                 "--tune", "0", *extra])
+
+
+def test_compare_prints_the_classes_with_their_counts(tmp_path):
+    fake_cache(tmp_path / "f", ["ants"] * 14 + ["bees"] * 20)
+    logs = []
+    run_compare(tmp_path / "f", tmp_path / "o", heads="logreg", log=logs.append, tune="0")
+    assert "classes (2): bees 20, ants 14" in logs
+    memory = next(i for i, line in enumerate(logs) if line.startswith("memory:"))
+    assert logs.index("classes (2): bees 20, ants 14") == memory + 1  # right after the memory line
+
+
+def test_split_like_class_folders_draw_a_warning_naming_both(tmp_path):
+    fake_cache(tmp_path / "f", ["training"] * 15 + ["testing"] * 15)
+    logs = []
+    run_compare(tmp_path / "f", tmp_path / "o", heads="logreg", log=logs.append, tune="0")
+    warning = [line for line in logs if line.startswith("warning:") and "split name" in line]
+    assert len(warning) == 1 and "testing/" in warning[0] and "training/" in warning[0]
+
+
+def test_random_weights_draw_a_banner_and_pretrained_ones_do_not(tmp_path):
+    fake_cache(tmp_path / "f", ["a"] * 15 + ["b"] * 15)  # the fake cache says weights "none"
+    logs = []
+    run_compare(tmp_path / "f", tmp_path / "o", heads="logreg", log=logs.append, tune="0")
+    assert sum(line.startswith("RANDOM WEIGHTS") for line in logs) == 1
+    meta_path = next((tmp_path / "f").glob("*/*/meta.json"))
+    meta = json.loads(meta_path.read_text())
+    meta["weights"] = "imagenet"
+    meta_path.write_text(json.dumps(meta))
+    logs = []
+    run_compare(tmp_path / "f", tmp_path / "o", heads="logreg", log=logs.append, tune="0")
+    assert not any(line.startswith("RANDOM WEIGHTS") for line in logs)
+
+
+def test_the_console_ends_with_the_answer_and_a_table_best_first_within_100_columns(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    # one informative dimension among noise: the heads differ, so the order is tested
+    labels = ["a"] * 30 + ["b"] * 30
+    X = rng.normal(0, 1, (60, 24))
+    X[:, 0] += np.where(np.array(labels) == "a", 1.2, -1.2)
+    fake_cache(tmp_path / "f", labels, X=X)
+    assert _cli(tmp_path / "f", tmp_path / "o") == 0
+    text = capsys.readouterr().out
+    table = pd.read_csv(tmp_path / "o" / "comparison.csv")
+    best = table.loc[table["cv_mean"].idxmax(), "head"]
+    tail = text[text.index("Best head:"):].splitlines()
+    assert tail[0].startswith(f"Best head: {best},")
+    header = next(i for i, line in enumerate(tail) if line.lstrip().startswith("head"))
+    rows = tail[header + 1:header + 1 + len(table)]
+    assert rows[0].startswith(f"* {best} ")
+    assert not any(r.startswith("*") for r in rows[1:])
+    assert {r.lstrip("* ").split()[0] for r in rows} == set(table["head"])
+    assert all(len(line) <= WIDTH for line in tail)
+    assert len(table.columns) > 10  # the full table stays in comparison.csv
+
+
+def test_run_json_records_the_answer_that_comparison_csv_gives(tmp_path):
+    from classify.answer import read_answer
+
+    fake_cache(tmp_path / "f", ["a"] * 20 + ["b"] * 20)
+    run_compare(tmp_path / "f", tmp_path / "o", heads="logreg,mlp", tune="0")
+    run = json.loads((tmp_path / "o" / "run.json").read_text())
+    answer = read_answer(tmp_path / "o")
+    assert run["answer"]["best"] == answer.best.head
+    assert run["answer"]["tied"] == [h.head for h in answer.tied]
+    assert run["answer"]["headline"] == answer.headline()
