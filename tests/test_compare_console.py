@@ -64,7 +64,7 @@ def test_the_console_ends_with_the_answer_and_a_table_best_first_within_100_colu
     text = capsys.readouterr().out
     table = pd.read_csv(tmp_path / "o" / "comparison.csv")
     best = table.loc[table["cv_mean"].idxmax(), "head"]
-    tail = text[text.index("Best head:"):].splitlines()
+    tail = text[text.index("Best head:"):text.index("(* best")].splitlines()
     assert tail[0].startswith(f"Best head: {best},")
     header = next(i for i, line in enumerate(tail) if line.lstrip().startswith("head"))
     rows = tail[header + 1:header + 1 + len(table)]
