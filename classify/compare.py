@@ -5,18 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import platform
 import time
-import warnings
 from pathlib import Path
 
 import joblib
 import numpy as np
 import pandas as pd
 import sklearn
-from sklearn.base import clone
-from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, classification_report
+from sklearn.metrics import accuracy_score, classification_report
 
-from extract.atomic import atomic_write, write_csv, write_json
+from extract.atomic import write_csv, write_json
 from extract.model import Settings
 
 from .data import (DataError, Features, assign_split, check_coverage, check_input, content_key, copies_across,
@@ -26,7 +23,9 @@ from . import curves, stats
 from .answer import answer_of
 from .budget import apply_plan, plan_for
 from .dups import cached_duplicates, share_warning
-from .heads import (GRIDS, INNER_FOLDS, candidates, decision_values, fit_head, fixed_head, format_settings,
+from .fits import CV_METRIC, cv_score, fit_all, select_on_validation, tuning_note
+from .fits import _fit, fit_all as _fit_all, select_on_validation as _select_on_validation  # noqa: F401 (importers)
+from .heads import (GRIDS, INNER_FOLDS, decision_values, fixed_head, format_settings,
                     labels_of, outputs, select_heads)
 from .models import MODEL_SUFFIX, TRUSTED_TYPES, load_model, model_sidecar, read_sidecar, save_model  # noqa: F401
 from .notices import class_counts_line, random_weights_banner, split_like_warning
@@ -35,41 +34,6 @@ from .outdir import check_out_dir, new_run
 TIMING_COLUMNS = ["fit_seconds", "cv_seconds"]
 AUTO_REPEATS_UP_TO = 5000  # REPEATS=auto: 3 repeats up to this many training images, else 1
 TUNE_AUTO_UP_TO = 20_000  # TUNE=auto tunes up to this many training images (see choose_tuning)
-
-
-def _fit(name: str, fold: int, model, X, y, train_idx, test_idx, groups=None):
-    """One unit of parallel work: fit (tuning included) on train_idx; score on test_idx (a CV
-    fold, or the validation folder) or return the model. ``groups``: every row's duplicate
-    cluster (``GROUPS=dups``), kept whole by the splits inside the fit.
-
-    Returns:
-        (name, fold, the model or the score, seconds, the head's chosen settings).
-    """
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        warnings.simplefilter("ignore", FitFailedWarning)  # a candidate that cannot fit a small inner fold
-        warnings.simplefilter("ignore", UserWarning)  # a class missing from an inner fold's predictions
-        model, chosen = fit_head(model, X[train_idx], y[train_idx], private=True,  # a fresh copy
-                                 groups=None if groups is None else groups[train_idx])
-    seconds = time.perf_counter() - t0
-    if test_idx is None:
-        return name, fold, model, seconds, chosen
-    return name, fold, cv_score(y[test_idx], model.predict(X[test_idx])), seconds, chosen
-
-
-CV_METRIC = "balanced_accuracy"
-
-
-def cv_score(y_true, y_pred) -> float:
-    """The cross-validation score (and ``balanced_accuracy``): the mean recall of the classes.
-
-    It equals accuracy on balanced data and does not reward ignoring a small class; ``cv_mean``
-    picks the best head (predict's default, the report's mark).
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # a class predicted but absent from the fold
-        return float(balanced_accuracy_score(y_true, y_pred))
 
 
 def format_table(df: pd.DataFrame) -> str:
@@ -212,12 +176,15 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     plan = plan_for(models, X, len(train_idx), memory_gb, jobs, log)
     n_jobs = plan.n_jobs
     log_notices(man, feats.meta, log)
+    note = tuning_note(models, mode, len(fold_list) + 1)
+    if note:
+        log(note)
     tuning_rows = []
     inner_groups = fold_groups if groups == "dups" else None  # splits inside each fit keep clusters whole
     if mode == "valid":
-        models, tuning_rows = _select_on_validation(models, X, y, train_idx, valid_idx, n_jobs, log,
+        models, tuning_rows = select_on_validation(models, X, y, train_idx, valid_idx, n_jobs, log,
                                                     inner_groups)
-    fitted, cv_scores, fit_seconds, cv_seconds, chosen = _fit_all(models, X, y, train_idx, fold_list, n_jobs,
+    fitted, cv_scores, fit_seconds, cv_seconds, chosen = fit_all(models, X, y, train_idx, fold_list, n_jobs,
                                                                   inner_groups)
     if mode == "nested":
         tuning_rows = [(h, f"repeat {r} fold {k}" if k >= 0 else "final", format_settings(s),
@@ -407,38 +374,6 @@ def _fold_groups(man: pd.DataFrame, cluster) -> np.ndarray:
     return unit_ids(*keys)
 
 
-def _fit_all(models: dict, X, y, train_idx, fold_list, n_jobs: int, groups=None):
-    """Fits every head on every CV fold and on the whole training part, in parallel; ``groups``
-    (one id per row of X, or None) go to the splits inside each fit.
-
-    Returns:
-        ({head: fitted model}, {head: [fold scores]}, {head: fit seconds}, {head: CV seconds},
-        {head: {"final": its chosen settings, "folds": [each fold's]}}).
-    """
-    tasks = []
-    for name, model in models.items():
-        for k, (tr, te) in enumerate(fold_list):
-            tasks.append((name, k, clone(model), train_idx[tr], train_idx[te]))
-        tasks.append((name, -1, clone(model), train_idx, None))
-    # The SVM's tasks are the longest: start them first so the workers finish together.
-    tasks.sort(key=lambda t: (t[0] != "svm", t[0], t[1]))
-    results = joblib.Parallel(n_jobs=min(n_jobs, len(tasks)))(
-        joblib.delayed(_fit)(name, k, model, X, y, tr, te, groups) for name, k, model, tr, te in tasks)
-    fitted, fit_seconds, chosen = {}, {}, {n: {"folds": {}} for n in models}
-    cv_scores, cv_seconds = {n: {} for n in models}, dict.fromkeys(models, 0.0)
-    for name, k, value, seconds, settings in results:
-        if k < 0:
-            fitted[name], fit_seconds[name], chosen[name]["final"] = value, seconds, settings
-        else:
-            cv_scores[name][k], chosen[name]["folds"][k] = value, settings
-            cv_seconds[name] += seconds
-    fitted = {name: fitted[name] for name in models}
-    cv_scores = {name: np.array([v for _, v in sorted(cv_scores[name].items())]) for name in models}
-    for c in chosen.values():
-        c["folds"] = [s for _, s in sorted(c["folds"].items())]
-    return fitted, cv_scores, fit_seconds, cv_seconds, chosen
-
-
 def choose_tuning(tune, n_train: int, valid: str | None) -> tuple[str, str]:
     """``TUNE``: ``auto``, ``1`` or ``0`` -> (mode, the rule in words).
 
@@ -489,33 +424,6 @@ def _split_use(man: pd.DataFrame, mode: str, copies: dict | None = None, tune="0
     for other in sorted(set(man["split"]) - {"", "train", evaluated, valid}):
         use[other] = "not used"
     return use
-
-
-def _select_on_validation(models: dict, X, y, train_idx, valid_idx, n_jobs: int, log, groups=None):
-    """Fits every candidate of every head's grid on train, scores it on the validation folder
-    (``groups``: as in :func:`_fit_all`).
-
-    Returns:
-        ({head: the unfitted head with its best settings}, rows of tuning.csv).
-    """
-    tasks = [(name, i, clone(model).set_params(**params))
-             for name, model in models.items() for i, params in enumerate(candidates(name))]
-    results = joblib.Parallel(n_jobs=min(n_jobs, len(tasks)))(
-        joblib.delayed(_fit)(name, i, model, X, y, train_idx, valid_idx, groups) for name, i, model in tasks)
-    best = {}
-    for name, i, score, _, settings in results:  # candidates come nearest the fixed settings first:
-        if name not in best or score > best[name][1]:  # a tie keeps the plainest
-            best[name] = (i, score)
-    rows, chosen = [], {}
-    for name, i, score, _, settings in results:
-        rows.append((name, "candidate", format_settings(settings), round(float(score), 6),
-                     "yes" if best[name][0] == i else ""))
-    for name, model in models.items():
-        params = candidates(name)[best[name][0]]
-        chosen[name] = clone(model).set_params(**params)
-        log(f"tuning {name}: {format_settings({k.split('__', 1)[1]: v for k, v in params.items()})} "
-            f"scored best on the validation folder ({best[name][1]:.4f})")
-    return chosen, rows
 
 
 def _evaluate(out: Path, fitted: dict, outs: dict, cv_scores: dict, fit_seconds: dict, cv_seconds: dict, y,

@@ -85,3 +85,32 @@ def test_run_json_records_the_answer_that_comparison_csv_gives(tmp_path):
     assert run["answer"]["best"] == answer.best.head
     assert run["answer"]["tied"] == [h.head for h in answer.tied]
     assert run["answer"]["headline"] == answer.headline()
+
+
+def test_nested_tuning_says_it_is_the_slow_part_and_how_to_skip_it(tmp_path):
+    fake_cache(tmp_path / "f", ["a"] * 20 + ["b"] * 20)
+    logs = []
+    run_compare(tmp_path / "f", tmp_path / "o", heads="logreg,mlp", log=logs.append, tune="1", repeats=1)
+    note = [line for line in logs if "tuning is the slow part" in line]
+    assert len(note) == 1 and "TUNE=0" in note[0]
+    logs = []
+    run_compare(tmp_path / "f", tmp_path / "o", heads="logreg,mlp", log=logs.append, tune="0", repeats=1)
+    assert not any("slow part" in line for line in logs)
+
+
+def test_fits_run_behind_a_progress_bar_on_stderr(tmp_path, monkeypatch):
+    import tqdm
+
+    bars = []
+
+    class Recording(tqdm.tqdm):
+        def __init__(self, *args, **kw):
+            kw["disable"] = False
+            super().__init__(*args, **kw)
+            bars.append(self)
+
+    monkeypatch.setattr(tqdm, "tqdm", Recording)
+    fake_cache(tmp_path / "f", ["a"] * 20 + ["b"] * 20)
+    run_compare(tmp_path / "f", tmp_path / "o", heads="logreg", tune="0", repeats=1)
+    fits = [b for b in bars if b.unit == "fit"]
+    assert len(fits) == 1 and fits[0].total == 3 + 1 and fits[0].n == fits[0].total  # 3 folds + final
