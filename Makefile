@@ -25,6 +25,8 @@ MAX_PIXELS ?= 89478485## larger images are rejected (decompression-bomb guard)
 HEADS ?= logreg,svm,mlp## heads to compare (comma-separated)
 SEED ?= 42##           random state of heads, folds and hold-out
 TEST_SIZE ?= 0.2##     hold-out fraction when IN has no split folders
+# compare gets TEST_SIZE only when it is given (command line or environment): beside split folders it is refused
+TEST_SIZE_ARG = $(if $(filter-out file,$(origin TEST_SIZE)),--test-size $(TEST_SIZE))
 TUNE ?= auto##         search each head's settings (on a valid/ folder beside test/, else by nested inner CV); auto: up to 20,000 training images; 0: fixed settings
 REPEATS ?= auto##      repeats of the cross-validation with other folds (auto: 3 up to 5,000 training images, else 1)
 FOLDS ?= 5##           cross-validation folds on the training part
@@ -95,13 +97,13 @@ import: setup ## vectors computed elsewhere (EMBEDDINGS, LABELS) -> FEATURES/DAT
 		--features "$(FEATURES)"
 
 compare: setup $(ENGINE_SETUP) ## stage 2: compare HEADS on the cached embeddings (with BACKBONES: every head on every backbone)
-	$(PY) -m classify compare $(EXTRACT_ARGS) $(BACKBONES_ARG) --out "$(OUT)" --heads $(HEADS) --seed $(SEED) \
-		--test-size $(TEST_SIZE) --folds $(FOLDS) --jobs $(JOBS) --groups $(GROUPS) \
+	$(PY) -m classify compare $(EXTRACT_ARGS) $(BACKBONES_ARG) --out "$(OUT)" --heads "$(HEADS)" --seed $(SEED) \
+		$(TEST_SIZE_ARG) --folds $(FOLDS) --jobs $(JOBS) --groups $(GROUPS) \
 		--dup-threshold $(DUP_THRESHOLD) --engine $(ENGINE) --repeats $(REPEATS) --memory-gb $(MEMORY_GB) \
 		--tune $(TUNE) --stale $(STALE)
 
 audit: setup $(ENGINE_SETUP) ## near-duplicates across splits, label suspects, leakage-aware scores -> OUT/audit/
-	$(PY) -m classify.audit $(EXTRACT_ARGS) --out "$(OUT)" --heads $(HEADS) --seed $(SEED) \
+	$(PY) -m classify.audit $(EXTRACT_ARGS) --out "$(OUT)" --heads "$(HEADS)" --seed $(SEED) \
 		--test-size $(TEST_SIZE) --folds $(FOLDS) --jobs $(JOBS) --dup-threshold $(DUP_THRESHOLD) \
 		--engine $(ENGINE) --memory-gb $(MEMORY_GB) --stale $(STALE)
 

@@ -15,6 +15,7 @@ def parse(argv=None) -> argparse.Namespace:
     c = sub.add_parser("compare", help="train, cross-validate and compare the heads")
     add_features_args(c)
     add_heads_args(c)
+    c.set_defaults(test_size=None)  # not given: 0.2 without split folders; given beside them: refused
     c.add_argument("--groups", choices=["none", "dups"], default="none",
                    help="dups: keep each duplicate cluster on one side of every split (GROUPS)")
     c.add_argument("--tune", default="auto", choices=["auto", "1", "0"],

@@ -17,7 +17,7 @@ from extract.atomic import write_csv, write_json
 from extract.model import Settings
 
 from .data import (DataError, Features, assign_split, check_coverage, check_input, content_key, copies_across,
-                   eval_split_of, features_command, require_two_classes, tune_split_of,
+                   eval_split_of, features_command, require_two_classes, test_size_for, tune_split_of,
                    cv_folds, describe_conflict, label_conflicts, load_features, unit_ids)
 from . import curves, stats
 from .answer import answer_of
@@ -28,7 +28,7 @@ from .fits import _fit, fit_all as _fit_all, select_on_validation as _select_on_
 from .heads import (GRIDS, INNER_FOLDS, decision_values, fixed_head, format_settings,
                     labels_of, outputs, select_heads)
 from .models import MODEL_SUFFIX, TRUSTED_TYPES, load_model, model_sidecar, read_sidecar, save_model  # noqa: F401
-from .notices import class_counts_line, random_weights_banner, split_like_warning
+from .notices import class_counts_line, plural, random_weights_banner, split_like_warning
 from .outdir import check_out_dir, new_run
 
 TIMING_COLUMNS = ["fit_seconds", "cv_seconds"]
@@ -47,7 +47,7 @@ def format_table(df: pd.DataFrame) -> str:
 
 
 def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,mlp",
-            seed: int = 42, test_size: float = 0.2, folds: int = 5, jobs: int | None = None,
+            seed: int = 42, test_size: float | None = None, folds: int = 5, jobs: int | None = None,
             in_dir: str = "in", fallback_none: bool = False, log=print, groups: str = "none",
             dup_threshold="auto", dataset: str | None = None,
             repeats: int | str = "auto", memory_gb="auto", tune: str = "auto",
@@ -66,7 +66,8 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         out_dir: where the outputs go (OUT).
         heads: comma-separated head names (HEADS).
         seed: random state of the heads, the folds and the hold-out (SEED).
-        test_size: hold-out fraction when the input has no split folders (TEST_SIZE).
+        test_size: hold-out fraction when the input has no split folders (TEST_SIZE; None: not
+            given, 0.2; refused beside split folders, see :func:`classify.data.test_size_for`).
         folds: cross-validation folds on the training part (FOLDS).
         jobs: parallel workers (default: every core).
         in_dir: IN: the input folder, whose images are checked against the cache's (the folder
@@ -116,6 +117,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     check_input(feats, in_dir, features_command(settings, in_dir, str(features_dir), dataset), stale, log, dataset)
     man = feats.manifest
     require_two_classes(feats)
+    test_size = test_size_for(man, test_size)
     conflicts = label_conflicts(man)
     for conflict in conflicts:
         log(describe_conflict(conflict))
@@ -129,7 +131,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     split_rule += f"; {unit} kept whole{side} in one fold"
     crossing = copies_across(man, role)
     if crossing:
-        log(f"warning: {len(crossing)} evaluated images are exact copies of training images (e.g. "
+        log(f"warning: {_copies(len(crossing))} of training images (e.g. "
             f"{crossing[0]}); split folders are your decision and are kept, so accuracy counts them: "
             "read accuracy_no_dups, or delete the copies or move them into one split")
     class_names = check_coverage(man, role, log)
@@ -158,8 +160,9 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         f"{f' x {repeats} repeats' if repeats > 1 else ''}; "
         f"heads {', '.join(models)}")
     leaked = dups.partners_in(role.to_numpy() == "train")[eval_idx]  # eval image with a train duplicate
-    log(f"duplicates: {dups.rule}; search: {dups.search}; {int(leaked.sum())} of {len(eval_idx)} "
-        "evaluated images have a duplicate in the training part")
+    log(f"duplicates: {dups.rule}; search: {dups.search}; {int(leaked.sum())} of "
+        f"{plural(len(eval_idx), 'evaluated image')} {'has' if len(eval_idx) == 1 else 'have'} a "
+        "duplicate in the training part")
     mode, tuning_rule = choose_tuning(tune, len(train_idx), tune_split_of(man) if len(valid_idx) else None)
     if mode == "nested":
         models = select_heads(heads, seed, tune=True)
@@ -167,7 +170,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     if mode == "valid":
         chose = copies_across(man, role, of="tune")
         if chose:
-            log(f"warning: {len(chose)} evaluated images are exact copies of {tune_split_of(man)}/ images "
+            log(f"warning: {_copies(len(chose))} of {tune_split_of(man)}/ images "
                 f"(e.g. {chose[0]}), which choose each head's settings, so the test score is not "
                 "independent of that choice: delete the copies or move them into one split")
             split_use = _split_use(man, mode, {"train": len(crossing), tune_split_of(man): len(chose)}, tune)
@@ -266,6 +269,11 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             "versions": _versions(),
         })
     return comparison
+
+
+def _copies(n: int) -> str:
+    """``1 evaluated image is an exact copy``, ``2 evaluated images are exact copies``."""
+    return (f"{plural(n, 'evaluated image')} {'is an exact copy' if n == 1 else 'are exact copies'}")
 
 
 def log_notices(man: pd.DataFrame, meta: dict, log) -> None:

@@ -114,3 +114,91 @@ def test_fits_run_behind_a_progress_bar_on_stderr(tmp_path, monkeypatch):
     run_compare(tmp_path / "f", tmp_path / "o", heads="logreg", tune="0", repeats=1)
     fits = [b for b in bars if b.unit == "fit"]
     assert len(fits) == 1 and fits[0].total == 3 + 1 and fits[0].n == fits[0].total  # 3 folds + final
+
+
+def test_one_batch_mlp_fits_skip_the_shuffle_and_give_the_shuffled_fits_weights():
+    from sklearn.neural_network import MLPClassifier
+
+    from classify.heads import GroupedMLPClassifier
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(0, 1, (150, 20))
+    y = (X[:, 0] + 0.5 * rng.normal(0, 1, 150) > 0).astype(int)
+    copies = []
+
+    class Recording(GroupedMLPClassifier):
+        def _fit_stochastic(self, *args, **kw):
+            copies.append(self.shuffle)
+            return super()._fit_stochastic(*args, **kw)
+
+    ours = Recording((16,), max_iter=50, random_state=0, early_stopping=False).fit(X, y)
+    plain = MLPClassifier((16,), max_iter=50, random_state=0).fit(X, y)
+    assert copies == [False] and ours.shuffle  # off during the fit, restored after
+    np.testing.assert_allclose(ours.predict_proba(X), plain.predict_proba(X), rtol=1e-6, atol=1e-9)
+    copies.clear()
+    Recording((16,), max_iter=5, random_state=0, early_stopping=False).fit(np.vstack([X, X]), np.r_[y, y])
+    assert copies == [True]  # 300 rows: two batches, shuffled as before
+
+
+# --- messages -----------------------------------------------------------------------------------
+
+def test_a_setting_without_cache_lists_the_cached_ones_as_ready_to_copy_commands(tmp_path):
+    from classify.data import DataError
+    from extract import Settings
+
+    from test_splits import run_compare as _unused  # noqa: F401  (fake_cache's settings: S64)
+    from classify import compare
+
+    fake_cache(tmp_path / "f", ["a"] * 10 + ["b"] * 10)
+    for settings in (Settings(weights="imagenet"), Settings("resnet50", "imagenet")):
+        with pytest.raises(DataError) as err:
+            compare(tmp_path / "f", settings, tmp_path / "o", dataset="fake", log=lambda *_: None)
+        text = str(err.value)
+        assert "SIZE=None" not in text
+        expected = (f"make compare IN=in FEATURES={tmp_path / 'f'} BACKBONE=vgg16 WEIGHTS=none SIZE=64 "
+                    "DATASET=fake")
+        assert expected in [line.strip() for line in text.splitlines()], text
+    assert "BACKBONE must be one of vgg16" in text and "'resnet50'" in text
+
+
+def test_heads_with_spaces_after_the_commas_are_accepted(tmp_path, capsys):
+    fake_cache(tmp_path / "f", ["a"] * 15 + ["b"] * 15)
+    assert _cli(tmp_path / "f", tmp_path / "o", "--heads", "logreg, svm") == 0
+    assert list(pd.read_csv(tmp_path / "o" / "comparison.csv")["head"]) == ["logreg", "svm"]
+
+
+def test_the_makefile_passes_heads_with_spaces_as_one_value_and_test_size_only_when_given():
+    import subprocess
+
+    from conftest import ROOT
+
+    def dry(*args):
+        return subprocess.run(["make", "-n", "compare", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout
+
+    assert '--heads "logreg, svm"' in dry("HEADS=logreg, svm")
+    assert "--test-size" not in dry()
+    assert "--test-size 0.3" in dry("TEST_SIZE=0.3")
+
+
+def test_test_size_beside_split_folders_is_refused_naming_them(tmp_path, capsys):
+    labels = ["a", "b"] * 20
+    splits = ["train"] * 30 + ["test"] * 10
+    fake_cache(tmp_path / "f", labels, splits=splits)
+    assert _cli(tmp_path / "f", tmp_path / "o", "--test-size", "0.3") == 2
+    err = capsys.readouterr().err
+    assert "TEST_SIZE=0.3" in err and "test/, train/" in err and "leave TEST_SIZE out" in err
+    assert not (tmp_path / "o").exists()
+    assert _cli(tmp_path / "f", tmp_path / "o") == 0  # not given: the folders decide
+
+
+def test_one_copy_across_the_split_is_counted_in_the_singular(tmp_path):
+    labels = ["a", "b"] * 20
+    splits = ["train"] * 30 + ["test"] * 10
+    shas = [f"{i:064x}" for i in range(40)]
+    shas[35] = shas[5]  # one evaluated image is a copy of a training image (both label b)
+    fake_cache(tmp_path / "f", labels, shas=shas, splits=splits)
+    logs = []
+    run_compare(tmp_path / "f", tmp_path / "o", heads="logreg", log=logs.append, tune="0")
+    assert any(line.startswith("warning: 1 evaluated image is an exact copy of training images")
+               for line in logs), logs
