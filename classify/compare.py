@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import platform
 import time
@@ -112,6 +113,58 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     if groups not in ("none", "dups"):
         raise ValueError(f"GROUPS must be 'none' or 'dups'; received {groups!r}")
     check_out_dir(out_dir)
+    data = load_and_split(features_dir, settings, out_dir, in_dir, dataset, fallback_none, stale, test_size,
+                          seed, groups, dup_threshold, log)
+    plan = plan_run(data, models, heads, seed, folds, repeats, tune, memory_gb, jobs, groups, log)
+    fits = fit_and_cross_validate(data, plan, log)
+    with new_run(out_dir) as out:
+        comparison, probas = evaluate(out, data, plan, fits, seed, log)
+        extras = write_figures_and_curves(out, data, plan, fits, comparison, probas, seed, log)
+        write_run_json(out, data, plan, fits, comparison, extras,
+                       {"seed": seed, "groups": groups, "seconds": time.perf_counter() - t_start})
+    return comparison
+
+
+@dataclasses.dataclass
+class Data:
+    """The loaded input and its split (:func:`load_and_split`)."""
+
+    feats: Features
+    test_size: float
+    conflicts: list
+    dups: object  # classify.dups' duplicates of the vectors
+    cluster: np.ndarray
+    role: pd.Series  # train, eval, tune or "" per row
+    split_rule: str
+    crossing: list  # evaluated images that are exact copies of training ones
+    class_names: list[str]
+    train_idx: np.ndarray
+    eval_idx: np.ndarray
+    valid_idx: np.ndarray
+    leaked: np.ndarray  # per evaluated image: has a duplicate in the training part
+
+    @property
+    def man(self) -> pd.DataFrame:
+        return self.feats.manifest
+
+    @property
+    def X(self) -> np.ndarray:
+        return self.feats.X
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.man["label"].astype(str).to_numpy()
+
+
+def load_and_split(features_dir, settings: Settings, out_dir, in_dir: str, dataset: str | None,
+                   fallback_none: bool, stale: str, test_size, seed: int, groups: str, dup_threshold,
+                   log) -> Data:
+    """Step 1: loads and checks the cache of IN, finds duplicates, and splits it into the
+    training part, the evaluated images and the validation folder (see :func:`compare`).
+
+    Raises:
+        DataError: as :func:`compare` says.
+    """
     feats: Features = load_features(features_dir, settings, in_dir=in_dir, fallback_none=fallback_none,
                                     dataset=dataset)
     check_input(feats, in_dir, features_command(settings, in_dir, str(features_dir), dataset), stale, log, dataset)
@@ -135,141 +188,223 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             f"{crossing[0]}); split folders are your decision and are kept, so accuracy counts them: "
             "read accuracy_no_dups, or delete the copies or move them into one split")
     class_names = check_coverage(man, role, log)
-    train_idx = np.flatnonzero(role.to_numpy() == "train")
-    eval_idx = np.flatnonzero(role.to_numpy() == "eval")
+    roles = role.to_numpy()
+    train_idx, eval_idx = np.flatnonzero(roles == "train"), np.flatnonzero(roles == "eval")
     # the validation folder's images of classes that are trained on (others are ignored, as said)
-    valid_idx = np.flatnonzero((role.to_numpy() == "tune") & man["label"].astype(str).isin(class_names).to_numpy())
+    valid_idx = np.flatnonzero((roles == "tune") & man["label"].astype(str).isin(class_names).to_numpy())
     if len(class_names) < 2:
         raise DataError(f"only {len(class_names)} class ({', '.join(map(repr, class_names))}) has "
                         "training images; a classifier needs at least two: add images")
     if not len(eval_idx):
         raise DataError("no images to evaluate on: add images (a class needs 3 different ones to "
                         "hold one out), or a test/ folder beside train/")
-    y = man["label"].astype(str).to_numpy()
-    fold_groups = _fold_groups(man, cluster if groups == "dups" else None)
+    leaked = dups.partners_in(roles == "train")[eval_idx]  # eval image with a train duplicate
+    return Data(feats, test_size, conflicts, dups, cluster, role, split_rule, crossing, class_names,
+                train_idx, eval_idx, valid_idx, leaked)
+
+
+@dataclasses.dataclass
+class Plan:
+    """What will be fitted, on which folds, how tuned and how many at once (:func:`plan_run`)."""
+
+    models: dict
+    mode: str  # valid, nested or off (choose_tuning)
+    tuning_rule: str
+    split_use: dict
+    repeats: int
+    fold_sets: list  # per repeat: (folds, fold id per training row)
+    fold_groups: np.ndarray
+    inner_groups: np.ndarray | None  # GROUPS=dups: the splits inside every fit keep these whole
+    budget: object  # classify.budget's memory plan
+    n_jobs: int
+
+    @property
+    def fold_list(self) -> list:
+        return [f for fl, _ in self.fold_sets for f in fl]
+
+    @property
+    def fold_ids(self) -> list[tuple[int, int]]:
+        return [(r, k) for r, (fl, _) in enumerate(self.fold_sets) for k in range(len(fl))]
+
+    @property
+    def n_folds(self) -> int:
+        return len(self.fold_sets[0][0])
+
+
+def plan_run(data: Data, models: dict, heads: str, seed: int, folds: int, repeats, tune, memory_gb,
+             jobs, groups: str, log) -> Plan:
+    """Step 2: the folds (and their repeats), the tuning mode, what each split is used for, the
+    memory plan; logs them, then the classes and what could mislead (:func:`log_notices`)."""
+    man, y, train_idx, eval_idx = data.man, data.y, data.train_idx, data.eval_idx
+    fold_groups = _fold_groups(man, data.cluster if groups == "dups" else None)
     repeats = choose_repeats(repeats, len(train_idx))
     fold_sets = [cv_folds(y[train_idx], fold_groups[train_idx], folds, seed + r,
                           log if r == 0 else (lambda *_a, **_k: None)) for r in range(repeats)]
-    fold_of = fold_sets[0][1]
-    fold_ids = [(r, k) for r, (fl, _) in enumerate(fold_sets) for k in range(len(fl))]
-    fold_list = [f for fl, _ in fold_sets for f in fl]
     n_folds = len(fold_sets[0][0])
-    X = feats.X
-    log(f"features {feats.key}: {len(man)} images, {X.shape[1]} dims; {split_rule}; "
+    log(f"features {data.feats.key}: {len(man)} images, {data.X.shape[1]} dims; {data.split_rule}; "
         f"{len(train_idx)} train, {len(eval_idx)} evaluated; {n_folds}-fold CV"
         f"{f' x {repeats} repeats' if repeats > 1 else ''}; "
         f"heads {', '.join(models)}")
-    leaked = dups.partners_in(role.to_numpy() == "train")[eval_idx]  # eval image with a train duplicate
-    log(f"duplicates: {dups.rule}; search: {dups.search}; {int(leaked.sum())} of "
+    log(f"duplicates: {data.dups.rule}; search: {data.dups.search}; {int(data.leaked.sum())} of "
         f"{plural(len(eval_idx), 'evaluated image')} {'has' if len(eval_idx) == 1 else 'have'} a "
         "duplicate in the training part")
-    mode, tuning_rule = choose_tuning(tune, len(train_idx), tune_split_of(man) if len(valid_idx) else None)
+    valid = tune_split_of(man)
+    mode, tuning_rule = choose_tuning(tune, len(train_idx), valid if len(data.valid_idx) else None)
     if mode == "nested":
         models = select_heads(heads, seed, tune=True)
-    split_use = _split_use(man, mode, {"train": len(crossing)}, tune)
+    copies = {"train": len(data.crossing)}
     if mode == "valid":
-        chose = copies_across(man, role, of="tune")
+        chose = copies_across(man, data.role, of="tune")
         if chose:
-            log(f"warning: {_copies(len(chose))} of {tune_split_of(man)}/ images "
+            log(f"warning: {_copies(len(chose))} of {valid}/ images "
                 f"(e.g. {chose[0]}), which choose each head's settings, so the test score is not "
                 "independent of that choice: delete the copies or move them into one split")
-            split_use = _split_use(man, mode, {"train": len(crossing), tune_split_of(man): len(chose)}, tune)
+            copies[valid] = len(chose)
+    split_use = _split_use(man, mode, copies, tune)
     log(f"tuning: {tuning_rule}")
     log("splits: " + "; ".join(f"{name}: {use}" for name, use in split_use.items()))
-    plan = plan_for(models, X, len(train_idx), memory_gb, jobs, log)
-    n_jobs = plan.n_jobs
-    log_notices(man, feats.meta, log)
-    note = tuning_note(models, mode, len(fold_list) + 1)
+    budget = plan_for(models, data.X, len(train_idx), memory_gb, jobs, log)
+    log_notices(man, data.feats.meta, log)
+    note = tuning_note(models, mode, sum(len(fl) for fl, _ in fold_sets) + 1)
     if note:
         log(note)
-    tuning_rows = []
-    inner_groups = fold_groups if groups == "dups" else None  # splits inside each fit keep clusters whole
-    if mode == "valid":
-        models, tuning_rows = select_on_validation(models, X, y, train_idx, valid_idx, n_jobs, log,
-                                                    inner_groups)
-    fitted, cv_scores, fit_seconds, cv_seconds, chosen = fit_all(models, X, y, train_idx, fold_list, n_jobs,
-                                                                  inner_groups)
-    if mode == "nested":
+    return Plan(models, mode, tuning_rule, split_use, repeats, fold_sets, fold_groups,
+                fold_groups if groups == "dups" else None, budget, budget.n_jobs)
+
+
+@dataclasses.dataclass
+class Fits:
+    """Every head fitted on the training part and cross-validated (:func:`fit_and_cross_validate`)."""
+
+    models: dict  # the unfitted heads, with the validation folder's choice when there is one
+    fitted: dict
+    cv_scores: dict
+    fit_seconds: dict
+    cv_seconds: dict
+    chosen: dict  # per head: {"final": settings, "folds": [settings per CV fit]}
+    tuning_rows: list
+
+
+def fit_and_cross_validate(data: Data, plan: Plan, log) -> Fits:
+    """Step 3: selects each head's settings on the validation folder (mode ``valid``), then fits
+    every head on every CV fold and on the whole training part (:func:`classify.fits.fit_all`)."""
+    models, tuning_rows = plan.models, []
+    if plan.mode == "valid":
+        models, tuning_rows = select_on_validation(models, data.X, data.y, data.train_idx, data.valid_idx,
+                                                   plan.n_jobs, log, plan.inner_groups)
+    fitted, cv_scores, fit_seconds, cv_seconds, chosen = fit_all(models, data.X, data.y, data.train_idx,
+                                                                 plan.fold_list, plan.n_jobs, plan.inner_groups)
+    if plan.mode == "nested":
         tuning_rows = [(h, f"repeat {r} fold {k}" if k >= 0 else "final", format_settings(s),
                         "" if k < 0 else round(float(cv_scores[h][i]), 6), "yes" if k < 0 else "")
                        for h in chosen for i, ((r, k), s) in enumerate(
-                           zip(fold_ids + [(0, -1)], chosen[h]["folds"] + [chosen[h]["final"]]))]
-    with new_run(out_dir) as out:
-        fold_col = np.full(len(man), "", dtype=object)
-        fold_col[train_idx] = fold_of.astype(str)
-        roles = role.replace({"": "unused", "tune": "tune" if mode == "valid" else "unused"})
-        write_csv(out / "split.csv", ["path", "label", "role", "fold"],
-                  zip(man["path"], man["label"], roles, fold_col))
-        if tuning_rows:
-            write_csv(out / "tuning.csv", ["head", "fit", "params", "score", "chosen"], tuning_rows)
-        outs = {h: outputs(m, X[eval_idx]) for h, m in fitted.items()}  # each model's one pass
-        comparison = _evaluate(out, fitted, outs, cv_scores, fit_seconds, cv_seconds, y, man, eval_idx,
-                               leaked, class_names, feats, split_rule, seed, len(train_idx),
-                               {h: chosen[h]["final"] for h in fitted})
-        comparison = _compare_heads(comparison, cv_scores, n_folds, [len(te) for _, te in fold_list], y[eval_idx],
-                                    man["path"].to_numpy()[eval_idx],
-                                    pd.read_csv(out / "predictions.csv", keep_default_na=False,
-                                                dtype=str), log)
-        write_csv(out / "comparison.csv", list(comparison.columns), comparison.itertuples(index=False))
-        write_csv(out / "cv_scores.csv", ["head", "repeat", "fold", "score", "n_images"],
-                  ((h, r, k, round(float(s), 6), len(te)) for h in cv_scores
-                   for (r, k), s, (_, te) in zip(fold_ids, cv_scores[h], fold_list)))
-        from . import figures
+                           zip(plan.fold_ids + [(0, -1)], chosen[h]["folds"] + [chosen[h]["final"]]))]
+    return Fits(models, fitted, cv_scores, fit_seconds, cv_seconds, chosen, tuning_rows)
 
-        probas = {h: proba for h, (proba, _) in outs.items()}
-        figure_names = figures.write_figures(out / "figures", fitted, probas, y[eval_idx], class_names)
-        settled, curve_settings = _curve_heads(models, chosen, mode, n_folds, seed)
-        for heads_of_folds in settled.values():
-            apply_plan(dict(enumerate(heads_of_folds)), plan)
-        curve = curves.learning_curves(settled, X, y, fold_sets[0][0], n_jobs, seed, rows=train_idx,
-                                       groups=inner_groups, settings=curve_settings)
-        write_csv(out / "learning_curve.csv", list(curve.columns), curve.itertuples(index=False))
-        figure_names.append(curves.plot_learning_curves(curve, out / "figures" / "learning_curve.png"))
-        reliability = curves.reliability_diagram(probas, y[eval_idx], class_names,
-                                                 out / "figures" / "reliability.png")
-        figure_names += [reliability] if reliability else []
-        figure_names.append(curves.plot_intervals(comparison, out / "figures" / "intervals.png"))
-        more_data = curves.more_data_would_help(curve)
-        log(more_data)
-        write_json(out / "run.json", {
-            "features_key": feats.key,
-            "features_folder": str(feats.folder.resolve()),
-            "extraction": _settings_of(feats.meta),
-            "weights_fallback": feats.meta.get("weights_fallback"),
-            "heads": list(models),
-            "seed": seed, "test_size": test_size, "folds": n_folds, "repeats": repeats,
-            "jobs": n_jobs,
-            "memory_plan": plan.as_dict(),
-            "tuning": {"mode": mode, "rule": tuning_rule, "inner_folds": INNER_FOLDS if mode == "nested" else None,
-                       "grids": {h: {k.split("__", 1)[1]: v for k, v in GRIDS[h].items()} for h in models}
-                       if mode != "off" else None,
-                       "chosen": {h: chosen[h]["final"] for h in models}},
-            "split_use": split_use,
-            "comparison_tests": {"intervals": "95%: Wilson (accuracy), corrected resampled t (CV)",
-                                 "p_vs_best": "corrected resampled paired t (Nadeau and Bengio) "
-                                              "on the fold scores",
-                                 "p_mcnemar": "McNemar's exact test on the evaluated images",
-                                 "verdict": f"p_vs_best after Holm's adjustment, at {stats.ALPHA}"},
-            "cv_metric": CV_METRIC,
-            "split_rule": split_rule,
-            "groups": groups,
-            "duplicates": {"threshold": dups.threshold if np.isfinite(dups.threshold) else None,
-                           "rule": dups.rule, "search": dups.search, "basis": dups.basis,
-                           **dups.summary(), "eval_with_train_duplicate": int(leaked.sum())},
-            "label_conflicts": conflicts,
-            "more_data": more_data,
-            "answer": answer_record(comparison),
-            "learning_curve": {"settings": curve_settings, "folds": int(curve["n_folds"].max()) if len(curve) else 0},
-            "n_images": len(man), "n_train": len(train_idx), "n_eval": len(eval_idx),
-            "class_names": class_names,
-            "classes_not_measured": [c for c in class_names if c not in measured_classes(class_names, y[eval_idx])],
-            "figures": figure_names,
-            "seconds": round(time.perf_counter() - t_start, 3),
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "versions": _versions(),
-        })
-    return comparison
 
+def evaluate(out: Path, data: Data, plan: Plan, fits: Fits, seed: int, log) -> tuple[pd.DataFrame, dict]:
+    """Step 4: writes split.csv and tuning.csv, scores every head on the evaluated images
+    (predictions.csv, reports/, models/), adds the intervals, paired tests and verdicts
+    (comparison.csv) and every fold score (cv_scores.csv).
+
+    Returns:
+        (the comparison table, {head: its probabilities on the evaluated images}).
+    """
+    man, y, eval_idx = data.man, data.y, data.eval_idx
+    fold_col = np.full(len(man), "", dtype=object)
+    fold_col[data.train_idx] = plan.fold_sets[0][1].astype(str)
+    roles = data.role.replace({"": "unused", "tune": "tune" if plan.mode == "valid" else "unused"})
+    write_csv(out / "split.csv", ["path", "label", "role", "fold"], zip(man["path"], man["label"], roles, fold_col))
+    if fits.tuning_rows:
+        write_csv(out / "tuning.csv", ["head", "fit", "params", "score", "chosen"], fits.tuning_rows)
+    outs = {h: outputs(m, data.X[eval_idx]) for h, m in fits.fitted.items()}  # each model's one pass
+    comparison = _evaluate(out, fits.fitted, outs, fits.cv_scores, fits.fit_seconds, fits.cv_seconds, y, man,
+                           eval_idx, data.leaked, data.class_names, data.feats, data.split_rule, seed,
+                           len(data.train_idx), {h: fits.chosen[h]["final"] for h in fits.fitted})
+    predictions = pd.read_csv(out / "predictions.csv", keep_default_na=False, dtype=str)
+    comparison = _compare_heads(comparison, fits.cv_scores, plan.n_folds, [len(te) for _, te in plan.fold_list],
+                                y[eval_idx], man["path"].to_numpy()[eval_idx], predictions, log)
+    write_csv(out / "comparison.csv", list(comparison.columns), comparison.itertuples(index=False))
+    write_csv(out / "cv_scores.csv", ["head", "repeat", "fold", "score", "n_images"],
+              ((h, r, k, round(float(s), 6), len(te)) for h in fits.cv_scores
+               for (r, k), s, (_, te) in zip(plan.fold_ids, fits.cv_scores[h], plan.fold_list)))
+    return comparison, {h: proba for h, (proba, _) in outs.items()}
+
+
+def write_figures_and_curves(out: Path, data: Data, plan: Plan, fits: Fits, comparison: pd.DataFrame,
+                             probas: dict, seed: int, log) -> dict:
+    """Step 5a: the figures, and the learning curves at each head's reported settings
+    (learning_curve.csv); logs whether more data would help.
+
+    Returns:
+        {"figures": file names, "curve": the curves' table, "curve_settings": how their settings
+        were chosen, "more_data": the sentence logged}.
+    """
+    from . import figures
+
+    y_eval = data.y[data.eval_idx]
+    figure_names = figures.write_figures(out / "figures", fits.fitted, probas, y_eval, data.class_names)
+    settled, curve_settings = _curve_heads(fits.models, fits.chosen, plan.mode, plan.n_folds, seed)
+    for heads_of_folds in settled.values():
+        apply_plan(dict(enumerate(heads_of_folds)), plan.budget)
+    curve = curves.learning_curves(settled, data.X, data.y, plan.fold_sets[0][0], plan.n_jobs, seed,
+                                   rows=data.train_idx, groups=plan.inner_groups, settings=curve_settings)
+    write_csv(out / "learning_curve.csv", list(curve.columns), curve.itertuples(index=False))
+    figure_names.append(curves.plot_learning_curves(curve, out / "figures" / "learning_curve.png"))
+    reliability = curves.reliability_diagram(probas, y_eval, data.class_names, out / "figures" / "reliability.png")
+    figure_names += [reliability] if reliability else []
+    figure_names.append(curves.plot_intervals(comparison, out / "figures" / "intervals.png"))
+    more_data = curves.more_data_would_help(curve)
+    log(more_data)
+    return {"figures": figure_names, "curve": curve, "curve_settings": curve_settings, "more_data": more_data}
+
+
+def write_run_json(out: Path, data: Data, plan: Plan, fits: Fits, comparison: pd.DataFrame, extras: dict,
+                   run: dict) -> None:
+    """Step 5b: run.json, every setting of the run and its answer (``run``: seed, groups and the
+    seconds so far)."""
+    feats, models, dups, curve = data.feats, plan.models, data.dups, extras["curve"]
+    y_eval = data.y[data.eval_idx]
+    write_json(out / "run.json", {
+        "features_key": feats.key,
+        "features_folder": str(feats.folder.resolve()),
+        "extraction": _settings_of(feats.meta),
+        "weights_fallback": feats.meta.get("weights_fallback"),
+        "heads": list(models),
+        "seed": run["seed"], "test_size": data.test_size, "folds": plan.n_folds, "repeats": plan.repeats,
+        "jobs": plan.n_jobs,
+        "memory_plan": plan.budget.as_dict(),
+        "tuning": {"mode": plan.mode, "rule": plan.tuning_rule,
+                   "inner_folds": INNER_FOLDS if plan.mode == "nested" else None,
+                   "grids": {h: {k.split("__", 1)[1]: v for k, v in GRIDS[h].items()} for h in models}
+                   if plan.mode != "off" else None,
+                   "chosen": {h: fits.chosen[h]["final"] for h in models}},
+        "split_use": plan.split_use,
+        "comparison_tests": {"intervals": "95%: Wilson (accuracy), corrected resampled t (CV)",
+                             "p_vs_best": "corrected resampled paired t (Nadeau and Bengio) "
+                                          "on the fold scores",
+                             "p_mcnemar": "McNemar's exact test on the evaluated images",
+                             "verdict": f"p_vs_best after Holm's adjustment, at {stats.ALPHA}"},
+        "cv_metric": CV_METRIC,
+        "split_rule": data.split_rule,
+        "groups": run["groups"],
+        "duplicates": {"threshold": dups.threshold if np.isfinite(dups.threshold) else None,
+                       "rule": dups.rule, "search": dups.search, "basis": dups.basis,
+                       **dups.summary(), "eval_with_train_duplicate": int(data.leaked.sum())},
+        "label_conflicts": data.conflicts,
+        "more_data": extras["more_data"],
+        "answer": answer_record(comparison),
+        "learning_curve": {"settings": extras["curve_settings"],
+                           "folds": int(curve["n_folds"].max()) if len(curve) else 0},
+        "n_images": len(data.man), "n_train": len(data.train_idx), "n_eval": len(data.eval_idx),
+        "class_names": data.class_names,
+        "classes_not_measured": [c for c in data.class_names
+                                 if c not in measured_classes(data.class_names, y_eval)],
+        "figures": extras["figures"],
+        "seconds": round(run["seconds"], 3),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+    })
 
 def _copies(n: int) -> str:
     """``1 evaluated image is an exact copy``, ``2 evaluated images are exact copies``."""
