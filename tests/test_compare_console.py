@@ -202,3 +202,23 @@ def test_one_copy_across_the_split_is_counted_in_the_singular(tmp_path):
     run_compare(tmp_path / "f", tmp_path / "o", heads="logreg", log=logs.append, tune="0")
     assert any(line.startswith("warning: 1 evaluated image is an exact copy of training images")
                for line in logs), logs
+
+
+def test_a_tuned_mlp_on_few_rows_searches_hidden_units_at_the_fixed_alpha(monkeypatch):
+    from classify.heads import INNER_FOLDS, GroupedMLPClassifier, fit_head, make_heads
+
+    rng = np.random.default_rng(2)
+    X = rng.normal(0, 1, (90, 8))
+    y = np.where(X[:, 0] > 0, "a", "b")
+    fitted = []
+    real_fit = GroupedMLPClassifier.fit
+
+    def counting(self, *args, **kw):
+        fitted.append((self.hidden_layer_sizes, self.alpha))
+        return real_fit(self, *args, **kw)
+
+    monkeypatch.setattr(GroupedMLPClassifier, "fit", counting)
+    fit_head(make_heads(0, tune=True)["mlp"], X, y)
+    assert len(fitted) == 2 * INNER_FOLDS + 1  # 128 and 256 hidden units on each inner fold, the refit
+    assert {alpha for _, alpha in fitted} == {1e-4}
+    assert {h for h, _ in fitted} == {(128,), (256,)}

