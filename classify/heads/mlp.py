@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.utils import check_random_state
+from sklearn.utils.validation import _num_samples
 
 from .scaler import RowBlockScaler
 
@@ -102,7 +103,7 @@ ONE_BATCH_ROWS = 200  # scikit-learn's batch_size="auto": min(200, rows), so one
 
 
 @contextlib.contextmanager
-def _one_batch_unshuffled(mlp: MLPClassifier, n_rows: int):
+def _one_batch_unshuffled(mlp: MLPClassifier, X):
     """Turns off the per-epoch shuffle while an Adam or SGD fit has one batch per epoch.
 
     With ``batch_size="auto"`` a fit on at most :data:`ONE_BATCH_ROWS` rows takes one batch of
@@ -111,8 +112,12 @@ def _one_batch_unshuffled(mlp: MLPClassifier, n_rows: int):
     245 photos) and scikit-learn's copy of the rows each epoch (a fifth of the fit's time on 130
     rows) is saved. Larger fits, fixed batch sizes and L-BFGS are left as they are.
     """
+    try:
+        n_rows = _num_samples(X)
+    except TypeError:  # not array-like: MLPClassifier.fit says so
+        n_rows = None
     skip = (mlp.shuffle and mlp.solver in ("adam", "sgd") and mlp.batch_size == "auto"
-            and not mlp.early_stopping and n_rows <= ONE_BATCH_ROWS)
+            and not mlp.early_stopping and n_rows is not None and n_rows <= ONE_BATCH_ROWS)
     if skip:
         mlp.shuffle = False
     try:
@@ -153,7 +158,7 @@ class GroupedMLPClassifier(MLPClassifier):
             ValueError: ``groups`` with ``sample_weight``, or not one id per row.
         """
         if groups is None or not self.early_stopping:
-            with _one_batch_unshuffled(self, len(y)):
+            with _one_batch_unshuffled(self, X):
                 return super().fit(X, y, sample_weight=sample_weight)
         if sample_weight is not None:
             raise ValueError("GroupedMLPClassifier fits with groups or with sample_weight, not both")
