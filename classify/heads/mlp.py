@@ -3,8 +3,9 @@
 How it trains depends on how many rows it is fitted on (:func:`suit_to_size`):
 
 - below :data:`LBFGS_BELOW` rows, with L-BFGS on the whole set (scikit-learn's user guide: "For
-  small datasets, however, 'lbfgs' can converge faster and perform better"; measured here, see
-  the constants);
+  small datasets, however, 'lbfgs' can converge faster and perform better"); off (0): measured
+  on 130 rows of 512-d photo vectors with 128 hidden units, L-BFGS took 0.046-0.054 s per fit
+  and Adam 0.054-0.057 s once its one batch is not shuffled: no gain worth another optimiser;
 - from :data:`EARLY_STOPPING_FROM` rows, with Adam and early stopping on a validation share
   (measured: on fewer, holding 10% out cost 0.01-0.11 balanced accuracy; on more, training to the
   end cost 0.01 and 3x the time);
@@ -25,7 +26,7 @@ from .scaler import RowBlockScaler
 
 HALVING_FROM = 1000  # fewer training rows: the grid is searched whole (halving needs rows per class)
 EARLY_STOPPING_FROM = 4000  # Adam with early stopping (10% held out) from this many training rows
-LBFGS_BELOW = 0  # L-BFGS below this many training rows (see the module's docstring)
+LBFGS_BELOW = 0  # L-BFGS below this many training rows: off (see the module's docstring)
 
 # The grid TUNE searches (parameters of the head's pipeline), and TUNE=0's settings.
 GRID = {"mlpclassifier__hidden_layer_sizes": [(128,), (256,)], "mlpclassifier__alpha": [1e-4, 1e-2]}
