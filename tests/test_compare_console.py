@@ -146,7 +146,6 @@ def test_a_setting_without_cache_lists_the_cached_ones_as_ready_to_copy_commands
     from classify.data import DataError
     from extract import Settings
 
-    from test_splits import run_compare as _unused  # noqa: F401  (fake_cache's settings: S64)
     from classify import compare
 
     fake_cache(tmp_path / "f", ["a"] * 10 + ["b"] * 10)
