@@ -28,6 +28,8 @@ SHOTS ?=##             few-shot curves: training images per class, comma-separat
 SHOT_DRAWS ?= 5##      draws of the training images per few-shot k
 SEED ?= 42##           random state of heads, folds and hold-out
 TEST_SIZE ?= 0.2##     hold-out fraction when IN has no split folders
+# compare gets TEST_SIZE only when it is given (command line or environment): beside split folders it is refused
+TEST_SIZE_ARG = $(if $(filter-out file,$(origin TEST_SIZE)),--test-size $(TEST_SIZE))
 TUNE ?= auto##         search each head's settings (on a valid/ folder beside test/, else by nested inner CV); auto: up to 20,000 training images; 0: fixed settings
 REPEATS ?= auto##      repeats of the cross-validation with other folds (auto: 3 up to 5,000 training images, else 1)
 FOLDS ?= 5##           cross-validation folds on the training part
@@ -58,7 +60,7 @@ RUN_ARGS = $(strip $(call given,IN,--in "$(IN)") $(call given,FEATURES,--feature
 	$(call given,WEIGHTS,--weights "$(WEIGHTS)") $(call given,SIZE,--size $(SIZE)) \
 	$(call given,LAYER,--layer $(LAYER)) $(call given,POOLING,--pooling $(POOLING)) \
 	$(call given,PRECISION,--precision $(PRECISION)))
-AUDIT_ARGS = $(strip $(call given,HEADS,--heads $(HEADS)) $(call given,SEED,--seed $(SEED)) \
+AUDIT_ARGS = $(strip $(call given,HEADS,--heads "$(HEADS)") $(call given,SEED,--seed $(SEED)) \
 	$(call given,TEST_SIZE,--test-size $(TEST_SIZE)) $(call given,FOLDS,--folds $(FOLDS)))
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
@@ -111,8 +113,8 @@ import: setup ## vectors computed elsewhere (EMBEDDINGS, LABELS) -> FEATURES/DAT
 		--features "$(FEATURES)"
 
 compare: setup $(ENGINE_SETUP) ## stage 2: compare HEADS on the cached embeddings (with BACKBONES: every head on every backbone)
-	$(PY) -m classify compare $(EXTRACT_ARGS) $(BACKBONES_ARG) --out "$(OUT)" --heads $(HEADS) --seed $(SEED) \
-		--test-size $(TEST_SIZE) --folds $(FOLDS) --jobs $(JOBS) --groups $(GROUPS) \
+	$(PY) -m classify compare $(EXTRACT_ARGS) $(BACKBONES_ARG) --out "$(OUT)" --heads "$(HEADS)" --seed $(SEED) \
+		$(TEST_SIZE_ARG) --folds $(FOLDS) --jobs $(JOBS) --groups $(GROUPS) \
 		--dup-threshold $(DUP_THRESHOLD) --engine $(ENGINE) --repeats $(REPEATS) --memory-gb $(MEMORY_GB) \
 		--tune $(TUNE) --stale $(STALE) --normalize $(NORMALIZE) --shots "$(SHOTS)" --shot-draws $(SHOT_DRAWS)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import suite
+from . import common
 
 FULL = dict(size=224, batch=8, batches=3, max_seconds=20.0)
 QUICK = dict(size=64, batch=2, batches=1, max_seconds=5.0)
@@ -44,8 +44,8 @@ def parse(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke run: 64 px, one batch of 2 per backbone")
     p.add_argument("--backbones", default=",".join(BACKBONES), help="comma-separated (default: all)")
-    p.add_argument("--json", default=str(suite.ROOT / "bench" / "backbones.json"), help="results file")
-    p.add_argument("--md", default=str(suite.ROOT / "BENCHMARKS.md"), help="file whose section is replaced")
+    p.add_argument("--json", default=str(common.ROOT / "bench" / "backbones.json"), help="results file")
+    p.add_argument("--md", default=str(common.ROOT / "BENCHMARKS.md"), help="file whose section is replaced")
     return p.parse_args(argv)
 
 
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     tensorflow()
     cfg = dict(QUICK if args.quick else FULL)
     t_all = time.perf_counter()
-    machine = suite.machine()
+    machine = common.machine()
     rows = []
     for name in parse_list(args.backbones):
         rows.append(time_backbone(name, cfg))
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     results = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full", "settings": cfg, "machine": machine,
-        "versions": suite.versions(), "backbones": rows,
+        "versions": common.versions(), "backbones": rows,
         "total_seconds": round(time.perf_counter() - t_all, 1),
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import suite
+from . import common
 
 
 def run_engine(in_dir: Path, features: Path, engine: str, actors: int, size: int,
@@ -30,7 +30,7 @@ def run_engine(in_dir: Path, features: Path, engine: str, actors: int, size: int
         cmd += ["--actors", str(actors)]
     t0 = time.perf_counter()
     try:
-        out = subprocess.run(cmd, cwd=suite.ROOT, capture_output=True, text=True, timeout=timeout,
+        out = subprocess.run(cmd, cwd=common.ROOT, capture_output=True, text=True, timeout=timeout,
                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"), start_new_session=True)
     except subprocess.TimeoutExpired:
         return {"engine": engine, "actors": actors if engine == "ray" else None, "rc": "timeout",
@@ -48,15 +48,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.engines", description=__doc__)
     p.add_argument("--images", type=int, default=128)
     p.add_argument("--size", type=int, default=224)
-    p.add_argument("--work", default=str(suite.ROOT / "bench" / "work" / "engines"))
-    p.add_argument("--json", default=str(suite.ROOT / "bench" / "engines.json"))
+    p.add_argument("--work", default=str(common.ROOT / "bench" / "work" / "engines"))
+    p.add_argument("--json", default=str(common.ROOT / "bench" / "engines.json"))
     args = p.parse_args(argv)
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
-    suite.write_images(work / "in", args.images, shape=(240, 320), seed=5)
+    common.write_images(work / "in", args.images, shape=(240, 320), seed=5)
     runs = [run_engine(work / "in", work / f"f_{e}_{a}", e, a, args.size)
             for e, a in (("local", 0), ("ray", 1), ("ray", 2))]
-    result = {"machine": suite.machine(), "images": args.images, "size": args.size, "runs": runs,
+    result = {"machine": common.machine(), "images": args.images, "size": args.size, "runs": runs,
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     base = runs[0]["wall_seconds"]

@@ -92,7 +92,7 @@ def say(msg: str) -> None:
 def _write_one(job: tuple) -> None:
     from PIL import Image
 
-    from bench.suite import make_image
+    from bench.common import make_image
 
     i, path, size = job
     Image.fromarray(make_image(i % 2, 7_000_003 + i, (size, size))).save(path, quality=90)
@@ -100,7 +100,7 @@ def _write_one(job: tuple) -> None:
 
 def write_inputs(folder: Path, n: int, size: int) -> list[str]:
     """``n`` distinct JPEG files of ``size`` x ``size`` px, two classes, written in parallel."""
-    from bench.suite import CLASSES
+    from bench.common import CLASSES
 
     jobs = []
     for i in range(n):
@@ -227,7 +227,7 @@ def _precision_run(args, backend: str, precision: str, x: np.ndarray) -> dict:
 
 
 def _min_cosine(args, backend: str) -> float:
-    from bench.suite import cosines
+    from bench.common import cosines
     from extract.cache import read_cache
     from extract.model import Settings
 
@@ -265,7 +265,7 @@ def _torch_compiled(args, x: np.ndarray) -> dict:
 
 def child(args) -> dict:
     """Every measurement of one backend (``args.child``), in this process."""
-    from bench.suite import decoded_batch
+    from bench.common import decoded_batch
     from extract.backend import device_name
     from extract.framework import keras_for, versions
 
@@ -414,7 +414,7 @@ def main(argv=None) -> int:
         Path(args.child_out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         return 0
     from bench.backbones import replace_section
-    from bench.suite import machine
+    from bench.common import machine
     from extract.machine import gpu_names
     from extract.decoders import decode_processes
 

@@ -1,7 +1,7 @@
 """Stage 2 at scale: ``make compare`` and ``make audit`` (default heads) on synthetic N x 512 vectors.
 
-Each command runs as a fresh process on a synthetic cache (``suite.fake_embeddings``, written
-with ``suite.write_fake_cache``); its wall time and peak memory are measured from outside:
+Each command runs as a fresh process on a synthetic cache (``common.fake_embeddings``, written
+with ``common.write_fake_cache``); its wall time and peak memory are measured from outside:
 ``peak_rss_mib`` is the largest resident size of any one process of the run (the command or one
 of its joblib workers), sampled from /proc every 0.2 s (the command's own rusage is kept as
 ``rusage_maxrss_mib``: it also counts this process's pages shared between fork and exec);
@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import suite
+from . import common
 
 SCALES = {"200k": 200_000, "1m": 1_000_000}
 
@@ -62,7 +62,7 @@ def measure(cmd: list[str], env=None, log_path: Path | None = None) -> dict:
     """Runs ``cmd``; returns seconds, exit code, peak single-process and tree RSS (MiB)."""
     t0 = time.perf_counter()
     out = open(log_path, "w") if log_path else subprocess.DEVNULL
-    proc = subprocess.Popen(cmd, cwd=suite.ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=common.ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     peak = {"one": 0.0, "tree": 0.0}
     done = threading.Event()
 
@@ -95,13 +95,13 @@ def run_scale(n: int, work: Path, prlimit_as: int | None = None, memory_gb: str 
         :func:`measure` and each command's SVM method (from run.json / summary.json).
     """
     features, out = work / "features", work / "out"
-    X, y = suite.fake_embeddings(n)
-    settings = suite.write_fake_cache(features, X, y)
+    X, y = common.fake_embeddings(n)
+    settings = common.write_fake_cache(features, X, y)
     del X
-    flags = ["--features", str(features), "--dataset", suite.FAKE_DATASET, "--out", str(out),
+    flags = ["--features", str(features), "--dataset", common.FAKE_DATASET, "--out", str(out),
              "--weights", "none", "--size", str(settings.size), "--memory-gb", memory_gb]
     prefix = ["prlimit", f"--as={prlimit_as}"] if prlimit_as else []
-    env = dict(os.environ, PYTHONPATH=str(suite.ROOT), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONPATH=str(common.ROOT), PYTHONUNBUFFERED="1")
     res: dict = {"n": n, "dim": 512, "prlimit_as": prlimit_as, "memory_gb": memory_gb}
     for name, module in (("compare", ["classify", "compare"]), ("audit", ["classify.audit"])):
         say(f"{name} on {n:,} x 512 ...")
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=None, help="rows (overrides --scale)")
     p.add_argument("--prlimit-as", type=int, default=None, help="run under prlimit --as=BYTES")
     p.add_argument("--memory-gb", default="auto", help="MEMORY_GB passed to both commands")
-    p.add_argument("--work", default=str(suite.ROOT / "bench" / "work" / "scale"))
+    p.add_argument("--work", default=str(common.ROOT / "bench" / "work" / "scale"))
     p.add_argument("--json", default=None, help="write the results here (default: bench/scale-<tag>.json)")
     args = p.parse_args(argv)
     n = args.n or SCALES[args.scale]
@@ -145,9 +145,9 @@ def main(argv=None) -> int:
     res = run_scale(n, work, args.prlimit_as, args.memory_gb,
                     say=lambda m: print(f"[bench.scale {time.strftime('%H:%M:%S')}] {m}", file=sys.stderr, flush=True))
     res.update(keys(res, tag))
-    res["machine"] = suite.machine()
+    res["machine"] = common.machine()
     res["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    path = Path(args.json or suite.ROOT / "bench" / f"scale-{tag}.json")
+    path = Path(args.json or common.ROOT / "bench" / f"scale-{tag}.json")
     path.write_text(json.dumps(res, indent=2, default=str) + "\n")
     print(json.dumps({k: v for k, v in res.items() if k.endswith(tag)}, indent=2))
     return 0 if res["compare"]["rc"] == 0 and res["audit"]["rc"] == 0 else 1
@@ -161,7 +161,7 @@ def scale_section(folder: Path | None = None) -> list[str]:
     """The "Stage 2 at scale" section of BENCHMARKS.md, from the ``bench/scale-*.json`` files of
     one-off runs (``python -m bench.scale``) and ``bench/svm-methods.json``; kept across
     ``make bench`` runs, which rewrite the rest of the file."""
-    folder = Path(folder or suite.ROOT / "bench")
+    folder = Path(folder or common.ROOT / "bench")
     lines = ["## Stage 2 at scale (issue 14)", "",
              "One-off runs of `python -m bench.scale` (fresh processes, default heads, synthetic "
              "vectors of `make bench`); peak = the largest resident size of any one process of "

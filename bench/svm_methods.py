@@ -2,7 +2,7 @@
 
 Each fit runs in a fresh process, so its peak resident memory is its own. Three data sets:
 scikit-learn's digits (1,797 x 64, 10 classes, real), the synthetic embeddings of ``make bench``
-(``suite.fake_embeddings``: nearly linear) and a "ring" made from them (the label is whether a
+(``common.fake_embeddings``: nearly linear) and a "ring" made from them (the label is whether a
 2-D projection lies outside its median radius: only a non-linear head can learn it). Each is
 split 80/20 with a fixed seed; every fit is StandardScaler + ``GramRBFSVC`` as in the ``svm``
 head. The numbers feed the constants of :mod:`classify.budget` and BENCHMARKS.md.
@@ -22,7 +22,7 @@ import tempfile
 
 import numpy as np
 
-from . import suite
+from . import common
 
 SETS = ("digits", "linear", "ring")
 
@@ -52,7 +52,7 @@ def dataset(name: str, n: int):
 
         X, y = load_digits(return_X_y=True)
         return X.astype(np.float32), y
-    X, y = suite.fake_embeddings(n, seed=1, sep=2.6 if name == "linear" else 0.0)
+    X, y = common.fake_embeddings(n, seed=1, sep=2.6 if name == "linear" else 0.0)
     if name == "ring":
         P = (X - X.mean(0)) @ np.random.default_rng(0).normal(size=(X.shape[1], 2))
         r = np.hypot(P[:, 0], P[:, 1])
@@ -63,10 +63,10 @@ def dataset(name: str, n: int):
 def one_fit(name: str, n: int, method: str, m: int) -> dict:
     """Fits once in a child process; returns its seconds, accuracy and peak RSS (MiB)."""
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
-        fh.write(ONE_FIT.format(root=str(suite.ROOT), name=name, n=n, method=method, m=max(m, 1)))
+        fh.write(ONE_FIT.format(root=str(common.ROOT), name=name, n=n, method=method, m=max(m, 1)))
     proc = subprocess.run([sys.executable, "-c", f"import resource, runpy; runpy.run_path({fh.name!r}); "
                            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
-                          capture_output=True, text=True, cwd=suite.ROOT)
+                          capture_output=True, text=True, cwd=common.ROOT)
     if proc.returncode:
         return {"method": method, "components": m, "error": proc.stderr[-500:]}
     lines = proc.stdout.strip().splitlines()
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=12420, help="rows of the synthetic sets")
     p.add_argument("--sets", default=",".join(SETS))
     p.add_argument("--components", default="128,256,512,1024", help="Nystroem components to try")
-    p.add_argument("--json", default=str(suite.ROOT / "bench" / "svm-methods.json"))
+    p.add_argument("--json", default=str(common.ROOT / "bench" / "svm-methods.json"))
     args = p.parse_args(argv)
     sets = []
     for name in args.sets.split(","):

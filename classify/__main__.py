@@ -15,6 +15,7 @@ def parse(argv=None) -> argparse.Namespace:
     c = sub.add_parser("compare", help="train, cross-validate and compare the heads")
     add_features_args(c)
     add_heads_args(c)
+    c.set_defaults(test_size=None)  # not given: 0.2 without split folders; given beside them: refused
     c.add_argument("--groups", choices=["none", "dups"], default="none",
                    help="dups: keep each duplicate cluster on one side of every split (GROUPS)")
     c.add_argument("--tune", default="auto", choices=["auto", "1", "0"],
@@ -57,6 +58,19 @@ def compare_matrix(args: argparse.Namespace) -> int:
     return 0
 
 
+def console_answer(table) -> str:
+    """What compare prints last: the headline (best head, tied heads, scores with 95%
+    intervals) and the compact table, best first and marked, within 100 columns; the full table
+    is comparison.csv."""
+    import textwrap
+
+    from .answer import WIDTH, answer_of, compact_table
+
+    answer = answer_of(table)
+    return (f"{textwrap.fill(answer.headline(), WIDTH)}\n\n{compact_table(answer)}\n"
+            "(* best; every column, p values and timings: comparison.csv)")
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     from .data import DataError
@@ -65,7 +79,7 @@ def main(argv=None) -> int:
         if args.command == "compare" and args.backbones:
             return compare_matrix(args)
         if args.command == "compare":
-            from .compare import compare, format_table
+            from .compare import compare
 
             with engine(args.engine):
                 table = compare(args.features, settings_from(args), args.out, heads=args.heads,
@@ -77,7 +91,7 @@ def main(argv=None) -> int:
                                 memory_gb=args.memory_gb, tune=args.tune, stale=args.stale,
                                 normalize=args.normalize, shots=args.shots, shot_draws=args.shot_draws)
             print()
-            print(format_table(table))
+            print(console_answer(table))
             print(f"\noutputs in {args.out}/: comparison.csv, predictions.csv, reports/, models/, "
                   "figures/, run.json" + "".join(f", {f}" for f in ("tuning.csv", "fewshot.csv")
                                                  if (Path(args.out) / f).is_file()))

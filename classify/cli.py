@@ -64,7 +64,8 @@ def add_heads_args(p: argparse.ArgumentParser) -> None:
     DUP_THRESHOLD, MEMORY_GB."""
     p.add_argument("--heads", default="logreg,svm,mlp", help="HEADS")
     p.add_argument("--seed", type=int, default=42, help="SEED")
-    p.add_argument("--test-size", type=float, default=0.2, help="TEST_SIZE")
+    p.add_argument("--test-size", type=float, default=0.2,
+                   help="TEST_SIZE: hold-out fraction when IN has no split folders (default 0.2)")
     p.add_argument("--folds", type=int, default=5, help="FOLDS")
     p.add_argument("--repeats", default="auto",
                    help="repeats of the cross-validation, or auto: 3 up to 5,000 training images, else 1 (REPEATS)")

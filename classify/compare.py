@@ -2,170 +2,41 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import hashlib
-import io
-import json
 import platform
 import time
-import warnings
-import zipfile
 from pathlib import Path
 
 import joblib
 import numpy as np
 import pandas as pd
 import sklearn
-from sklearn.base import clone
-from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, classification_report, top_k_accuracy_score
+from sklearn.metrics import accuracy_score, classification_report, top_k_accuracy_score
 
-from extract.atomic import atomic_write, write_csv, write_json
+from extract.atomic import write_csv, write_json
 from extract.model import Settings
 
 from .data import (DataError, Features, assign_split, check_coverage, check_input, content_key, copies_across,
-                   eval_split_of, features_command, require_two_classes, tune_split_of,
+                   eval_split_of, features_command, require_two_classes, test_size_for, tune_split_of,
                    cv_folds, describe_conflict, label_conflicts, load_features, unit_ids)
 from . import curves, fewshot, stats
+from .answer import answer_of
 from .budget import apply_plan, plan_for
 from .dups import cached_duplicates, share_warning
-from .knn import check_normalize, normalize_vectors
-from .heads import (GRIDS, INNER_FOLDS, candidates, decision_values, fit_head, fixed_head, format_settings,
+from .heads.knn import check_normalize, normalize_vectors
+from .fits import CV_METRIC, cv_score, fit_all, select_on_validation, tuning_note
+from .fits import _fit, fit_all as _fit_all, select_on_validation as _select_on_validation  # noqa: F401 (importers)
+from .heads import (GRIDS, INNER_FOLDS, decision_values, fixed_head, format_settings,
                     labels_of, outputs, select_heads)
+from .models import MODEL_SUFFIX, TRUSTED_TYPES, load_model, model_sidecar, read_sidecar, save_model  # noqa: F401
+from .notices import class_counts_line, plural, random_weights_banner, split_like_warning
 from .outdir import check_out_dir, new_run
 
 TIMING_COLUMNS = ["fit_seconds", "cv_seconds"]
 TOP_K, TOP_K_FROM = 5, 6  # top5_accuracy is reported from 6 classes (with 5 it is always 1)
 AUTO_REPEATS_UP_TO = 5000  # REPEATS=auto: 3 repeats up to this many training images, else 1
 TUNE_AUTO_UP_TO = 20_000  # TUNE=auto tunes up to this many training images (see choose_tuning)
-
-
-def _fit(name: str, fold: int, model, X, y, train_idx, test_idx, groups=None):
-    """One unit of parallel work: fit (tuning included) on train_idx; score on test_idx (a CV
-    fold, or the validation folder) or return the model. ``groups``: every row's duplicate
-    cluster (``GROUPS=dups``), kept whole by the splits inside the fit.
-
-    Returns:
-        (name, fold, the model or the score, seconds, the head's chosen settings).
-    """
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        warnings.simplefilter("ignore", FitFailedWarning)  # a candidate that cannot fit a small inner fold
-        warnings.simplefilter("ignore", UserWarning)  # a class missing from an inner fold's predictions
-        model, chosen = fit_head(model, X[train_idx], y[train_idx], private=True,  # a fresh copy
-                                 groups=None if groups is None else groups[train_idx])
-    seconds = time.perf_counter() - t0
-    if test_idx is None:
-        return name, fold, model, seconds, chosen
-    return name, fold, cv_score(y[test_idx], model.predict(X[test_idx])), seconds, chosen
-
-
-CV_METRIC = "balanced_accuracy"
-
-
-def cv_score(y_true, y_pred) -> float:
-    """The cross-validation score (and ``balanced_accuracy``): the mean recall of the classes.
-
-    It equals accuracy on balanced data and does not reward ignoring a small class; ``cv_mean``
-    picks the best head (predict's default, the report's mark).
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # a class predicted but absent from the fold
-        return float(balanced_accuracy_score(y_true, y_pred))
-
-
-# Every type a saved model may contain beyond those skops trusts by default. Loading refuses a
-# file that holds any other (see load_model); a new field of a head with a new type must be added.
-TRUSTED_TYPES = (
-    "classify.heads.CalibratedSVC",
-    "classify.heads.GramRBFSVC",
-    "classify.heads.GroupedMLPClassifier",
-    "classify.heads.RowBlockScaler",
-    "classify.knn.KNNClassifier",
-    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
-)
-MODEL_SUFFIX = ".skops"
-
-
-def model_sidecar(path: Path) -> Path:
-    """The JSON file beside a model: its metadata, readable without loading the model."""
-    return Path(path).with_suffix(".json")
-
-
-def save_model(path: Path, bundle: dict) -> None:
-    """Saves a head (``bundle["model"]``) with its metadata as a skops file, and a JSON sidecar.
-
-    skops' format stores the objects' state, never code: loading it builds only types on an
-    explicit list (:data:`TRUSTED_TYPES` and skops' own defaults), so a replaced file cannot run
-    anything. The sidecar repeats the metadata (and the file's SHA-256, which tells a changed
-    file from the one this run wrote; it is not what keeps loading safe).
-    """
-    import skops.io as sio
-
-    data = sio.dumps(bundle)
-    atomic_write(path, lambda fh: fh.write(data))
-    info = {k: v for k, v in bundle.items() if k != "model"}
-    info["sha256"] = hashlib.sha256(data).hexdigest()
-    info["format"] = "skops"
-    write_json(model_sidecar(path), info)
-
-
-def read_sidecar(path) -> dict:
-    """The JSON object of a model's sidecar.
-
-    Raises:
-        DataError: missing, not JSON, or JSON that is not an object.
-    """
-    side = model_sidecar(path)
-    try:
-        info = json.loads(side.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read {side} ({err}); it must be the JSON object make compare writes "
-                        f"beside {Path(path).name}: run make compare to re-create both") from None
-    if not isinstance(info, dict):
-        raise DataError(f"{side} holds a JSON {type(info).__name__}, not a JSON object; it must be "
-                        f"the object make compare writes beside {Path(path).name}: run make compare "
-                        "to re-create both")
-    return info
-
-
-def load_model(path) -> dict:
-    """Loads a head saved by :func:`save_model`, building only trusted types.
-
-    Raises:
-        DataError: the file or its sidecar is missing or damaged, the file changed since it was
-            written, is not a skops file (e.g. a pickle), or holds a type that is not trusted.
-    """
-    import skops.io as sio
-
-    path = Path(path)
-    if not path.is_file() or not model_sidecar(path).is_file():
-        raise DataError(f"model {path} (with its sidecar {model_sidecar(path).name}) not found; "
-                        "run make compare first")
-    expected = read_sidecar(path).get("sha256")
-    data = path.read_bytes()  # checked and loaded from the same bytes
-    redo = "run make compare to re-create it"
-    if expected != hashlib.sha256(data).hexdigest():
-        raise DataError(f"refusing to load {path}: its SHA-256 does not match "
-                        f"{model_sidecar(path).name}, so it changed after this tool wrote it; {redo}")
-    if not zipfile.is_zipfile(io.BytesIO(data)):
-        raise DataError(f"refusing to load {path}: it is not a skops model file (a pickle, perhaps; "
-                        f"this tool never opens pickles, because they run code when loaded); {redo}")
-    try:
-        untrusted = sorted(set(sio.get_untrusted_types(data=data)) - set(TRUSTED_TYPES))
-    except Exception as err:  # a damaged or hand-made archive: any parsing error
-        raise DataError(f"refusing to load {path}: not a readable skops file ({err}); {redo}") from None
-    if untrusted:
-        raise DataError(f"refusing to load {path}: it holds untrusted type(s) {', '.join(untrusted)}, "
-                        f"which this tool never writes; {redo}")
-    try:
-        bundle = sio.loads(data, trusted=list(TRUSTED_TYPES))
-    except Exception as err:
-        raise DataError(f"refusing to load {path}: skops cannot load it ({err}); {redo}") from None
-    if not isinstance(bundle, dict):
-        raise DataError(f"{path} does not hold a saved head (a dict with the model); {redo}")
-    return bundle
 
 
 def format_table(df: pd.DataFrame) -> str:
@@ -179,11 +50,11 @@ def format_table(df: pd.DataFrame) -> str:
 
 
 def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,mlp",
-            seed: int = 42, test_size: float = 0.2, folds: int = 5, jobs: int | None = None,
+            seed: int = 42, test_size: float | None = None, folds: int = 5, jobs: int | None = None,
             in_dir: str = "in", fallback_none: bool = False, log=print, groups: str = "none",
-            dup_threshold="auto", dataset: str | None = None,
-            repeats: int | str = "auto", memory_gb="auto", tune: str = "auto",
-            stale: str = "stop", normalize: str = "none", shots="", shot_draws=fewshot.DEFAULT_DRAWS) -> pd.DataFrame:
+            dup_threshold="auto", dataset: str | None = None, repeats: int | str = "auto", memory_gb="auto",
+            tune: str = "auto", stale: str = "stop", normalize: str = "none", shots="",
+            shot_draws=fewshot.DEFAULT_DRAWS) -> pd.DataFrame:
     """Trains, cross-validates and evaluates the heads; writes one whole run to ``out_dir``.
 
     The run is written into a temporary folder beside ``out_dir`` and swapped into place when
@@ -198,7 +69,8 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         out_dir: where the outputs go (OUT).
         heads: comma-separated head names (HEADS).
         seed: random state of the heads, the folds and the hold-out (SEED).
-        test_size: hold-out fraction when the input has no split folders (TEST_SIZE).
+        test_size: hold-out fraction when the input has no split folders (TEST_SIZE; None: not
+            given, 0.2; refused beside split folders, see :func:`classify.data.test_size_for`).
         folds: cross-validation folds on the training part (FOLDS).
         jobs: parallel workers (default: every core).
         in_dir: IN: the input folder, whose images are checked against the cache's (the folder
@@ -224,12 +96,8 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
             every fit (see :func:`choose_tuning`); ``0`` keeps the fixed settings.
         stale: ``stop`` or ``ok`` (STALE): whether images added to or removed from IN since
             ``make features`` stop the run, or the cache is used as it is.
-        normalize: ``none`` or ``l2`` (NORMALIZE): with ``l2`` every head (the learning and
-            few-shot curves, and the saved models through ``make predict``, included) sees the
-            vectors scaled to length 1; the cache and its key are unchanged.
-        shots: ``SHOTS``, comma-separated k's (e.g. ``1,2,4,8,16``; empty: none): few-shot curves,
-            ``fewshot.csv`` and ``figures/fewshot.png`` (see :mod:`classify.fewshot`).
-        shot_draws: ``SHOT_DRAWS``, draws per k.
+        normalize: ``none`` or ``l2`` (NORMALIZE): every head sees unit vectors; the cache is unchanged.
+        shots, shot_draws: SHOTS (e.g. ``1,2,4``; empty: none) and SHOT_DRAWS (:mod:`classify.fewshot`).
 
     Returns:
         The comparison table (also written to ``out_dir/comparison.csv``), with each head's chosen
@@ -246,16 +114,67 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     """
     t_start = time.perf_counter()
     models = select_heads(heads, seed)
-    normalize = check_normalize(normalize)
-    shot_list, shot_draws = fewshot.parse_shots(shots), fewshot.check_draws(shot_draws)
+    normalize, shots, shot_draws = check_normalize(normalize), fewshot.parse_shots(shots), fewshot.check_draws(shot_draws)
     if groups not in ("none", "dups"):
         raise ValueError(f"GROUPS must be 'none' or 'dups'; received {groups!r}")
     check_out_dir(out_dir)
+    data = load_and_split(features_dir, settings, out_dir, in_dir, dataset, fallback_none, stale, test_size,
+                          seed, groups, dup_threshold, normalize, log)
+    plan = plan_run(data, models, heads, seed, folds, repeats, tune, memory_gb, jobs, groups, log)
+    fits = fit_and_cross_validate(data, plan, log)
+    with new_run(out_dir) as out:
+        comparison, probas = evaluate(out, data, plan, fits, seed, log)
+        extras = write_figures_and_curves(out, data, plan, fits, comparison, probas, seed, log)
+        extras["fewshot"] = write_fewshot(out, data, plan, heads, shots, shot_draws, seed, log, extras["figures"])
+        write_run_json(out, data, plan, fits, comparison, extras,
+                       {"seed": seed, "groups": groups, "seconds": time.perf_counter() - t_start})
+    return comparison
+
+
+@dataclasses.dataclass
+class Data:
+    """The loaded input and its split (:func:`load_and_split`)."""
+
+    feats: Features
+    test_size: float
+    conflicts: list
+    dups: object  # classify.dups' duplicates of the vectors
+    cluster: np.ndarray
+    role: pd.Series  # train, eval, tune or "" per row
+    split_rule: str
+    crossing: list  # evaluated images that are exact copies of training ones
+    class_names: list[str]
+    train_idx: np.ndarray
+    eval_idx: np.ndarray
+    valid_idx: np.ndarray
+    leaked: np.ndarray  # per evaluated image: has a duplicate in the training part
+    normalize: str  # NORMALIZE
+    X: np.ndarray  # the vectors every head sees: the cache's, NORMALIZE applied (the one place)
+
+    @property
+    def man(self) -> pd.DataFrame:
+        return self.feats.manifest
+
+    @property
+    def y(self) -> np.ndarray:
+        return self.man["label"].astype(str).to_numpy()
+
+
+def load_and_split(features_dir, settings: Settings, out_dir, in_dir: str, dataset: str | None,
+                   fallback_none: bool, stale: str, test_size, seed: int, groups: str, dup_threshold,
+                   normalize: str, log) -> Data:
+    """Step 1: loads and checks the cache of IN, finds duplicates, and splits it into the
+    training part, the evaluated images and the validation folder (see :func:`compare`).
+
+    Raises:
+        DataError: as :func:`compare` says.
+    """
     feats: Features = load_features(features_dir, settings, in_dir=in_dir, fallback_none=fallback_none,
                                     dataset=dataset)
     check_input(feats, in_dir, features_command(settings, in_dir, str(features_dir), dataset), stale, log, dataset)
     man = feats.manifest
     require_two_classes(feats)
+    test_size = test_size_for(man, test_size)
     conflicts = label_conflicts(man)
     for conflict in conflicts:
         log(describe_conflict(conflict))
@@ -269,164 +188,282 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
     split_rule += f"; {unit} kept whole{side} in one fold"
     crossing = copies_across(man, role)
     if crossing:
-        log(f"warning: {len(crossing)} evaluated images are exact copies of training images (e.g. "
+        log(f"warning: {_copies(len(crossing))} of training images (e.g. "
             f"{crossing[0]}); split folders are your decision and are kept, so accuracy counts them: "
             "read accuracy_no_dups, or delete the copies or move them into one split")
     class_names = check_coverage(man, role, log)
-    train_idx = np.flatnonzero(role.to_numpy() == "train")
-    eval_idx = np.flatnonzero(role.to_numpy() == "eval")
+    roles = role.to_numpy()
+    train_idx, eval_idx = np.flatnonzero(roles == "train"), np.flatnonzero(roles == "eval")
     # the validation folder's images of classes that are trained on (others are ignored, as said)
-    valid_idx = np.flatnonzero((role.to_numpy() == "tune") & man["label"].astype(str).isin(class_names).to_numpy())
+    valid_idx = np.flatnonzero((roles == "tune") & man["label"].astype(str).isin(class_names).to_numpy())
     if len(class_names) < 2:
         raise DataError(f"only {len(class_names)} class ({', '.join(map(repr, class_names))}) has "
                         "training images; a classifier needs at least two: add images")
     if not len(eval_idx):
         raise DataError("no images to evaluate on: add images (a class needs 3 different ones to "
                         "hold one out), or a test/ folder beside train/")
-    y = man["label"].astype(str).to_numpy()
-    fold_groups = _fold_groups(man, cluster if groups == "dups" else None)
+    leaked = dups.partners_in(roles == "train")[eval_idx]  # eval image with a train duplicate
+    return Data(feats, test_size, conflicts, dups, cluster, role, split_rule, crossing, class_names,
+                train_idx, eval_idx, valid_idx, leaked, normalize, normalize_vectors(feats.X, normalize))
+
+
+@dataclasses.dataclass
+class Plan:
+    """What will be fitted, on which folds, how tuned and how many at once (:func:`plan_run`)."""
+
+    models: dict
+    mode: str  # valid, nested or off (choose_tuning)
+    tuning_rule: str
+    split_use: dict
+    repeats: int
+    fold_sets: list  # per repeat: (folds, fold id per training row)
+    fold_groups: np.ndarray
+    inner_groups: np.ndarray | None  # GROUPS=dups: the splits inside every fit keep these whole
+    budget: object  # classify.budget's memory plan
+    n_jobs: int
+
+    @property
+    def fold_list(self) -> list:
+        return [f for fl, _ in self.fold_sets for f in fl]
+
+    @property
+    def fold_ids(self) -> list[tuple[int, int]]:
+        return [(r, k) for r, (fl, _) in enumerate(self.fold_sets) for k in range(len(fl))]
+
+    @property
+    def n_folds(self) -> int:
+        return len(self.fold_sets[0][0])
+
+
+def plan_run(data: Data, models: dict, heads: str, seed: int, folds: int, repeats, tune, memory_gb,
+             jobs, groups: str, log) -> Plan:
+    """Step 2: the folds (and their repeats), the tuning mode, what each split is used for, the
+    memory plan; logs them, then the classes and what could mislead (:func:`log_notices`)."""
+    man, y, train_idx, eval_idx = data.man, data.y, data.train_idx, data.eval_idx
+    fold_groups = _fold_groups(man, data.cluster if groups == "dups" else None)
     repeats = choose_repeats(repeats, len(train_idx))
     fold_sets = [cv_folds(y[train_idx], fold_groups[train_idx], folds, seed + r,
                           log if r == 0 else (lambda *_a, **_k: None)) for r in range(repeats)]
-    fold_of = fold_sets[0][1]
-    fold_ids = [(r, k) for r, (fl, _) in enumerate(fold_sets) for k in range(len(fl))]
-    fold_list = [f for fl, _ in fold_sets for f in fl]
     n_folds = len(fold_sets[0][0])
-    X = normalize_vectors(feats.X, normalize)  # the one place: every head below sees these
-    log(f"features {feats.key}: {len(man)} images, {X.shape[1]} dims"
-        f"{'' if normalize == 'none' else f' (NORMALIZE={normalize})'}; {split_rule}; "
+    norm = "" if data.normalize == "none" else f" (NORMALIZE={data.normalize})"
+    log(f"features {data.feats.key}: {len(man)} images, {data.X.shape[1]} dims{norm}; {data.split_rule}; "
         f"{len(train_idx)} train, {len(eval_idx)} evaluated; {n_folds}-fold CV"
         f"{f' x {repeats} repeats' if repeats > 1 else ''}; "
         f"heads {', '.join(models)}")
-    leaked = dups.partners_in(role.to_numpy() == "train")[eval_idx]  # eval image with a train duplicate
-    log(f"duplicates: {dups.rule}; search: {dups.search}; {int(leaked.sum())} of {len(eval_idx)} "
-        "evaluated images have a duplicate in the training part")
-    mode, tuning_rule = choose_tuning(tune, len(train_idx), tune_split_of(man) if len(valid_idx) else None)
+    log(f"duplicates: {data.dups.rule}; search: {data.dups.search}; {int(data.leaked.sum())} of "
+        f"{plural(len(eval_idx), 'evaluated image')} {'has' if len(eval_idx) == 1 else 'have'} a "
+        "duplicate in the training part")
+    valid = tune_split_of(man)
+    mode, tuning_rule = choose_tuning(tune, len(train_idx), valid if len(data.valid_idx) else None)
     if mode == "nested":
         models = select_heads(heads, seed, tune=True)
-    split_use = _split_use(man, mode, {"train": len(crossing)}, tune)
+    copies = {"train": len(data.crossing)}
     if mode == "valid":
-        chose = copies_across(man, role, of="tune")
+        chose = copies_across(man, data.role, of="tune")
         if chose:
-            log(f"warning: {len(chose)} evaluated images are exact copies of {tune_split_of(man)}/ images "
+            log(f"warning: {_copies(len(chose))} of {valid}/ images "
                 f"(e.g. {chose[0]}), which choose each head's settings, so the test score is not "
                 "independent of that choice: delete the copies or move them into one split")
-            split_use = _split_use(man, mode, {"train": len(crossing), tune_split_of(man): len(chose)}, tune)
+            copies[valid] = len(chose)
+    split_use = _split_use(man, mode, copies, tune)
     log(f"tuning: {tuning_rule}")
     log("splits: " + "; ".join(f"{name}: {use}" for name, use in split_use.items()))
-    plan = plan_for(models, X, len(train_idx), memory_gb, jobs, log)
-    n_jobs = plan.n_jobs
-    tuning_rows = []
-    inner_groups = fold_groups if groups == "dups" else None  # splits inside each fit keep clusters whole
-    if mode == "valid":
-        models, tuning_rows = _select_on_validation(models, X, y, train_idx, valid_idx, n_jobs, log,
-                                                    inner_groups)
-    fitted, cv_scores, fit_seconds, cv_seconds, chosen = _fit_all(models, X, y, train_idx, fold_list, n_jobs,
-                                                                  inner_groups)
-    if mode == "nested":
+    budget = plan_for(models, data.X, len(train_idx), memory_gb, jobs, log)
+    log_notices(man, data.feats.meta, log)
+    note = tuning_note(models, mode, sum(len(fl) for fl, _ in fold_sets) + 1)
+    if note:
+        log(note)
+    return Plan(models, mode, tuning_rule, split_use, repeats, fold_sets, fold_groups,
+                fold_groups if groups == "dups" else None, budget, budget.n_jobs)
+
+
+@dataclasses.dataclass
+class Fits:
+    """Every head fitted on the training part and cross-validated (:func:`fit_and_cross_validate`)."""
+
+    models: dict  # the unfitted heads, with the validation folder's choice when there is one
+    fitted: dict
+    cv_scores: dict
+    fit_seconds: dict
+    cv_seconds: dict
+    chosen: dict  # per head: {"final": settings, "folds": [settings per CV fit]}
+    tuning_rows: list
+
+
+def fit_and_cross_validate(data: Data, plan: Plan, log) -> Fits:
+    """Step 3: selects each head's settings on the validation folder (mode ``valid``), then fits
+    every head on every CV fold and on the whole training part (:func:`classify.fits.fit_all`)."""
+    models, tuning_rows = plan.models, []
+    if plan.mode == "valid":
+        models, tuning_rows = select_on_validation(models, data.X, data.y, data.train_idx, data.valid_idx,
+                                                   plan.n_jobs, log, plan.inner_groups)
+    fitted, cv_scores, fit_seconds, cv_seconds, chosen = fit_all(models, data.X, data.y, data.train_idx,
+                                                                 plan.fold_list, plan.n_jobs, plan.inner_groups)
+    if plan.mode == "nested":
         tuning_rows = [(h, f"repeat {r} fold {k}" if k >= 0 else "final", format_settings(s),
                         "" if k < 0 else round(float(cv_scores[h][i]), 6), "yes" if k < 0 else "")
                        for h in chosen for i, ((r, k), s) in enumerate(
-                           zip(fold_ids + [(0, -1)], chosen[h]["folds"] + [chosen[h]["final"]]))]
-    with new_run(out_dir) as out:
-        fold_col = np.full(len(man), "", dtype=object)
-        fold_col[train_idx] = fold_of.astype(str)
-        roles = role.replace({"": "unused", "tune": "tune" if mode == "valid" else "unused"})
-        write_csv(out / "split.csv", ["path", "label", "role", "fold"],
-                  zip(man["path"], man["label"], roles, fold_col))
-        if tuning_rows:
-            write_csv(out / "tuning.csv", ["head", "fit", "params", "score", "chosen"], tuning_rows)
-        outs = {h: outputs(m, X[eval_idx]) for h, m in fitted.items()}  # each model's one pass
-        comparison = _evaluate(out, fitted, outs, cv_scores, fit_seconds, cv_seconds, y, man, eval_idx,
-                               leaked, class_names, feats, split_rule, seed, len(train_idx),
-                               {h: chosen[h]["final"] for h in fitted}, normalize)
-        comparison = _compare_heads(comparison, cv_scores, n_folds, [len(te) for _, te in fold_list], y[eval_idx],
-                                    man["path"].to_numpy()[eval_idx],
-                                    pd.read_csv(out / "predictions.csv", keep_default_na=False,
-                                                dtype=str), log)
-        write_csv(out / "comparison.csv", list(comparison.columns), comparison.itertuples(index=False))
-        write_csv(out / "cv_scores.csv", ["head", "repeat", "fold", "score", "n_images"],
-                  ((h, r, k, round(float(s), 6), len(te)) for h in cv_scores
-                   for (r, k), s, (_, te) in zip(fold_ids, cv_scores[h], fold_list)))
-        from . import figures
-
-        probas = {h: proba for h, (proba, _) in outs.items()}
-        figure_names = figures.write_figures(out / "figures", fitted, probas, y[eval_idx], class_names)
-        settled, curve_settings = _curve_heads(models, chosen, mode, n_folds, seed)
-        for heads_of_folds in settled.values():
-            apply_plan(dict(enumerate(heads_of_folds)), plan)
-        curve = curves.learning_curves(settled, X, y, fold_sets[0][0], n_jobs, seed, rows=train_idx,
-                                       groups=inner_groups, settings=curve_settings)
-        write_csv(out / "learning_curve.csv", list(curve.columns), curve.itertuples(index=False))
-        figure_names.append(curves.plot_learning_curves(curve, out / "figures" / "learning_curve.png"))
-        reliability = curves.reliability_diagram(probas, y[eval_idx], class_names,
-                                                 out / "figures" / "reliability.png")
-        figure_names += [reliability] if reliability else []
-        figure_names.append(curves.plot_intervals(comparison, out / "figures" / "intervals.png"))
-        more_data = curves.more_data_would_help(curve)
-        log(more_data)
-        shots_info = None
-        if shot_list:
-            shots_info = _fewshot(out, heads, seed, plan, X, y, train_idx, eval_idx, shot_list, shot_draws,
-                                  n_jobs, log)
-            figure_names.append(shots_info.pop("figure"))
-        write_json(out / "run.json", {
-            "features_key": feats.key,
-            "features_folder": str(feats.folder.resolve()),
-            "extraction": _settings_of(feats.meta),
-            "weights_fallback": feats.meta.get("weights_fallback"),
-            "heads": list(models),
-            "normalize": normalize,
-            "fewshot": shots_info,
-            "seed": seed, "test_size": test_size, "folds": n_folds, "repeats": repeats,
-            "jobs": n_jobs,
-            "memory_plan": plan.as_dict(),
-            "tuning": {"mode": mode, "rule": tuning_rule, "inner_folds": INNER_FOLDS if mode == "nested" else None,
-                       "grids": {h: {k.split("__", 1)[1]: v for k, v in GRIDS[h].items()} for h in models}
-                       if mode != "off" else None,
-                       "chosen": {h: chosen[h]["final"] for h in models}},
-            "split_use": split_use,
-            "comparison_tests": {"intervals": "95%: Wilson (accuracy), corrected resampled t (CV)",
-                                 "p_vs_best": "corrected resampled paired t (Nadeau and Bengio) "
-                                              "on the fold scores",
-                                 "p_mcnemar": "McNemar's exact test on the evaluated images",
-                                 "verdict": f"p_vs_best after Holm's adjustment, at {stats.ALPHA}"},
-            "cv_metric": CV_METRIC,
-            "split_rule": split_rule,
-            "groups": groups,
-            "duplicates": {"threshold": dups.threshold if np.isfinite(dups.threshold) else None,
-                           "rule": dups.rule, "search": dups.search, "basis": dups.basis,
-                           **dups.summary(), "eval_with_train_duplicate": int(leaked.sum())},
-            "label_conflicts": conflicts,
-            "more_data": more_data,
-            "learning_curve": {"settings": curve_settings, "folds": int(curve["n_folds"].max()) if len(curve) else 0},
-            "n_images": len(man), "n_train": len(train_idx), "n_eval": len(eval_idx),
-            "class_names": class_names,
-            "classes_not_measured": [c for c in class_names if c not in measured_classes(class_names, y[eval_idx])],
-            "figures": figure_names,
-            "seconds": round(time.perf_counter() - t_start, 3),
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "versions": _versions(),
-        })
-    return comparison
+                           zip(plan.fold_ids + [(0, -1)], chosen[h]["folds"] + [chosen[h]["final"]]))]
+    return Fits(models, fitted, cv_scores, fit_seconds, cv_seconds, chosen, tuning_rows)
 
 
-def _fewshot(out: Path, heads: str, seed: int, plan, X, y, train_idx, eval_idx, shots: list[int],
-             draws: int, n_jobs: int, log) -> dict:
-    """Writes fewshot.csv and figures/fewshot.png (heads at their fixed settings, within the
-    memory plan); returns what run.json records, and the figure's name under ``figure``."""
+def evaluate(out: Path, data: Data, plan: Plan, fits: Fits, seed: int, log) -> tuple[pd.DataFrame, dict]:
+    """Step 4: writes split.csv and tuning.csv, scores every head on the evaluated images
+    (predictions.csv, reports/, models/), adds the intervals, paired tests and verdicts
+    (comparison.csv) and every fold score (cv_scores.csv).
+
+    Returns:
+        (the comparison table, {head: its probabilities on the evaluated images}).
+    """
+    man, y, eval_idx = data.man, data.y, data.eval_idx
+    fold_col = np.full(len(man), "", dtype=object)
+    fold_col[data.train_idx] = plan.fold_sets[0][1].astype(str)
+    roles = data.role.replace({"": "unused", "tune": "tune" if plan.mode == "valid" else "unused"})
+    write_csv(out / "split.csv", ["path", "label", "role", "fold"], zip(man["path"], man["label"], roles, fold_col))
+    if fits.tuning_rows:
+        write_csv(out / "tuning.csv", ["head", "fit", "params", "score", "chosen"], fits.tuning_rows)
+    outs = {h: outputs(m, data.X[eval_idx]) for h, m in fits.fitted.items()}  # each model's one pass
+    comparison = _evaluate(out, fits.fitted, outs, fits.cv_scores, fits.fit_seconds, fits.cv_seconds, y, man,
+                           eval_idx, data.leaked, data.class_names, data.feats, data.split_rule, seed,
+                           len(data.train_idx), {h: fits.chosen[h]["final"] for h in fits.fitted},
+                           data.normalize)
+    predictions = pd.read_csv(out / "predictions.csv", keep_default_na=False, dtype=str)
+    comparison = _compare_heads(comparison, fits.cv_scores, plan.n_folds, [len(te) for _, te in plan.fold_list],
+                                y[eval_idx], man["path"].to_numpy()[eval_idx], predictions, log)
+    write_csv(out / "comparison.csv", list(comparison.columns), comparison.itertuples(index=False))
+    write_csv(out / "cv_scores.csv", ["head", "repeat", "fold", "score", "n_images"],
+              ((h, r, k, round(float(s), 6), len(te)) for h in fits.cv_scores
+               for (r, k), s, (_, te) in zip(plan.fold_ids, fits.cv_scores[h], plan.fold_list)))
+    return comparison, {h: proba for h, (proba, _) in outs.items()}
+
+
+def write_figures_and_curves(out: Path, data: Data, plan: Plan, fits: Fits, comparison: pd.DataFrame,
+                             probas: dict, seed: int, log) -> dict:
+    """Step 5a: the figures, and the learning curves at each head's reported settings
+    (learning_curve.csv); logs whether more data would help.
+
+    Returns:
+        {"figures": file names, "curve": the curves' table, "curve_settings": how their settings
+        were chosen, "more_data": the sentence logged}.
+    """
+    from . import figures
+
+    y_eval = data.y[data.eval_idx]
+    figure_names = figures.write_figures(out / "figures", fits.fitted, probas, y_eval, data.class_names)
+    settled, curve_settings = _curve_heads(fits.models, fits.chosen, plan.mode, plan.n_folds, seed)
+    for heads_of_folds in settled.values():
+        apply_plan(dict(enumerate(heads_of_folds)), plan.budget)
+    curve = curves.learning_curves(settled, data.X, data.y, plan.fold_sets[0][0], plan.n_jobs, seed,
+                                   rows=data.train_idx, groups=plan.inner_groups, settings=curve_settings)
+    write_csv(out / "learning_curve.csv", list(curve.columns), curve.itertuples(index=False))
+    figure_names.append(curves.plot_learning_curves(curve, out / "figures" / "learning_curve.png"))
+    reliability = curves.reliability_diagram(probas, y_eval, data.class_names, out / "figures" / "reliability.png")
+    figure_names += [reliability] if reliability else []
+    figure_names.append(curves.plot_intervals(comparison, out / "figures" / "intervals.png"))
+    more_data = curves.more_data_would_help(curve)
+    log(more_data)
+    return {"figures": figure_names, "curve": curve, "curve_settings": curve_settings, "more_data": more_data}
+
+
+def write_run_json(out: Path, data: Data, plan: Plan, fits: Fits, comparison: pd.DataFrame, extras: dict,
+                   run: dict) -> None:
+    """Step 5b: run.json, every setting of the run and its answer (``run``: seed, groups and the
+    seconds so far)."""
+    feats, models, dups, curve = data.feats, plan.models, data.dups, extras["curve"]
+    y_eval = data.y[data.eval_idx]
+    write_json(out / "run.json", {
+        "features_key": feats.key,
+        "features_folder": str(feats.folder.resolve()),
+        "extraction": _settings_of(feats.meta),
+        "weights_fallback": feats.meta.get("weights_fallback"),
+        "heads": list(models),
+        "normalize": data.normalize,
+        "fewshot": extras["fewshot"],
+        "seed": run["seed"], "test_size": data.test_size, "folds": plan.n_folds, "repeats": plan.repeats,
+        "jobs": plan.n_jobs,
+        "memory_plan": plan.budget.as_dict(),
+        "tuning": {"mode": plan.mode, "rule": plan.tuning_rule,
+                   "inner_folds": INNER_FOLDS if plan.mode == "nested" else None,
+                   "grids": {h: {k.split("__", 1)[1]: v for k, v in GRIDS[h].items()} for h in models}
+                   if plan.mode != "off" else None,
+                   "chosen": {h: fits.chosen[h]["final"] for h in models}},
+        "split_use": plan.split_use,
+        "comparison_tests": {"intervals": "95%: Wilson (accuracy), corrected resampled t (CV)",
+                             "p_vs_best": "corrected resampled paired t (Nadeau and Bengio) "
+                                          "on the fold scores",
+                             "p_mcnemar": "McNemar's exact test on the evaluated images",
+                             "verdict": f"p_vs_best after Holm's adjustment, at {stats.ALPHA}"},
+        "cv_metric": CV_METRIC,
+        "split_rule": data.split_rule,
+        "groups": run["groups"],
+        "duplicates": {"threshold": dups.threshold if np.isfinite(dups.threshold) else None,
+                       "rule": dups.rule, "search": dups.search, "basis": dups.basis,
+                       **dups.summary(), "eval_with_train_duplicate": int(data.leaked.sum())},
+        "label_conflicts": data.conflicts,
+        "more_data": extras["more_data"],
+        "answer": answer_record(comparison),
+        "learning_curve": {"settings": extras["curve_settings"],
+                           "folds": int(curve["n_folds"].max()) if len(curve) else 0},
+        "n_images": len(data.man), "n_train": len(data.train_idx), "n_eval": len(data.eval_idx),
+        "class_names": data.class_names,
+        "classes_not_measured": [c for c in data.class_names
+                                 if c not in measured_classes(data.class_names, y_eval)],
+        "figures": extras["figures"],
+        "seconds": round(run["seconds"], 3),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+    })
+
+def write_fewshot(out: Path, data: Data, plan: Plan, heads: str, shots: list[int], draws: int, seed: int,
+                  log, figure_names: list) -> dict | None:
+    """Step 5c (``SHOTS``): fewshot.csv and figures/fewshot.png (added to ``figure_names``), every
+    head at its fixed settings within the memory plan; returns what run.json records (None
+    without shots)."""
+    if not shots:
+        return None
     models = select_heads(heads, seed)
-    apply_plan(models, plan)
-    table = fewshot.fewshot_curves(models, X, y, train_idx, eval_idx, shots, draws, seed, n_jobs, log)
+    apply_plan(models, plan.budget)
+    y, train_idx = data.y, data.train_idx
+    table = fewshot.fewshot_curves(models, data.X, y, train_idx, data.eval_idx, shots, draws, seed,
+                                   plan.n_jobs, log)
     write_csv(out / "fewshot.csv", list(table.columns), table.itertuples(index=False))
-    figure = fewshot.plot_fewshot(table, out / "figures" / "fewshot.png")
+    figure_names.append(fewshot.plot_fewshot(table, out / "figures" / "fewshot.png"))
     means = fewshot.summary(table)
     log("few-shot (mean balanced accuracy over the draws): " + "; ".join(
         f"{h} " + ", ".join(f"{k}: {m:.3f}" for k, m in zip(g["shots"], g["score_mean"]))
         for h, g in means.groupby("head", sort=False)))
     left = {str(k): v for k, v in fewshot.draw_rows(y[train_idx], shots, 1, seed)["left_out"].items() if v}
     return {"shots": shots, "draws": draws, "settings": "fixed (TUNE=0's)", "score": CV_METRIC,
-            "classes_left_out": left, "figure": figure}
+            "classes_left_out": left}
+
+
+def _copies(n: int) -> str:
+    """``1 evaluated image is an exact copy``, ``2 evaluated images are exact copies``."""
+    return (f"{plural(n, 'evaluated image')} {'is an exact copy' if n == 1 else 'are exact copies'}")
+
+
+def log_notices(man: pd.DataFrame, meta: dict, log) -> None:
+    """Logs what a reader needs before the numbers: the classes with their image counts (most
+    first), a warning when a class name looks like a split name, and a banner when the features
+    come from random weights (see :mod:`classify.notices`)."""
+    counts = man["label"].astype(str).value_counts()
+    counts = counts.sort_index().sort_values(ascending=False, kind="stable")
+    log(class_counts_line(counts.to_dict()))
+    for line in (split_like_warning(counts.index), random_weights_banner(meta.get("weights"),
+                                                                         meta.get("weights_fallback"))):
+        if line:
+            log(line)
+
+
+def answer_record(comparison: pd.DataFrame) -> dict:
+    """The answer of the run as run.json records it (:func:`classify.answer.answer_of` of
+    comparison.csv, the same best head by the same rule for every command that reads the run)."""
+    answer = answer_of(comparison)
+    return {"rule": "best: highest cv_mean (cross-validated balanced accuracy of the reported "
+                    "settings); tied: corrected paired t against the best, Holm-adjusted, "
+                    f"p >= {stats.ALPHA}",
+            "best": answer.best.head, "tied": [h.head for h in answer.tied],
+            "worse": [h.head for h in answer.worse], "headline": answer.headline()}
 
 
 def _curve_heads(models: dict, chosen: dict, mode: str, n_folds: int, seed: int) -> tuple[dict, str]:
@@ -511,38 +548,6 @@ def _fold_groups(man: pd.DataFrame, cluster) -> np.ndarray:
     return unit_ids(*keys)
 
 
-def _fit_all(models: dict, X, y, train_idx, fold_list, n_jobs: int, groups=None):
-    """Fits every head on every CV fold and on the whole training part, in parallel; ``groups``
-    (one id per row of X, or None) go to the splits inside each fit.
-
-    Returns:
-        ({head: fitted model}, {head: [fold scores]}, {head: fit seconds}, {head: CV seconds},
-        {head: {"final": its chosen settings, "folds": [each fold's]}}).
-    """
-    tasks = []
-    for name, model in models.items():
-        for k, (tr, te) in enumerate(fold_list):
-            tasks.append((name, k, clone(model), train_idx[tr], train_idx[te]))
-        tasks.append((name, -1, clone(model), train_idx, None))
-    # The SVM's tasks are the longest: start them first so the workers finish together.
-    tasks.sort(key=lambda t: (t[0] != "svm", t[0], t[1]))
-    results = joblib.Parallel(n_jobs=min(n_jobs, len(tasks)))(
-        joblib.delayed(_fit)(name, k, model, X, y, tr, te, groups) for name, k, model, tr, te in tasks)
-    fitted, fit_seconds, chosen = {}, {}, {n: {"folds": {}} for n in models}
-    cv_scores, cv_seconds = {n: {} for n in models}, dict.fromkeys(models, 0.0)
-    for name, k, value, seconds, settings in results:
-        if k < 0:
-            fitted[name], fit_seconds[name], chosen[name]["final"] = value, seconds, settings
-        else:
-            cv_scores[name][k], chosen[name]["folds"][k] = value, settings
-            cv_seconds[name] += seconds
-    fitted = {name: fitted[name] for name in models}
-    cv_scores = {name: np.array([v for _, v in sorted(cv_scores[name].items())]) for name in models}
-    for c in chosen.values():
-        c["folds"] = [s for _, s in sorted(c["folds"].items())]
-    return fitted, cv_scores, fit_seconds, cv_seconds, chosen
-
-
 def choose_tuning(tune, n_train: int, valid: str | None) -> tuple[str, str]:
     """``TUNE``: ``auto``, ``1`` or ``0`` -> (mode, the rule in words).
 
@@ -593,33 +598,6 @@ def _split_use(man: pd.DataFrame, mode: str, copies: dict | None = None, tune="0
     for other in sorted(set(man["split"]) - {"", "train", evaluated, valid}):
         use[other] = "not used"
     return use
-
-
-def _select_on_validation(models: dict, X, y, train_idx, valid_idx, n_jobs: int, log, groups=None):
-    """Fits every candidate of every head's grid on train, scores it on the validation folder
-    (``groups``: as in :func:`_fit_all`).
-
-    Returns:
-        ({head: the unfitted head with its best settings}, rows of tuning.csv).
-    """
-    tasks = [(name, i, clone(model).set_params(**params))
-             for name, model in models.items() for i, params in enumerate(candidates(name))]
-    results = joblib.Parallel(n_jobs=min(n_jobs, len(tasks)))(
-        joblib.delayed(_fit)(name, i, model, X, y, train_idx, valid_idx, groups) for name, i, model in tasks)
-    best = {}
-    for name, i, score, _, settings in results:  # candidates come nearest the fixed settings first:
-        if name not in best or score > best[name][1]:  # a tie keeps the plainest
-            best[name] = (i, score)
-    rows, chosen = [], {}
-    for name, i, score, _, settings in results:
-        rows.append((name, "candidate", format_settings(settings), round(float(score), 6),
-                     "yes" if best[name][0] == i else ""))
-    for name, model in models.items():
-        params = candidates(name)[best[name][0]]
-        chosen[name] = clone(model).set_params(**params)
-        log(f"tuning {name}: {format_settings({k.split('__', 1)[1]: v for k, v in params.items()})} "
-            f"scored best on the validation folder ({best[name][1]:.4f})")
-    return chosen, rows
 
 
 def _evaluate(out: Path, fitted: dict, outs: dict, cv_scores: dict, fit_seconds: dict, cv_seconds: dict, y,

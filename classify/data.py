@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from extract.cache import CacheError, caches_of_key, input_id, open_cache
+from extract.backbones import BACKBONES
 from extract.model import Settings
 
 EVAL_SPLITS = ("test", "val", "valid", "validation")
@@ -37,11 +38,54 @@ class Features:
 
 def features_command(settings: Settings, in_dir: str = "in", features: str = "features",
                      dataset: str | None = None) -> str:
-    """The ``make features`` command that creates the cache of ``settings``."""
+    """The ``make features`` command that creates the cache of ``settings`` (``SIZE`` left out
+    when the backbone's own default is meant)."""
+    size = f" SIZE={settings.size}" if settings.size is not None else ""
     return (f"make features IN={in_dir} FEATURES={features} BACKBONE={settings.backbone} "
-            f"WEIGHTS={settings.weights} SIZE={settings.size} POOLING={settings.pooling} "
+            f"WEIGHTS={settings.weights}{size} POOLING={settings.pooling} "
             f"PRECISION={settings.precision}" + (f" LAYER={settings.layer}" if settings.layer else "")
             + (f" DATASET={dataset}" if dataset else ""))
+
+
+def cached_commands(root: Path, in_dir: str, features: str, dataset: str | None = None) -> list[str]:
+    """A ready-to-copy ``make compare`` command for each setting cached for this input under
+    ``root`` (``FEATURES/<input-id>``), from each cache's meta.json; caches without a readable
+    meta.json are left out."""
+    import json
+
+    commands = []
+    for meta_path in sorted(Path(root).glob("*/meta.json")):
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(meta, dict):
+            continue
+        words = [f"make compare IN={in_dir} FEATURES={features}"]
+        if meta.get("backbone") == "imported":
+            words.append("BACKBONE=imported")
+        else:
+            words.append(f"BACKBONE={meta.get('backbone')} WEIGHTS={meta.get('weights')}")
+            if meta.get("image_size") is not None:
+                words.append(f"SIZE={meta.get('image_size')}")
+            if meta.get("pooling") not in (None, "avg"):
+                words.append(f"POOLING={meta['pooling']}")
+            if meta.get("precision") not in (None, "fp32"):
+                words.append(f"PRECISION={meta['precision']}")
+            if meta.get("layer"):
+                words.append(f"LAYER={meta['layer']}")
+        if dataset:
+            words.append(f"DATASET={dataset}")
+        commands.append(" ".join(words))
+    return commands
+
+
+def _cached_hint(root: Path, in_dir: str, features: str, dataset: str | None) -> str:
+    """The cached settings of this input as ``make compare`` commands, one per line, or ''."""
+    commands = cached_commands(root, in_dir, features, dataset)
+    if not commands:
+        return ""
+    return ("\nsettings cached for this input, ready to compare:\n" + "\n".join(f"  {c}" for c in commands))
 
 
 def _imported_folder(root: Path) -> Path:
@@ -58,11 +102,10 @@ def _imported_folder(root: Path) -> Path:
 
 def _missing(features_dir: Path, root: Path, settings: Settings, in_dir: str,
              dataset: str | None) -> DataError:
-    """The message for a cache that is not there, with what is there instead."""
+    """The message for a cache that is not there: the command that makes it, then each setting
+    cached for this input as a ready-to-copy ``make compare`` command."""
     command = features_command(settings, in_dir, str(features_dir), dataset)
-    here = sorted(p.name for p in root.glob("*") if p.is_dir() and not p.name.startswith(".")) \
-        if root.is_dir() else []
-    hint = f" (settings cached for this input: {', '.join(here)})" if here else ""
+    hint = ""
     if (features_dir / settings.key / "manifest.csv").is_file():
         hint += (f"; {features_dir / settings.key} is a cache of the layout before input folders: "
                  "the command reuses its vectors, nothing is computed again")
@@ -70,7 +113,7 @@ def _missing(features_dir: Path, root: Path, settings: Settings, in_dir: str,
         hint += ("; other inputs have this setting cached, so images they share with this one "
                  "are not computed again")
     return DataError(f"no features yet for {settings.key} of {in_dir} in {root}{hint}; make them "
-                     f"with: {command}")
+                     f"with: {command}" + _cached_hint(root, in_dir, str(features_dir), dataset))
 
 
 def load_features(features_dir, settings: Settings, in_dir: str = "in",
@@ -96,6 +139,9 @@ def load_features(features_dir, settings: Settings, in_dir: str = "in",
         root = features_dir / input_id(in_dir, dataset)
     except ValueError as err:
         raise DataError(str(err)) from None
+    if settings.backbone != "imported" and settings.backbone not in BACKBONES:
+        raise DataError(f"BACKBONE must be one of {', '.join(BACKBONES)} (or imported); received "
+                        f"{settings.backbone!r}" + _cached_hint(root, in_dir, str(features_dir), dataset))
     if settings.backbone == "imported":
         folder = _imported_folder(root)
     else:
@@ -340,6 +386,30 @@ def assign_split(manifest: pd.DataFrame, test_size: float, seed: int,
                             manifest["sha256"].astype(str).to_numpy(), test_size, seed)
     return pd.Series(role, index=manifest.index), \
         f"stratified hold-out of {test_size:g} per class, seeded by SEED={seed}"
+
+
+DEFAULT_TEST_SIZE = 0.2  # TEST_SIZE when it is not given
+
+
+def test_size_for(manifest: pd.DataFrame, test_size: float | None) -> float:
+    """``TEST_SIZE`` as given (None: not given) -> the hold-out fraction to use.
+
+    Split folders decide the split themselves, so a ``TEST_SIZE`` given beside them would be
+    silently ignored: it is refused instead, naming the folders.
+
+    Raises:
+        DataError: ``test_size`` given while the input has split folders.
+    """
+    splits = sorted(set(manifest["split"]) - {""})
+    if test_size is None:
+        return DEFAULT_TEST_SIZE
+    if splits:
+        folders = ", ".join(f"{s}/" for s in splits)
+        raise DataError(f"TEST_SIZE={test_size:g} was given, but IN has the split folders {folders}, "
+                        "which decide what is trained on and what is evaluated, so TEST_SIZE would be "
+                        "ignored: leave TEST_SIZE out, or put the class folders directly under IN "
+                        "(without split folders) to hold out TEST_SIZE of each class")
+    return float(test_size)
 
 
 def eval_split_of(manifest: pd.DataFrame) -> str | None:

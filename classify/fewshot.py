@@ -98,7 +98,7 @@ def _fit_score(name: str, k: int, d: int, model, X, y, rows, eval_rows):
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.metrics import accuracy_score
 
-    from .compare import cv_score
+    from .fits import cv_score
     from .heads import fit_head
 
     t0 = time.perf_counter()

@@ -361,7 +361,7 @@ def _classify(bundle: dict, settings: Settings, vectors: dict, n: int) -> tuple[
                                f"{settings.key} gave {X.shape[1]}; run make compare again")
     from .heads import scores
 
-    from .knn import normalize_vectors
+    from .heads.knn import normalize_vectors
 
     got_labels, got_scores = scores(bundle["model"], normalize_vectors(X, bundle.get("normalize", "none")))
     for i, lab, sc in zip(ok, got_labels, got_scores):

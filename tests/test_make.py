@@ -60,7 +60,7 @@ def test_features_then_compare(tmp_path):
     comp = pd.read_csv(out / "comparison.csv")
     assert list(comp["head"]) == ["logreg", "svm", "mlp"]
     assert (comp["accuracy"] >= 0.9).all(), comp
-    assert "balanced_accuracy" in r.stdout  # the table is printed
+    assert "Best head:" in r.stdout and "CV bal. acc." in r.stdout  # the answer and its table are printed
     pred = pd.read_csv(out / "predictions.csv")
     labels = {row["path"]: row["label"] for row in read_cache(folder)[1]}
     assert all(labels[p] == label for p, label in zip(pred["path"], pred["label"]))

@@ -93,7 +93,7 @@ def test_knn_head_agrees_with_a_brute_force_reference(tmp_path):
 
 
 def test_knn_index_above_the_exact_size_agrees_with_the_reference():
-    from classify.knn import KNNClassifier
+    from classify.heads.knn import KNNClassifier
 
     X, y = _blobs(1000, 3, seed=1)
     exact = KNNClassifier(n_neighbors=10).fit(X[:800], y[:800])
@@ -111,7 +111,7 @@ def test_knn_index_above_the_exact_size_agrees_with_the_reference():
 
 
 def test_knn_k_is_bounded_by_the_training_rows_and_checked():
-    from classify.knn import KNNClassifier
+    from classify.heads.knn import KNNClassifier
 
     X, y = _blobs(12, 2)
     model = KNNClassifier(n_neighbors=50).fit(X, y)
@@ -216,6 +216,7 @@ def _norms_seen(monkeypatch) -> list:
     from classify import heads
 
     C = importlib.import_module("classify.compare")
+    F = importlib.import_module("classify.fits")
 
     seen = []
 
@@ -225,7 +226,7 @@ def _norms_seen(monkeypatch) -> list:
             return fn(model, X, *a, **k)
         return wrapper
 
-    monkeypatch.setattr(C, "fit_head", recording(heads.fit_head))
+    monkeypatch.setattr(F, "fit_head", recording(heads.fit_head))  # compare's fits
     monkeypatch.setattr(heads, "fit_head", recording(heads.fit_head))  # the curves' fits
     monkeypatch.setattr(C, "outputs", recording(heads.outputs))
     return seen

@@ -78,7 +78,7 @@ def test_tune_0_keeps_the_fixed_settings_and_leaves_valid_unused(tmp_path):
     assert params["svm"].startswith("C=1 gamma=")
     gamma = run["tuning"]["chosen"]["svm"]["gamma"]
     assert gamma == pytest.approx(1 / 12, rel=1e-3)  # "scale" on standardised 12-wide vectors
-    assert params["mlp"] == "hidden_layer_sizes=128 alpha=0.0001 early_stopping=False"  # 120 images
+    assert params["mlp"] == "hidden_layer_sizes=128 alpha=0.0001 solver=adam early_stopping=False"  # 120 images
     roles = pd.read_csv(tmp_path / "o" / "split.csv", keep_default_na=False)
     assert (roles.loc[roles["path"].str.startswith("valid/"), "role"] == "unused").all()
 

@@ -1,4 +1,5 @@
-"""The weighted k-nearest-neighbour probe, and the L2 normalisation of the vectors (``NORMALIZE``).
+"""The weighted k-nearest-neighbour head (``knn``), and the L2 normalisation of the vectors
+(``NORMALIZE``).
 
 The probe is the one the self-supervised literature reports beside the linear probe (Caron et
 al., "Emerging Properties in Self-Supervised Vision Transformers" (DINO), 2021, section 4.1 and
@@ -24,7 +25,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .dups import EXACT_SEARCH_MAX, HNSW_EF_BUILD, HNSW_EF_SEARCH, HNSW_LINKS
+from ..dups import EXACT_SEARCH_MAX, HNSW_EF_BUILD, HNSW_EF_SEARCH, HNSW_LINKS
 
 NORMALIZE_CHOICES = ("none", "l2")
 EXACT_MAX = EXACT_SEARCH_MAX  # training rows searched exactly; above, the faiss HNSW index
@@ -174,7 +175,7 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
         from sklearn.base import clone
         from sklearn.metrics import balanced_accuracy_score
 
-        from .heads import CopyAwareFolds
+        from .folds import CopyAwareFolds
 
         ks = [int(k) for k in self.search]
         splits = list(CopyAwareFolds(self.folds, self.random_state).split(X, y, groups))
@@ -269,3 +270,32 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
         """The class with the most votes of each row."""
         proba = self.predict_proba(X)  # first: an unfitted model raises NotFittedError
         return self.classes_[proba.argmax(axis=1)]
+
+
+# The grid TUNE searches (k, bounded by the training rows when fitted), and TUNE=0's settings.
+GRID = {"knnclassifier__n_neighbors": [10, 20, 50]}
+FIXED = {"knnclassifier__n_neighbors": 20}
+
+
+def settings(est: KNNClassifier) -> dict:
+    """What the ``params`` column shows of a fitted head: k as used (searched inside its fit
+    when tuned)."""
+    return dict(est.best_params_)
+
+
+def make(seed: int):
+    """The fixed head: k=20, no scaler in front (it normalises the rows itself)."""
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(KNNClassifier(n_neighbors=20))
+
+
+def tuned(seed: int, inner, candidates: list[dict]):
+    """The tuned head: k searched inside its fit over ``candidates`` (plainest first) on the same
+    inner folds and by the same rule as the other heads' searches."""
+    from sklearn.pipeline import make_pipeline
+
+    from .folds import INNER_FOLDS
+
+    return make_pipeline(KNNClassifier(n_neighbors=20, folds=INNER_FOLDS, random_state=seed,
+                                       search=[point["knnclassifier__n_neighbors"] for point in candidates]))
