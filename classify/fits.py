@@ -65,7 +65,12 @@ def run_fits(tasks: list, X, y, n_jobs: int, groups=None, desc: str = "fits") ->
     if jobs == 1:  # no worker processes to start for work done here anyway
         results = (_fit(name, k, model, X, y, tr, te, groups) for name, k, model, tr, te in tasks)
     else:
-        results = joblib.Parallel(n_jobs=jobs, return_as="generator_unordered")(calls)
+        try:
+            results = joblib.Parallel(n_jobs=jobs, return_as="generator_unordered")(calls)
+        except ValueError as err:  # raised when made: Ray's joblib backend returns only lists
+            if "return_as" not in str(err):
+                raise
+            results = joblib.Parallel(n_jobs=jobs)(calls)  # the bar then moves once, at the end
     done = []
     with tqdm(total=len(tasks), desc=desc, unit="fit", file=sys.stderr, disable=None, delay=1.0,
               leave=False) as bar:
