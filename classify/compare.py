@@ -360,7 +360,7 @@ def write_figures_and_curves(out: Path, data: Data, plan: Plan, fits: Fits, comp
     reliability = curves.reliability_diagram(probas, y_eval, data.class_names, out / "figures" / "reliability.png")
     figure_names += [reliability] if reliability else []
     figure_names.append(curves.plot_intervals(comparison, out / "figures" / "intervals.png"))
-    more_data = curves.more_data_would_help(curve)
+    more_data = curves.more_data_would_help(curve, best=answer_of(comparison).best.head)
     log(more_data)
     return {"figures": figure_names, "curve": curve, "curve_settings": curve_settings, "more_data": more_data}
 

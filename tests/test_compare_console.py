@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from classify.answer import WIDTH
-from test_splits import fake_cache, run_compare
+from helpers import fake_cache, run_compare
 
 
 def _cli(features, out, *extra):
@@ -53,7 +53,14 @@ def test_random_weights_draw_a_banner_and_pretrained_ones_do_not(tmp_path):
     assert not any(line.startswith("RANDOM WEIGHTS") for line in logs)
 
 
-def test_the_console_ends_with_the_answer_and_a_table_best_first_within_100_columns(tmp_path, capsys):
+def test_the_console_ends_with_the_answer_and_a_table_best_first_within_100_columns(tmp_path, capsys,
+                                                                                   monkeypatch):
+    from classify import curves
+
+    asked = []  # the more-data sentence is about the answer's best head, whatever the curves say
+    sentence = curves.more_data_would_help
+    monkeypatch.setattr(curves, "more_data_would_help",
+                        lambda curve, best=None: asked.append(best) or sentence(curve, best))
     rng = np.random.default_rng(0)
     # one informative dimension among noise: the heads differ, so the order is tested
     labels = ["a"] * 30 + ["b"] * 30
@@ -73,6 +80,9 @@ def test_the_console_ends_with_the_answer_and_a_table_best_first_within_100_colu
     assert {r.lstrip("* ").split()[0] for r in rows} == set(table["head"])
     assert all(len(line) <= WIDTH for line in tail)
     assert len(table.columns) > 10  # the full table stays in comparison.csv
+    more = [line for line in text.splitlines() if "'s score " in line]  # would more images help?
+    assert len(more) == 1 and more[0].startswith(f"{best}'s score"), more  # about the same head
+    assert asked == [best]
 
 
 def test_run_json_records_the_answer_that_comparison_csv_gives(tmp_path):
