@@ -13,6 +13,7 @@ import pandas as pd
 from extract.cache import CacheError, caches_of_key, input_id, open_cache
 from extract.backbones import BACKBONES
 from extract.model import Settings
+from extract.notices import plural
 
 EVAL_SPLITS = ("test", "val", "valid", "validation")
 
@@ -247,8 +248,9 @@ def check_input(feats: Features, in_dir, command: str, stale: str = "stop", log=
         return ", ".join(paths[:STALE_EXAMPLES]) + (", ..." if len(paths) > STALE_EXAMPLES else "")
 
     what = "; ".join(part for part in (
-        f"{len(added)} images added (e.g. {some(added)})" if added else "",
-        f"{len(removed)} removed (e.g. {some(removed)})" if removed else "") if part)
+        f"{plural(len(added), 'image')} added (e.g. {some(added)})" if added else "",
+        f"{len(removed) if added else plural(len(removed), 'image')} removed (e.g. {some(removed)})"
+        if removed else "") if part)
     text = f"{folder} has changed since its features were extracted: {what}"
     if stale == "ok":
         log(f"warning: {text}; STALE=ok: the cache is used as it is ({len(feats.manifest)} images)")

@@ -329,7 +329,7 @@ def test_compare_stops_when_in_has_changed_since_the_features(tmp_path, capsys):
     with pytest.raises(DataError) as err:
         compare(features, settings, tmp_path / "out", **args)
     text = str(err.value)
-    assert "1 images added (e.g. blue/img_040.png)" in text and "1 removed (e.g. red/img_002.png)" in text
+    assert "1 image added (e.g. blue/img_040.png)" in text and "1 removed (e.g. red/img_002.png)" in text
     assert f"make features IN={in_dir} FEATURES={features}" in text and "STALE=ok" in text
     assert not (tmp_path / "out").exists()
 
@@ -340,7 +340,7 @@ def test_compare_stops_when_in_has_changed_since_the_features(tmp_path, capsys):
 
     cli = ["compare", "--in", str(in_dir), "--features", str(features), "--out", str(tmp_path / "cli"),
            "--weights", "none", "--size", "32", "--heads", "logreg", "--folds", "2"]
-    assert main(cli) == 2 and "1 images added" in capsys.readouterr().err
+    assert main(cli) == 2 and "1 image added" in capsys.readouterr().err
     assert main(cli + ["--stale", "ok"]) == 0
 
     extract_features(in_dir, features, settings, progress=False, log=lambda *_: None)  # up to date
