@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .cli import add_features_args, add_heads_args, engine, settings_from
-from .notices import plural
+from extract.notices import plural
 from .sheets import contact_sheets  # noqa: F401  (part of the audit's API)
 from .suspects import PROBA_HEADS, label_suspects, out_of_fold_probabilities  # noqa: F401
 

@@ -30,7 +30,7 @@ from .fits import _fit, fit_all as _fit_all, select_on_validation as _select_on_
 from .heads import (GRIDS, INNER_FOLDS, decision_values, fixed_head, format_settings,
                     labels_of, outputs, select_heads)
 from .models import MODEL_SUFFIX, TRUSTED_TYPES, load_model, model_sidecar, read_sidecar, save_model  # noqa: F401
-from .notices import class_counts_line, plural, random_weights_banner, split_like_warning
+from extract.notices import class_counts_line, plural, random_weights_banner, split_like_warning
 from .outdir import check_out_dir, new_run
 
 TIMING_COLUMNS = ["fit_seconds", "cv_seconds"]
@@ -445,7 +445,7 @@ def _copies(n: int) -> str:
 def log_notices(man: pd.DataFrame, meta: dict, log) -> None:
     """Logs what a reader needs before the numbers: the classes with their image counts (most
     first), a warning when a class name looks like a split name, and a banner when the features
-    come from random weights (see :mod:`classify.notices`)."""
+    come from random weights (see :mod:`extract.notices`)."""
     counts = man["label"].astype(str).value_counts()
     counts = counts.sort_index().sort_values(ascending=False, kind="stable")
     log(class_counts_line(counts.to_dict()))

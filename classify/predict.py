@@ -28,7 +28,7 @@ from extract.load import DEFAULT_MAX_PIXELS
 from extract.model import BACKBONES, Settings, WeightsUnavailable
 
 from .data import DataError
-from .notices import plural
+from extract.notices import plural
 
 COLUMNS = ["path", "head", "label", "score", "error"]
 OUTPUT = "new_predictions.csv"  # new images; never predictions.csv, compare's evaluated ones
@@ -262,7 +262,7 @@ def notices_of(bundle: dict, out_dir) -> list[str]:
     """The lines printed before the predictions: the head's classes (with the run's image counts
     from ``split.csv`` when they are the head's), the split-like-name warning and the
     random-weights banner."""
-    from .notices import class_counts_line, random_weights_banner, split_like_warning
+    from extract.notices import class_counts_line, random_weights_banner, split_like_warning
     from .remembered import class_counts, read_run
 
     names = [str(c) for c in bundle.get("class_names") or []]

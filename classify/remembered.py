@@ -208,7 +208,7 @@ def class_counts(out_dir) -> dict[str, int]:
 def notices(counts: dict, weights, fallback=None) -> list[str]:
     """The lines every command reading OUT prints first: the classes with their counts, the
     split-like-name warning and the random-weights banner (those that apply)."""
-    from .notices import class_counts_line, random_weights_banner, split_like_warning
+    from extract.notices import class_counts_line, random_weights_banner, split_like_warning
 
     lines = [class_counts_line(counts)] if counts else []
     lines += [line for line in (split_like_warning(counts), random_weights_banner(weights, fallback)) if line]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .notices import plural
+from extract.notices import plural
 
 
 def _thumb(ax, in_dir: Path, rel: str, available: bool, size: int = 160) -> None:

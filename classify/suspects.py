@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .notices import plural
+from extract.notices import plural
 
 PROBA_HEADS = ("logreg", "mlp")  # heads with predict_proba, usable for label suspects
 

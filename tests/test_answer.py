@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from classify.answer import WIDTH, answer_of, compact_table, read_answer
-from classify.notices import (class_counts_line, plural, random_weights_banner, split_like,
+from extract.notices import (class_counts_line, plural, random_weights_banner, split_like,
                               split_like_warning)
 
 

@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from conftest import run_cli, run_make, write_class_folder
+from conftest import run_cli, run_make, shape_image, write_class_folder
 
 from classify.dups import auto_threshold, cached_duplicates, content_codes, find_duplicates, \
     group_roles, nearest_k, nearest_neighbours, pairs_above, share_warning, unit_rows
@@ -18,18 +18,6 @@ from classify.dups import auto_threshold, cached_duplicates, content_codes, find
 SETTINGS = dict(weights="none", size=64)
 PLANTED = 5
 MOVED = 6
-
-
-def shape_image(seed: int, kind: str, size: int = 64) -> Image.Image:
-    """A flat background of a random colour with one ellipse or rectangle of another colour."""
-    rng = np.random.default_rng(seed)
-    im = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 256, 3)))
-    x0, y0 = (int(v) for v in rng.integers(0, size // 2, 2))
-    x1, y1 = x0 + int(rng.integers(size // 4, size // 2)), y0 + int(rng.integers(size // 4, size // 2))
-    draw = ImageDraw.Draw(im)
-    (draw.ellipse if kind == "ellipse" else draw.rectangle)(
-        [x0, y0, x1, y1], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
-    return im
 
 
 def _extract(in_dir, features_dir):

@@ -117,6 +117,18 @@ def fake_raw(**over):
     return raw
 
 
+
+def _main_results() -> dict:
+    """What the main bench writes, from fake measurements: for the tests of the shared file."""
+    main = derive(fake_raw())
+    main.update({"created": "x", "mode": "quick", "command": "c", "total_seconds": 1.0, "notes": [],
+                 "machine": {"cpu": "CPU", "cores": 2, "simd": [], "ram_gib": 1.0, "os": "Linux",
+                             "load_average_at_start": [0, 0, 0], "load_average_at_end": [0, 0, 0]},
+                 "versions": {"python": "3"},
+                 "settings": {"size": 224, "batch": 32, "rounds": 3, "precision": "fp32",
+                              "image_shape": [240, 320], "e2e_images": 128}})
+    return main
+
 def test_derive_gives_every_required_key_as_medians_of_per_round_ratios():
     out = derive(fake_raw())
     assert set(suite.REQUIRED_KEYS) <= set(out)
@@ -172,13 +184,7 @@ def test_backbones_section_is_replaced_in_place_and_kept_by_the_main_bench(tmp_p
     second = md.read_text(encoding="utf-8")
     assert second.count(BEGIN) == 1 and second.count(END) == 1 and "| 8.00 |" in second
 
-    main = derive(fake_raw())  # the main bench rewrites the file and keeps the section
-    main.update({"created": "x", "mode": "quick", "command": "c", "total_seconds": 1.0, "notes": [],
-                 "machine": {"cpu": "CPU", "cores": 2, "simd": [], "ram_gib": 1.0, "os": "Linux",
-                             "load_average_at_start": [0, 0, 0], "load_average_at_end": [0, 0, 0]},
-                 "versions": {"python": "3"},
-                 "settings": {"size": 224, "batch": 32, "rounds": 3, "precision": "fp32",
-                              "image_shape": [240, 320], "e2e_images": 128}})
+    main = _main_results()  # the main bench rewrites the file and keeps the section
     suite.write_results(main, tmp_path / "r.json", md)
     third = md.read_text(encoding="utf-8")
     assert "old table" not in third and "`rss_growth`" in third and "| 8.00 |" in third
@@ -260,13 +266,7 @@ def test_gpu_section_is_kept_by_the_main_bench(tmp_path):
     text = md.read_text()
     assert "| torch | GPU:0 (H100, 80 GiB) | bf16 | 6,000.0 | 5,400.0 | 0.900 | 900.0 | 3.0 |" in text
     assert "| `worst_bf16_min_cosine` | 0.9985 | >= 0.999 | MISSED |" in text
-    main = derive(fake_raw())
-    main.update({"created": "x", "mode": "quick", "command": "c", "total_seconds": 1.0, "notes": [],
-                 "machine": {"cpu": "CPU", "cores": 2, "simd": [], "ram_gib": 1.0, "os": "Linux",
-                             "load_average_at_start": [0, 0, 0], "load_average_at_end": [0, 0, 0]},
-                 "versions": {"python": "3"},
-                 "settings": {"size": 224, "batch": 32, "rounds": 3, "precision": "fp32",
-                              "image_shape": [240, 320], "e2e_images": 128}})
+    main = _main_results()
     suite.write_results(main, tmp_path / "r.json", md)
     again = md.read_text()
     assert again.count(BEGIN) == 1 and "| torch | GPU:0 (H100, 80 GiB) | bf16 | 6,000.0 |" in again

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from helpers import quiet
 from conftest import COLOURS, ROOT, colour_image, run_make, write_class_folder
 
 import classify
@@ -22,10 +23,6 @@ from classify.compare import load_model, save_model
 from classify.data import DataError
 
 SETTINGS = extract.Settings(weights="none", size=64)
-
-
-def quiet(*_args, **_kw):
-    pass
 
 
 @pytest.fixture(scope="module")

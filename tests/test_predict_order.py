@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from helpers import quiet
 from conftest import COLOURS, colour_image, write_class_folder
 
 import classify
@@ -11,10 +12,6 @@ import extract
 from classify import predict as P
 
 SETTINGS = extract.Settings(weights="none", size=32)
-
-
-def quiet(*_args, **_kw):
-    pass
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..notices import class_counts_line, plural, random_weights_banner, split_like_warning
+from extract.notices import class_counts_line, plural, random_weights_banner, split_like_warning
 from .markup import esc
 
 MIN_EVAL = 50  # fewer evaluated images: the accuracy interval is too wide to rank heads by
