@@ -239,7 +239,7 @@ def test_make_audit_finds_resized_copies_across_splits(planted, tmp_path):
 def test_compare_adds_leakage_aware_score_and_groups(planted, tmp_path):
     in_dir, feats, pairs = planted
     common = ["--in", in_dir, "--features", feats, "--weights", "none", "--size", "64",
-              "--heads", "logreg", "--folds", "3", "--jobs", "1"]
+              "--heads", "logreg", "--folds", "3", "--jobs", "1", "--tune", "0", "--repeats", "1"]
     proc = run_cli("classify", "compare", *common, "--out", tmp_path / "plain")
     assert proc.returncode == 0, proc.stderr
     proc = run_cli("classify", "compare", *common, "--out", tmp_path / "groups", "--groups", "dups")

@@ -94,21 +94,21 @@ def test_split_layout_end_to_end(tmp_path):
 
 def test_demo_runs_offline_to_the_end(tmp_path):
     """The whole demo pipeline (input, features, compare with its default tuning, report) on the
-    first 300 digits (DEMO_IMAGES): the full 1,797 are written by the demo's first step below."""
+    first 100 digits (DEMO_IMAGES): the full 1,797 are written by the demo's first step below."""
     demo = tmp_path / "demo"
     offline = {"KERAS_HOME": str(tmp_path / "empty-keras-home"), "HTTPS_PROXY": "http://127.0.0.1:9",
                "https_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
-    r = run_make("demo", f"DEMO={demo}", "DEMO_IMAGES=300", timeout=1500, env=offline)
+    r = run_make("demo", f"DEMO={demo}", "DEMO_IMAGES=100", timeout=1500, env=offline)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert len(list((demo / "in").rglob("*.png"))) == 300
-    assert "the first 300 of scikit-learn's digits" in r.stdout
+    assert len(list((demo / "in").rglob("*.png"))) == 100
+    assert "the first 100 of scikit-learn's digits" in r.stdout
     comp = pd.read_csv(demo / "out" / "comparison.csv")
     assert set(comp["head"]) == {"logreg", "svm", "mlp"}
     assert comp["accuracy"].max() > 0.8
     run = json.loads((demo / "out" / "run.json").read_text())
     meta = json.loads((Path(run["features_folder"]) / "meta.json").read_text())
     assert Path(run["features_folder"]).parent.parent == (demo / "features").resolve()
-    assert meta["n"] == 300 and len(meta["class_names"]) == 10
+    assert meta["n"] == 100 and len(meta["class_names"]) == 10
     assert meta["weights"] == "none"  # offline: the demo fell back, and says so
     assert "RANDOM" in r.stderr and meta["weights_fallback"]
     assert "head" in r.stdout and "accuracy" in r.stdout
@@ -126,7 +126,7 @@ def test_the_full_demo_input_is_every_digit_and_the_same_commands(tmp_path):
     assert len(list((tmp_path / "in").rglob("*.png"))) == 1797
     assert {p.name for p in (tmp_path / "in").iterdir()} == {str(d) for d in range(10)}
     full = run_make("-n", "demo", f"DEMO={tmp_path}", timeout=60)
-    part = run_make("-n", "demo", f"DEMO={tmp_path}", "DEMO_IMAGES=300", timeout=60)
+    part = run_make("-n", "demo", f"DEMO={tmp_path}", "DEMO_IMAGES=100", timeout=60)
     assert full.returncode == 0 and part.returncode == 0
     assert f'classify.demo "{tmp_path}/in" \n' in full.stdout
-    assert full.stdout.replace(f'"{tmp_path}/in" \n', f'"{tmp_path}/in" 300\n', 1) == part.stdout
+    assert full.stdout.replace(f'"{tmp_path}/in" \n', f'"{tmp_path}/in" 100\n', 1) == part.stdout
