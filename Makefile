@@ -155,7 +155,7 @@ demo: setup ## the embedded default: scikit-learn's digits as PNGs -> features -
 	$(PY) -m classify.report --in "$(DEMO)/in" --features "$(DEMO)/features" --out "$(DEMO)/out"
 
 test: setup setup-ray setup-jax test-deps ## run the test suite, Ray's and JAX's tests included (what CI runs)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder tests
 
 test-deps: ## install what the browser test needs: Debian's chromium (apt-get, as root) when missing
 	@if [ -x /usr/bin/chromium ]; then :; \

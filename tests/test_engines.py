@@ -1,8 +1,12 @@
-"""PRECISION=auto (calibrated once per machine) and the Ray engine against the local one."""
+"""ENGINE=ray against ENGINE=local: the same cache on each Keras backend, the same comparison,
+a resume after kill -9, one clear line for an unusable RAY_ADDRESS.
+
+Every test that starts Ray is here, in one module: a parallel run (`make test`, pytest-xdist
+with ``--dist loadfile``) keeps a module on one worker, so no two Ray instances start at once and
+RAY_ADDRESS=auto finds none."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,73 +14,30 @@ import pytest
 
 from conftest import write_class_folder
 from extract import Settings, extract_features, read_cache
-from extract import precision as P
 
 
 def _quiet(*_a, **_k):
     pass
 
 
-def test_auto_precision_calibrates_once_and_records_its_choice(two_class, tmp_path, monkeypatch):
-    features = tmp_path / "features"
-    logs = []
-    s = extract_features(two_class, features, Settings(weights="none", size=32, precision="auto"),
-                         progress=False, log=logs.append)
-    _, _, meta = read_cache(Path(s.folder))
-    info = meta["precision_auto"]
-    assert info["chosen"] in ("fp32", "bf16") and meta["precision"] == info["chosen"]
-    assert set(info["images_per_second"]) == {"fp32", "bf16"}
-    assert all(v > 0 for v in info["images_per_second"].values())
-    assert info["min_cosine"]["fp32"] == pytest.approx(1.0, abs=1e-6)
-    # the rule: the fastest precision whose vectors agree with fp32
-    ok = [p for p, c in info["min_cosine"].items() if c >= P.MIN_COSINE]
-    assert info["chosen"] == max(ok, key=info["images_per_second"].get)
-    assert s.key == Settings(weights="none", size=32, precision=info["chosen"]).key
-    assert "auto" not in s.key and any("PRECISION=auto" in m for m in logs)
-    remembered = json.loads((features / ".precision.json").read_text())
-    assert [v["chosen"] for m in remembered.values() for v in m.values()] == [info["chosen"]]
-
-    monkeypatch.setattr(P, "calibrate", lambda *a, **k: pytest.fail("calibrated again"))
-    again = extract_features(two_class, features, Settings(weights="none", size=32, precision="auto"),
-                             progress=False, log=_quiet)
-    assert again.key == s.key and (again.computed, again.reused) == (0, 20)
-
-    from classify.cli import settings_from
-    import argparse
-
-    args = argparse.Namespace(backbone="vgg16", weights="none", size=32, pooling="avg",
-                              precision="auto", features=str(features))
-    assert settings_from(args).key == s.key
-
-
-def test_auto_precision_without_a_calibration_is_a_clear_stage_2_error(tmp_path):
-    with pytest.raises(ValueError, match="PRECISION=auto.*make features PRECISION=auto"):
-        P.resolved_without_calibrating(Settings(weights="none", size=32, precision="auto"), tmp_path)
-
-
-def test_calibration_prefers_fp32_when_the_faster_one_disagrees(monkeypatch):
-    """A faster precision whose vectors drift below the cosine bound is not chosen."""
-    from extract import backend
-
-    def fake_embedder(settings):
-        def run(x):
-            base = np.stack([x.reshape(len(x), -1)[:, :4].sum(1), np.ones(len(x))], 1)
-            if settings.precision == "bf16":
-                base = base[:, ::-1]  # fast but different: cosine far below the bound
-            return base.astype(np.float32)
-        return run
-
-    monkeypatch.setattr(backend, "embedder", fake_embedder)
-    monkeypatch.setattr(P, "TIMED_CALLS", 1)
-    images = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
-    info = P.calibrate(Settings(weights="none", size=32), images, "CPU (2 cores)", log=_quiet)
-    assert info["min_cosine"]["bf16"] < P.MIN_COSINE and info["chosen"] == "fp32"
-
-
 # ------------------------------------------------------------------------------------ ENGINE=ray
 
 ray = pytest.importorskip("ray", reason="ENGINE=ray is optional: `make setup-ray` installs it "
                                         "(make test does)")
+
+
+def test_an_unusable_ray_address_ends_in_one_clear_line(two_class, tmp_path):
+    """RAY_ADDRESS=auto with no Ray running. Here, before the tests below start Ray: "auto"
+    connects to any Ray running on this machine (Ray's legacy rule), so this test shares the
+    module, and with it the worker of a parallel run, of every test that starts Ray."""
+    from conftest import run_cli
+
+    r = run_cli("extract", "--in", two_class, "--features", tmp_path / "f", "--weights", "none",
+                "--size", "32", "--quiet", "--engine", "ray", env={"RAY_ADDRESS": "auto"}, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "RAY_ADDRESS" in last and "auto" in last
 
 
 @pytest.fixture(scope="module", autouse=True)

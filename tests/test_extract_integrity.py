@@ -227,16 +227,6 @@ def test_a_weights_file_is_read_once_per_run(two_class, tmp_path):
 
 # ------------------------------------------------------------------ clear failures
 
-def test_an_unusable_ray_address_ends_in_one_clear_line(two_class, tmp_path):
-    pytest.importorskip("ray", reason="ENGINE=ray is optional")
-    r = run_cli("extract", "--in", two_class, "--features", tmp_path / "f", "--weights", "none",
-                "--size", "32", "--quiet", "--engine", "ray", env={"RAY_ADDRESS": "auto"}, timeout=300)
-    assert r.returncode == 2, r.stderr[-2000:]
-    assert "Traceback" not in r.stderr
-    last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "RAY_ADDRESS" in last and "auto" in last
-
-
 def test_a_full_disk_names_the_bytes_needed(two_class, tmp_path, monkeypatch):
     features = tmp_path / "features"
     s = _extract(two_class, features)
