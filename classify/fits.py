@@ -13,7 +13,7 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
 from sklearn.metrics import balanced_accuracy_score
 
-from .heads import INNER_FOLDS, candidates, fit_head, format_settings
+from .heads import INNER_FOLDS, WORKSPACE, candidates, fit_head, format_settings
 
 CV_METRIC = "balanced_accuracy"
 
@@ -38,7 +38,7 @@ def _fit(name: str, fold: int, model, X, y, train_idx, test_idx, groups=None):
         (name, fold, the model or the score, seconds, the head's chosen settings).
     """
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), WORKSPACE.reused_by(name):  # a worker's next fit of this head reuses its memory
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", FitFailedWarning)  # a candidate that cannot fit a small inner fold
         warnings.simplefilter("ignore", UserWarning)  # a class missing from an inner fold's predictions
@@ -77,6 +77,7 @@ def run_fits(tasks: list, X, y, n_jobs: int, groups=None, desc: str = "fits") ->
         for result in results:
             done.append(result)
             bar.update(1)
+    WORKSPACE.release()  # what fits in this process kept (workers drop theirs when they turn to another head)
     order = {(name, k): i for i, (name, k, *_rest) in enumerate(tasks)}
     return sorted(done, key=lambda r: order[(r[0], r[1])])
 

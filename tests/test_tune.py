@@ -171,6 +171,10 @@ def test_squared_distances_match_the_definition(n):
     D = squared_distances(X)
     assert D.dtype == np.float32 and D.flags["C_CONTIGUOUS"]
     assert np.abs(D - ref).max() < 1e-3 * max(1.0, ref.max())
+    # written into a given buffer (larger than needed, and dirty), with the same values
+    buf = np.full(n * n + 7, np.nan, np.float32)
+    into = squared_distances(X, out=buf)
+    assert np.shares_memory(into, buf) and np.array_equal(into, D)
 
 
 def _clustered_noise(sources=40, copies=4, dim=16, seed=0):

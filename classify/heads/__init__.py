@@ -9,8 +9,8 @@ estimator, the grid ``TUNE`` searches and its fixed settings; :mod:`.registry` n
 from .fitting import (decision_values, fit_head, format_settings, groups_params, labels_of, outputs,
                       scores, set_inner, settings_of)
 from .folds import INNER_FOLDS, CopyAwareFolds, copy_aware_folds, identical_rows
-from .kernels import (BLOCK_ENTRIES, BLOCK_ROWS, KernelBuffers, rbf_gram64, rbf_kernel32, squared_distances,
-                      variance)
+from .kernels import (BLOCK_ENTRIES, BLOCK_ROWS, WORKSPACE, KernelBuffers, Workspace, rbf_gram64, rbf_kernel32,
+                      squared_distances, variance)
 from .knn import KNNClassifier, check_normalize, normalize_vectors
 from .mlp import EARLY_STOPPING_FROM, HALVING_FROM, GroupedMLPClassifier
 from .registry import FIXED, GRIDS, HEAD_NAMES, candidates, fixed_head, make_heads, select_heads
@@ -23,5 +23,5 @@ __all__ = [
     "RowBlockScaler", "candidates", "check_normalize", "copy_aware_folds", "decision_values", "fit_head", "fixed_head",
     "format_settings", "groups_params", "identical_rows", "labels_of", "make_heads", "normalize_vectors", "outputs",
     "platt_sigmoid", "rbf_gram64", "rbf_kernel32", "scores", "select_heads", "set_inner", "settings_of",
-    "squared_distances", "variance",
+    "squared_distances", "variance", "WORKSPACE", "Workspace",
 ]

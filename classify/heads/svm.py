@@ -16,7 +16,7 @@ from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .folds import INNER_FOLDS, copy_aware_folds
-from .kernels import BLOCK_ROWS, KernelBuffers, rbf_gram64, squared_distances, variance
+from .kernels import BLOCK_ROWS, KernelBuffers, rbf_gram64, variance
 from .scaler import RowBlockScaler
 
 # The grid TUNE searches (parameters of the head's pipeline), and TUNE=0's settings.
@@ -311,7 +311,7 @@ class CalibratedSVC(ClassifierMixin, BaseEstimator):
             X, y = X[order], y[order]
             edges = np.cumsum([0] + [len(te) for _, te in folds])
             folds = [(np.r_[0:a, b:len(y)], np.arange(a, b)) for a, b in zip(edges, edges[1:])]
-        buffers = KernelBuffers(squared_distances(X)) if self.method == "exact" else None
+        buffers = KernelBuffers.of(X) if self.method == "exact" else None
         if folds is None:  # a class of one distinct image: nothing to hold out
             (C, f), held_out, self.tuning_ = grid[0], None, []
         else:
@@ -322,8 +322,6 @@ class CalibratedSVC(ClassifierMixin, BaseEstimator):
             (C, f), held_out = grid[best], held[best][1]
         self.svm_ = GramRBFSVC(C=C, gamma=gamma0 * f, method=self.method, n_components=self.n_components,
                                random_state=self.random_state)
-        if buffers is not None:
-            buffers.side = np.empty(0)  # the final fit holds the distances and one n x n kernel only
         self.svm_._fit_rows(X, y, None if buffers is None else buffers.kernel([(0, len(y))], [(0, len(y))], gamma0 * f))
         del buffers
         if held_out is None:
