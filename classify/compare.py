@@ -221,6 +221,7 @@ class Plan:
     inner_groups: np.ndarray | None  # GROUPS=dups: the splits inside every fit keep these whole
     budget: object  # classify.budget's memory plan
     n_jobs: int
+    slow_note: str | None = None  # logged when the fits take long (classify.fits.tuning_note)
 
     @property
     def fold_list(self) -> list:
@@ -270,11 +271,9 @@ def plan_run(data: Data, models: dict, heads: str, seed: int, folds: int, repeat
     log("splits: " + "; ".join(f"{name}: {use}" for name, use in split_use.items()))
     budget = plan_for(models, data.X, len(train_idx), memory_gb, jobs, log)
     log_notices(man, data.feats.meta, log)
-    note = tuning_note(models, mode, sum(len(fl) for fl, _ in fold_sets) + 1)
-    if note:
-        log(note)
     return Plan(models, mode, tuning_rule, split_use, repeats, fold_sets, fold_groups,
-                fold_groups if groups == "dups" else None, budget, budget.n_jobs)
+                fold_groups if groups == "dups" else None, budget, budget.n_jobs,
+                tuning_note(models, mode, sum(len(fl) for fl, _ in fold_sets) + 1))
 
 
 @dataclasses.dataclass
@@ -298,7 +297,8 @@ def fit_and_cross_validate(data: Data, plan: Plan, log) -> Fits:
         models, tuning_rows = select_on_validation(models, data.X, data.y, data.train_idx, data.valid_idx,
                                                    plan.n_jobs, log, plan.inner_groups)
     fitted, cv_scores, fit_seconds, cv_seconds, chosen = fit_all(models, data.X, data.y, data.train_idx,
-                                                                 plan.fold_list, plan.n_jobs, plan.inner_groups)
+                                                                 plan.fold_list, plan.n_jobs, plan.inner_groups,
+                                                                 plan.slow_note, log)
     if plan.mode == "nested":
         tuning_rows = [(h, f"repeat {r} fold {k}" if k >= 0 else "final", format_settings(s),
                         "" if k < 0 else round(float(cv_scores[h][i]), 6), "yes" if k < 0 else "")
