@@ -104,6 +104,8 @@ def test_nested_tuning_records_each_folds_choice_and_the_final_one(tmp_path):
     assert run["tuning"]["chosen"]["logreg"]["C"] in grids["logreg"]["C"]
     assert run["tuning"]["chosen"]["svm"]["C"] in grids["svm"]["C"]
     assert run["tuning"]["chosen"]["mlp"]["alpha"] in grids["mlp"]["alpha"]
+    # on these few rows the MLP's search keeps alpha at its fixed value: the grid says what was searched
+    assert grids["mlp"]["alpha"] == [1e-4] and len(grids["mlp"]["hidden_layer_sizes"]) == 2
     assert table.set_index("head").loc["logreg", "params"] == f"C={run['tuning']['chosen']['logreg']['C']:g}"
 
 
