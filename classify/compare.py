@@ -417,6 +417,7 @@ def write_run_json(out: Path, data: Data, plan: Plan, fits: Fits, comparison: pd
         "versions": _versions(),
     })
 
+
 def _grids(plan: Plan, models: dict, n_train: int) -> dict:
     """run.json's ``grids`` (what each head searched; the final fit's, with nested tuning) and,
     where a CV fit searched another (fewer rows), ``cv_fit_grids``."""
