@@ -382,3 +382,19 @@ def test_the_kernel_memory_is_mapped_without_the_huge_page_advice():
     numpys = np.empty(8_000_000, np.float64)
     assert eligible(numpys) == "1"  # the advice is there on NumPy's own arrays (else nothing to test)
     assert eligible(ours) == "0"
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_held_out_decisions_from_the_kernel_equal_libsvms(n_classes):
+    from sklearn.svm import SVC
+
+    from classify.heads.svm import precomputed_decisions
+
+    X, y = make_classification(n_samples=300, n_features=10, n_informative=6, n_classes=n_classes,
+                               random_state=n_classes)
+    K = np.exp(-0.05 * ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
+    svc = SVC(kernel="precomputed", C=1.0).fit(K[:200, :200], y[:200])
+    got = precomputed_decisions(svc, K[200:, :200])
+    want = svc.decision_function(K[200:, :200])
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
