@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
 import platform
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from .answer import answer_of
 from .budget import apply_plan, plan_for
 from .dups import cached_duplicates, share_warning
 from .heads.knn import check_normalize, normalize_vectors
-from .fits import CV_METRIC, cv_score, fit_all, select_on_validation, tuning_note, warm_workers
+from .fits import CV_METRIC, cv_score, fit_all, select_on_validation, tuning_note
 from .fits import _fit, fit_all as _fit_all, select_on_validation as _select_on_validation  # noqa: F401 (importers)
 from .heads import (GRIDS, INNER_FOLDS, decision_values, fixed_head, format_settings,
                     labels_of, outputs, searched_grid, select_heads)
@@ -120,7 +119,7 @@ def compare(features_dir, settings: Settings, out_dir, heads: str = "logreg,svm,
         raise ValueError(f"GROUPS must be 'none' or 'dups'; received {groups!r}")
     check_out_dir(out_dir)
     data = load_and_split(features_dir, settings, out_dir, in_dir, dataset, fallback_none, stale, test_size,
-                          seed, groups, dup_threshold, normalize, log, jobs)
+                          seed, groups, dup_threshold, normalize, log)
     plan = plan_run(data, models, heads, seed, folds, repeats, tune, memory_gb, jobs, groups, log)
     fits = fit_and_cross_validate(data, plan, log)
     with new_run(out_dir) as out:
@@ -163,11 +162,9 @@ class Data:
 
 def load_and_split(features_dir, settings: Settings, out_dir, in_dir: str, dataset: str | None,
                    fallback_none: bool, stale: str, test_size, seed: int, groups: str, dup_threshold,
-                   normalize: str, log, jobs: int | None = 1) -> Data:
+                   normalize: str, log) -> Data:
     """Step 1: loads and checks the cache of IN, finds duplicates, and splits it into the
-    training part, the evaluated images and the validation folder (see :func:`compare`). Once
-    the cache is read and checked, the fits' ``jobs`` workers (None: a core each) start in the
-    background (:func:`classify.fits.warm_workers`) while the duplicates are searched.
+    training part, the evaluated images and the validation folder (see :func:`compare`).
 
     Raises:
         DataError: as :func:`compare` says.
@@ -181,7 +178,6 @@ def load_and_split(features_dir, settings: Settings, out_dir, in_dir: str, datas
     conflicts = label_conflicts(man)
     for conflict in conflicts:
         log(describe_conflict(conflict))
-    warm_workers(jobs or os.cpu_count() or 1)
     dups = cached_duplicates(feats.X, man["sha256"], dup_threshold, Path(out_dir) / ".dups")
     if share_warning(dups):
         log(share_warning(dups))

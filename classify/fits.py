@@ -51,38 +51,6 @@ def _fit(name: str, fold: int, model, X, y, train_idx, test_idx, groups=None):
     return name, fold, cv_score(y[test_idx], model.predict(X[test_idx])), seconds, chosen
 
 
-def _ready() -> bool:
-    """A worker's first task: unpickling it imported this module, and with it every head."""
-    return True
-
-
-def warm_workers(n_jobs: int) -> threading.Thread | None:
-    """Starts the worker processes of the fits ahead of them, in a background thread, so that
-    their start-up (importing NumPy, scikit-learn and the heads: 1.5-3 s on the 2-core reference
-    VM) overlaps with what comes before the fits (the duplicate search). Only for joblib's default
-    backend (loky, whose workers are reused by the next ``joblib.Parallel`` with as many jobs)
-    and more than one job; a failure here is left to the fits to meet.
-
-    Returns:
-        The thread, or None when nothing was started.
-    """
-    from joblib.parallel import get_active_backend
-
-    backend, _ = get_active_backend()
-    if n_jobs <= 1 or type(backend).__name__ != "LokyBackend":
-        return None
-
-    def start():
-        try:
-            joblib.Parallel(n_jobs=n_jobs)(joblib.delayed(_ready)() for _ in range(n_jobs))
-        except Exception:  # noqa: BLE001 (the fits start their workers themselves)
-            pass
-
-    thread = threading.Thread(target=start, name="warm-workers", daemon=True)
-    thread.start()
-    return thread
-
-
 SLOW_AFTER_SECONDS = 5.0  # fits still running after this long: the slow note is logged
 
 

@@ -265,25 +265,3 @@ def test_a_tuned_mlp_on_few_rows_searches_hidden_units_at_the_fixed_alpha(monkey
     assert len(fitted) == 2 * INNER_FOLDS + 1  # 128 and 256 hidden units on each inner fold, the refit
     assert {alpha for _, alpha in fitted} == {1e-4}
     assert {h for h, _ in fitted} == {(128,), (256,)}
-
-
-def test_the_fits_workers_start_ahead_and_the_fits_reuse_them():
-    """Starting the worker processes took 1.5-3 s of the fits' time; they now start during the
-    duplicate search, and the fits run in those same processes."""
-    import os
-
-    import joblib
-    from joblib.externals.loky import reusable_executor
-
-    from classify.fits import warm_workers
-
-    thread = warm_workers(2)
-    assert thread is not None
-    thread.join(120)
-    warm = set(reusable_executor._executor._processes)  # the processes of joblib's reused executor
-    assert len(warm) == 2
-    used = set(joblib.Parallel(n_jobs=2)(joblib.delayed(os.getpid)() for _ in range(8)))
-    assert used <= warm
-    assert warm_workers(1) is None  # the fits run in this process: nothing to start
-    with joblib.parallel_config(backend="threading"):
-        assert warm_workers(2) is None  # another backend (e.g. Ray's) starts its own
