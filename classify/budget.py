@@ -95,9 +95,10 @@ def parse_memory_gb(value) -> float:
     return gb
 
 
-EXACT_BYTES_PER_ENTRY = 14  # float32 distances (4), float64 kernel (8), a fold's held-out kernel (< 2)
+EXACT_BYTES_PER_ENTRY = 14  # float32 distances (4), float64 kernel (8); a fold's held-out kernel (< 2) now
+# shares the kernel's buffer (classify.heads.kernels.KernelBuffers), so 2 bytes an entry are slack
 LIBSVM_CACHE_BYTES = 200 * 1024 ** 2  # libsvm's kernel cache: SVC's cache_size (200 MiB), 4 bytes an entry
-EXACT_FIXED_BYTES = 80 * 1024 ** 2  # the float32 block kernels are computed in (64 MB at most), and the rest
+EXACT_FIXED_BYTES = 80 * 1024 ** 2  # the float32 blocks kernels are computed in (4-64 MB), and the rest
 
 
 def exact_bytes(n: int, dim: int) -> int:

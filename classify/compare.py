@@ -28,7 +28,7 @@ from .heads.knn import check_normalize, normalize_vectors
 from .fits import CV_METRIC, cv_score, fit_all, select_on_validation, tuning_note
 from .fits import _fit, fit_all as _fit_all, select_on_validation as _select_on_validation  # noqa: F401 (importers)
 from .heads import (GRIDS, INNER_FOLDS, decision_values, fixed_head, format_settings,
-                    labels_of, outputs, select_heads)
+                    labels_of, outputs, searched_grid, select_heads)
 from .models import MODEL_SUFFIX, TRUSTED_TYPES, load_model, model_sidecar, read_sidecar, save_model  # noqa: F401
 from extract.notices import class_counts_line, plural, random_weights_banner, split_like_warning
 from .outdir import check_out_dir, new_run
@@ -221,6 +221,7 @@ class Plan:
     inner_groups: np.ndarray | None  # GROUPS=dups: the splits inside every fit keep these whole
     budget: object  # classify.budget's memory plan
     n_jobs: int
+    slow_note: str | None = None  # logged when the fits take long (classify.fits.tuning_note)
 
     @property
     def fold_list(self) -> list:
@@ -270,11 +271,9 @@ def plan_run(data: Data, models: dict, heads: str, seed: int, folds: int, repeat
     log("splits: " + "; ".join(f"{name}: {use}" for name, use in split_use.items()))
     budget = plan_for(models, data.X, len(train_idx), memory_gb, jobs, log)
     log_notices(man, data.feats.meta, log)
-    note = tuning_note(models, mode, sum(len(fl) for fl, _ in fold_sets) + 1)
-    if note:
-        log(note)
     return Plan(models, mode, tuning_rule, split_use, repeats, fold_sets, fold_groups,
-                fold_groups if groups == "dups" else None, budget, budget.n_jobs)
+                fold_groups if groups == "dups" else None, budget, budget.n_jobs,
+                tuning_note(models, mode, sum(len(fl) for fl, _ in fold_sets) + 1))
 
 
 @dataclasses.dataclass
@@ -298,7 +297,8 @@ def fit_and_cross_validate(data: Data, plan: Plan, log) -> Fits:
         models, tuning_rows = select_on_validation(models, data.X, data.y, data.train_idx, data.valid_idx,
                                                    plan.n_jobs, log, plan.inner_groups)
     fitted, cv_scores, fit_seconds, cv_seconds, chosen = fit_all(models, data.X, data.y, data.train_idx,
-                                                                 plan.fold_list, plan.n_jobs, plan.inner_groups)
+                                                                 plan.fold_list, plan.n_jobs, plan.inner_groups,
+                                                                 plan.slow_note, log)
     if plan.mode == "nested":
         tuning_rows = [(h, f"repeat {r} fold {k}" if k >= 0 else "final", format_settings(s),
                         "" if k < 0 else round(float(cv_scores[h][i]), 6), "yes" if k < 0 else "")
@@ -384,8 +384,7 @@ def write_run_json(out: Path, data: Data, plan: Plan, fits: Fits, comparison: pd
         "memory_plan": plan.budget.as_dict(),
         "tuning": {"mode": plan.mode, "rule": plan.tuning_rule,
                    "inner_folds": INNER_FOLDS if plan.mode == "nested" else None,
-                   "grids": {h: {k.split("__", 1)[1]: v for k, v in GRIDS[h].items()} for h in models}
-                   if plan.mode != "off" else None,
+                   **_grids(plan, models, len(data.train_idx)),
                    "chosen": {h: fits.chosen[h]["final"] for h in models}},
         "split_use": plan.split_use,
         "comparison_tests": {"intervals": "95%: Wilson (accuracy), corrected resampled t (CV)",
@@ -413,6 +412,21 @@ def write_run_json(out: Path, data: Data, plan: Plan, fits: Fits, comparison: pd
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": _versions(),
     })
+
+
+def _grids(plan: Plan, models: dict, n_train: int) -> dict:
+    """run.json's ``grids`` (what each head searched; the final fit's, with nested tuning) and,
+    where a CV fit searched another (fewer rows), ``cv_fit_grids``."""
+    if plan.mode == "off":
+        return {"grids": None}
+    if plan.mode == "valid":  # every candidate, fitted on train, scored on the validation folder
+        return {"grids": {h: {k.split("__", 1)[1]: list(v) for k, v in GRIDS[h].items()} for h in models}}
+    final = {h: searched_grid(h, n_train) for h in models}
+    smallest = min(len(tr) for tr, _ in plan.fold_list)
+    folds = {h: searched_grid(h, smallest) for h in models}
+    return {"grids": final, **({"cv_fit_grids": {h: g for h, g in folds.items() if g != final[h]}}
+                               if folds != final else {})}
+
 
 def write_fewshot(out: Path, data: Data, plan: Plan, heads: str, shots: list[int], draws: int, seed: int,
                   log, figure_names: list) -> dict | None:

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .heads import WORKSPACE
+
 SIZES = (0.25, 0.5, 0.75, 1.0)  # shares of each fold's training part
 MAX_ROWS = 4000
 MAX_FOLDS = 3  # the first folds of the comparison: enough for a mean and a spread
@@ -69,8 +71,9 @@ def learning_curves(models: dict, X, y, folds: list, n_jobs: int, seed: int, row
     orders = [(rng.permutation(tr), te) for tr, te in folds]
     tasks = [(name, size, k) for name in models for size in sizes for k in range(len(orders))]
     scores = joblib.Parallel(n_jobs=min(n_jobs, len(tasks)))(
-        joblib.delayed(_curve_point)(per_fold[name][k], X, y, orders[k][0][:size], orders[k][1], g)
+        joblib.delayed(_curve_point)(per_fold[name][k], X, y, orders[k][0][:size], orders[k][1], g, name)
         for name, size, k in tasks)
+    WORKSPACE.release()
     rows = []
     for name in models:
         for size in sizes:
@@ -83,15 +86,16 @@ def learning_curves(models: dict, X, y, folds: list, n_jobs: int, seed: int, row
     return pd.DataFrame(rows, columns=columns)
 
 
-def _curve_point(model, X, y, train, test, groups=None) -> float:
-    """Balanced accuracy on ``test`` of ``model`` fitted on ``train`` (NaN when it cannot fit)."""
+def _curve_point(model, X, y, train, test, groups=None, head: str = "") -> float:
+    """Balanced accuracy on ``test`` of ``model`` (the head named ``head``) fitted on ``train``
+    (NaN when it cannot fit)."""
     from sklearn.base import clone
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.metrics import balanced_accuracy_score
 
     from .heads import groups_params
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), WORKSPACE.reused_by(head):
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", UserWarning)
         try:

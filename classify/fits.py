@@ -4,6 +4,7 @@ a progress bar over the fits; the selection on a validation folder; the cross-va
 from __future__ import annotations
 
 import sys
+import threading
 import time
 import warnings
 
@@ -13,7 +14,7 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
 from sklearn.metrics import balanced_accuracy_score
 
-from .heads import INNER_FOLDS, candidates, fit_head, format_settings
+from .heads import INNER_FOLDS, WORKSPACE, candidates, fit_head, format_settings
 
 CV_METRIC = "balanced_accuracy"
 
@@ -38,7 +39,7 @@ def _fit(name: str, fold: int, model, X, y, train_idx, test_idx, groups=None):
         (name, fold, the model or the score, seconds, the head's chosen settings).
     """
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), WORKSPACE.reused_by(name):  # a worker's next fit of this head reuses its memory
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", FitFailedWarning)  # a candidate that cannot fit a small inner fold
         warnings.simplefilter("ignore", UserWarning)  # a class missing from an inner fold's predictions
@@ -50,10 +51,41 @@ def _fit(name: str, fold: int, model, X, y, train_idx, test_idx, groups=None):
     return name, fold, cv_score(y[test_idx], model.predict(X[test_idx])), seconds, chosen
 
 
-def run_fits(tasks: list, X, y, n_jobs: int, groups=None, desc: str = "fits") -> list:
+SLOW_AFTER_SECONDS = 5.0  # fits still running after this long: the slow note is logged
+
+
+class _SlowNote:
+    """Logs ``note`` once: when the fits are still running after :data:`SLOW_AFTER_SECONDS`, or
+    at the end when they took that long (a timer thread; the log is called under a lock)."""
+
+    def __init__(self, note: str | None, log):
+        self.note, self.log, self.lock, self.done = note, log, threading.Lock(), False
+        self.t0 = time.perf_counter()
+        self.timer = None
+        if note and log:
+            self.timer = threading.Timer(SLOW_AFTER_SECONDS, self.say)
+            self.timer.daemon = True
+            self.timer.start()
+
+    def say(self) -> None:
+        with self.lock:
+            if not self.done:
+                self.done = True
+                self.log(self.note)
+
+    def finish(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            if time.perf_counter() - self.t0 >= SLOW_AFTER_SECONDS:
+                self.say()
+
+
+def run_fits(tasks: list, X, y, n_jobs: int, groups=None, desc: str = "fits", slow_note: str | None = None,
+             log=None) -> list:
     """Runs :func:`_fit` on every ``(name, index, model, train_idx, test_idx)`` of ``tasks``,
     ``n_jobs`` at a time, with a progress bar on stderr (shown on a terminal; its estimate is
-    tqdm's, from the fits done so far).
+    tqdm's, from the fits done so far). ``slow_note`` goes to ``log`` once the fits have run
+    :data:`SLOW_AFTER_SECONDS` (a quick run says nothing about its speed).
 
     Returns:
         :func:`_fit`'s results, in the order of ``tasks``.
@@ -71,19 +103,25 @@ def run_fits(tasks: list, X, y, n_jobs: int, groups=None, desc: str = "fits") ->
             if "return_as" not in str(err):
                 raise
             results = joblib.Parallel(n_jobs=jobs)(calls)  # the bar then moves once, at the end
-    done = []
-    with tqdm(total=len(tasks), desc=desc, unit="fit", file=sys.stderr, disable=None, delay=1.0,
-              leave=False) as bar:
-        for result in results:
-            done.append(result)
-            bar.update(1)
+    done, slow = [], _SlowNote(slow_note, log)
+    try:
+        with tqdm(total=len(tasks), desc=desc, unit="fit", file=sys.stderr, disable=None, delay=1.0,
+                  leave=False) as bar:
+            for result in results:
+                done.append(result)
+                bar.update(1)
+    finally:
+        slow.finish()
+    WORKSPACE.release()  # what fits in this process kept (workers drop theirs when they turn to another head)
     order = {(name, k): i for i, (name, k, *_rest) in enumerate(tasks)}
     return sorted(done, key=lambda r: order[(r[0], r[1])])
 
 
-def fit_all(models: dict, X, y, train_idx, fold_list, n_jobs: int, groups=None):
+def fit_all(models: dict, X, y, train_idx, fold_list, n_jobs: int, groups=None, slow_note: str | None = None,
+            log=None):
     """Fits every head on every CV fold and on the whole training part, in parallel; ``groups``
-    (one id per row of X, or None) go to the splits inside each fit.
+    (one id per row of X, or None) go to the splits inside each fit; ``slow_note``, ``log``: as
+    in :func:`run_fits`.
 
     Returns:
         ({head: fitted model}, {head: [fold scores]}, {head: fit seconds}, {head: CV seconds},
@@ -96,7 +134,7 @@ def fit_all(models: dict, X, y, train_idx, fold_list, n_jobs: int, groups=None):
         tasks.append((name, -1, clone(model), train_idx, None))
     # The SVM's tasks are the longest: start them first so the workers finish together.
     tasks.sort(key=lambda t: (t[0] != "svm", t[0], t[1]))
-    results = run_fits(tasks, X, y, n_jobs, groups, desc="fitting and cross-validating")
+    results = run_fits(tasks, X, y, n_jobs, groups, desc="fitting and cross-validating", slow_note=slow_note, log=log)
     fitted, fit_seconds, chosen = {}, {}, {n: {"folds": {}} for n in models}
     cv_scores, cv_seconds = {n: {} for n in models}, dict.fromkeys(models, 0.0)
     for name, k, value, seconds, settings in results:
@@ -125,6 +163,7 @@ def model_fits(name: str, tuned: bool) -> int:
 def tuning_note(heads, mode: str, n_fits: int) -> str | None:
     """A line saying that tuning is the slow part and how to skip it, when the searches inside
     the fits (nested tuning) train more models than the fits themselves would; else None.
+    :func:`run_fits` logs it when the fits take long.
 
     Args:
         heads: the head names.

@@ -274,3 +274,127 @@ def test_the_audit_plans_its_fits_after_the_duplicate_search(tmp_path, monkeypat
         audit(tmp_path / "f", S64, tmp_path / "o", heads="logreg", folds=3, jobs=1, log=quiet,
               **only_cache(tmp_path / "f"))
     assert "dups" in order and order.index("dups") < order.index("plan"), order
+
+
+# ------------------------------------------------------------- the exact SVM's reused memory
+
+def _two_class(n, seed):
+    X, y = make_classification(n_samples=n, n_features=16, n_informative=8, random_state=seed)
+    return X.astype(np.float32), np.array(["a", "b"])[y]
+
+
+def test_fits_of_one_head_reuse_the_kernel_memory_and_give_the_same_model():
+    import classify.heads.kernels as kernels
+    from classify.heads import CalibratedSVC, KernelBuffers, Workspace
+
+    ws = Workspace()
+    X, y = _two_class(300, 0)
+    X2, y2 = _two_class(240, 1)
+    fresh = CalibratedSVC(random_state=0).fit(X2, y2)
+    assert ws.held_bytes() == 0
+    with ws.reused_by("svm"):
+        first_kernel = KernelBuffers.of(X, ws).square
+        assert ws.held_bytes() >= 300 * 300 * (8 + 4)
+    with ws.reused_by("svm"):  # a smaller fit of the same head: the same memory, left dirty
+        assert np.shares_memory(KernelBuffers.of(X2, ws).square, first_kernel)
+    # a fit through the reused (dirty) buffers gives the model that fresh memory gives
+    original, kernels.WORKSPACE = kernels.WORKSPACE, ws
+    try:
+        with ws.reused_by("svm"):
+            reused = CalibratedSVC(random_state=0).fit(X2, y2)
+    finally:
+        kernels.WORKSPACE = original
+    assert reused.best_params_ == fresh.best_params_
+    np.testing.assert_array_equal(reused.predict_proba(X), fresh.predict_proba(X))
+    # another head drops them; outside reused_by nothing is kept
+    with ws.reused_by("mlp"):
+        assert ws.held_bytes() == 0
+    assert KernelBuffers.of(X, ws).square.size >= 300 * 300 and ws.held_bytes() == 0
+
+
+def test_a_larger_fit_replaces_the_buffers_it_outgrows():
+    from classify.heads import Workspace
+
+    ws = Workspace()
+    with ws.reused_by("svm"):
+        small = ws.take("kernel", 100, np.float64)
+        assert ws.take("kernel", 50, np.float64) is small
+        large = ws.take("kernel", 1000, np.float64)
+        assert large is not small and large.size >= 1000
+        assert ws.held_bytes() == large.nbytes  # the outgrown one is not kept beside it
+
+
+def test_the_fits_leave_no_kernel_memory_held_in_the_calling_process():
+    from classify.fits import fit_all
+    from classify.heads import WORKSPACE
+
+    X, y = _two_class(200, 2)
+    heads = {h: m for h, m in make_heads(0).items() if h in ("svm", "mlp")}  # the svm's fits come first
+    folds = [(np.arange(0, 100), np.arange(100, 200)), (np.arange(100, 200), np.arange(0, 100))]
+    fitted, scores, *_ = fit_all(heads, X, y, np.arange(len(y)), folds, n_jobs=1)
+    assert set(fitted) == {"svm", "mlp"} and all(len(s) == 2 for s in scores.values())
+    assert WORKSPACE.held_bytes() == 0
+    svm_only = {"svm": heads["svm"]}  # the last fit is the svm's: its buffers are dropped at the end
+    fit_all(svm_only, X, y, np.arange(len(y)), folds, n_jobs=1)
+    assert WORKSPACE.held_bytes() == 0
+
+
+def test_a_fold_kernel_and_its_held_out_kernel_share_one_buffer():
+    from classify.heads import KernelBuffers, Workspace
+
+    X, _ = _two_class(90, 3)
+    buffers = KernelBuffers.of(X, Workspace())
+    train = buffers.kernel([(0, 30), (60, 90)], [(0, 30), (60, 90)], 0.1)
+    held_out = buffers.kernel([(30, 60)], [(0, 30), (60, 90)], 0.1, side=True)
+    ref = np.exp(-0.1 * ((X[:, None, :].astype(np.float64) - X[None, :, :]) ** 2).sum(-1))
+    rows = np.r_[0:30, 60:90]
+    np.testing.assert_allclose(held_out, ref[30:60][:, rows], rtol=1e-4)
+    np.testing.assert_allclose(train, ref[np.ix_(rows, rows)], rtol=1e-4)  # intact after the side kernel
+    assert np.shares_memory(train, buffers.square) and np.shares_memory(held_out, buffers.square)
+    with pytest.raises(ValueError, match="does not fit"):
+        buffers.kernel([(0, 90)], [(0, 90)], 0.1, side=True)
+
+
+def test_the_kernel_memory_is_mapped_without_the_huge_page_advice():
+    """NumPy advises huge pages for large arrays; where the kernel honours that advice only
+    (transparent huge pages in ``madvise`` mode), the SVM's buffers must not carry it: a fault
+    could wait for memory compaction."""
+    from pathlib import Path
+
+    from classify.heads.kernels import mapped
+
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not mode.exists() or "[madvise]" not in mode.read_text():
+        pytest.skip("the huge-page advice matters where transparent huge pages are in madvise mode (Linux)")
+
+    def eligible(a) -> str:
+        start = a.__array_interface__["data"][0] + a.nbytes // 2  # NumPy advises the aligned middle
+        lines = Path("/proc/self/smaps").read_text().splitlines()
+        for i, line in enumerate(lines):
+            head = line.split()[0]
+            if "-" in head and all(c in "0123456789abcdef-" for c in head):
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                if lo <= start < hi:
+                    return next(x for x in lines[i + 1:] if x.startswith("THPeligible")).split()[1]
+        raise AssertionError("mapping not found")
+
+    ours = mapped(8_000_000, np.float64)
+    numpys = np.empty(8_000_000, np.float64)
+    assert eligible(numpys) == "1"  # the advice is there on NumPy's own arrays (else nothing to test)
+    assert eligible(ours) == "0"
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_held_out_decisions_from_the_kernel_equal_libsvms(n_classes):
+    from sklearn.svm import SVC
+
+    from classify.heads.svm import precomputed_decisions
+
+    X, y = make_classification(n_samples=300, n_features=10, n_informative=6, n_classes=n_classes,
+                               random_state=n_classes)
+    K = np.exp(-0.05 * ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1))
+    svc = SVC(kernel="precomputed", C=1.0).fit(K[:200, :200], y[:200])
+    got = precomputed_decisions(svc, K[200:, :200])
+    want = svc.decision_function(K[200:, :200])
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)

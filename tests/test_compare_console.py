@@ -97,15 +97,49 @@ def test_run_json_records_the_answer_that_comparison_csv_gives(tmp_path):
     assert run["answer"]["headline"] == answer.headline()
 
 
-def test_nested_tuning_says_it_is_the_slow_part_and_how_to_skip_it(tmp_path):
+def test_nested_tuning_says_it_is_the_slow_part_and_how_to_skip_it(tmp_path, monkeypatch):
+    from classify import fits
+
     fake_cache(tmp_path / "f", ["a"] * 20 + ["b"] * 20)
+    monkeypatch.setattr(fits, "SLOW_AFTER_SECONDS", 0.0)  # as if the fits had taken long
     logs = []
     run_compare(tmp_path / "f", tmp_path / "o", heads="logreg,mlp", log=logs.append, tune="1", repeats=1)
     note = [line for line in logs if "tuning is the slow part" in line]
     assert len(note) == 1 and "TUNE=0" in note[0]
+    memory = next(i for i, line in enumerate(logs) if line.startswith("memory:"))
+    assert memory < logs.index(note[0]) < len(logs) - 1  # said during the fits, before the results
     logs = []
     run_compare(tmp_path / "f", tmp_path / "o", heads="logreg,mlp", log=logs.append, tune="0", repeats=1)
     assert not any("slow part" in line for line in logs)
+
+
+def test_a_quick_tuned_run_does_not_call_itself_slow(tmp_path, monkeypatch):
+    """On 40 images the note said "tuning is the slow part" of a run that took two seconds."""
+    from classify import fits
+
+    fake_cache(tmp_path / "f", ["a"] * 20 + ["b"] * 20)
+    monkeypatch.setattr(fits, "SLOW_AFTER_SECONDS", 600.0)
+    logs = []
+    run_compare(tmp_path / "f", tmp_path / "o", heads="logreg,mlp", log=logs.append, tune="1", repeats=1)
+    assert not any("slow part" in line for line in logs)
+
+
+def test_the_slow_note_comes_while_the_fits_still_run(monkeypatch):
+    import threading
+
+    from classify import fits
+
+    monkeypatch.setattr(fits, "SLOW_AFTER_SECONDS", 0.05)
+    said, go_on = [], threading.Event()
+
+    def log(line):
+        said.append(line)
+        go_on.set()
+
+    note = fits._SlowNote("tuning is the slow part", log)
+    assert go_on.wait(30), "the note was not logged while the fits ran"
+    note.finish()
+    assert said == ["tuning is the slow part"]  # once, not again at the end
 
 
 def test_fits_run_behind_a_progress_bar_on_stderr(tmp_path, monkeypatch):

@@ -27,7 +27,12 @@ def captured(monkeypatch):
         return path.name
 
     monkeypatch.setattr(figures, "_save", keep)
-    return got
+    yield got
+    import matplotlib.pyplot as plt
+
+    for value in got.values():  # the figures were kept open for the test: close them
+        if hasattr(value, "canvas"):
+            plt.close(value)
 
 
 def _fitted(early_stopping: bool = False, n: int = 80):

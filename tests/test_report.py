@@ -440,3 +440,15 @@ def test_the_more_data_sentence_speaks_of_the_best_head(experiment, tmp_path):
     text = Page(build_report(None, None, out, log=lambda *a: None).read_text(encoding="utf-8")).all_text
     sentence = text.split("More images?", 1)[1][:200]
     assert sentence.strip().startswith(f"{best}'s score"), sentence
+
+
+@pytest.mark.parametrize("folder, name", [("demo/in", "demo/in"), ("projects/bees/images", "bees/images"),
+                                          ("projects/colours", "colours")])
+def test_the_title_names_the_dataset_not_a_generic_folder(tmp_path, folder, name):
+    """The demo's report was titled "in", the name of `demo/in`."""
+    from classify.remembered import RunInputs
+    from classify.report.build import dataset_name
+
+    inputs = RunInputs(out=tmp_path / "out", run={}, values={"in_dir": str(tmp_path / folder), "dataset": None},
+                       taken=[], notes=[], differs=[])
+    assert dataset_name(inputs, {}) == name

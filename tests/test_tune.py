@@ -104,6 +104,8 @@ def test_nested_tuning_records_each_folds_choice_and_the_final_one(tmp_path):
     assert run["tuning"]["chosen"]["logreg"]["C"] in grids["logreg"]["C"]
     assert run["tuning"]["chosen"]["svm"]["C"] in grids["svm"]["C"]
     assert run["tuning"]["chosen"]["mlp"]["alpha"] in grids["mlp"]["alpha"]
+    # on these few rows the MLP's search keeps alpha at its fixed value: the grid says what was searched
+    assert grids["mlp"]["alpha"] == [1e-4] and len(grids["mlp"]["hidden_layer_sizes"]) == 2
     assert table.set_index("head").loc["logreg", "params"] == f"C={run['tuning']['chosen']['logreg']['C']:g}"
 
 
@@ -171,6 +173,10 @@ def test_squared_distances_match_the_definition(n):
     D = squared_distances(X)
     assert D.dtype == np.float32 and D.flags["C_CONTIGUOUS"]
     assert np.abs(D - ref).max() < 1e-3 * max(1.0, ref.max())
+    # written into a given buffer (larger than needed, and dirty), with the same values
+    buf = np.full(n * n + 7, np.nan, np.float32)
+    into = squared_distances(X, out=buf)
+    assert np.shares_memory(into, buf) and np.array_equal(into, D)
 
 
 def _clustered_noise(sources=40, copies=4, dim=16, seed=0):

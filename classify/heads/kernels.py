@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy as np
 
 BLOCK_ROWS = 2048  # rows of a kernel block computed at once (predict, Gram, Nystroem features)
 BLOCK_ENTRIES = 16_000_000  # at most this many float32 temporaries per Gram block (64 MB)
+CACHE_ENTRIES = 65_536  # float32 entries of a block passed over several times (256 KiB: stays in cache)
+KERNEL_BLOCK_ENTRIES = 1_048_576  # float32 entries of a kernel block (4 MiB; 64 MiB measured 15% slower)
 
 
 def rbf_kernel32(A: np.ndarray, B: np.ndarray, gamma: float, out: np.ndarray | None = None,
@@ -63,27 +68,40 @@ def variance(X) -> float:
 
 
 
-def squared_distances(X: np.ndarray) -> np.ndarray:
+def squared_distances(X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """|a - b|^2 between all rows of X, as an (n, n) float32 matrix.
 
     The products X X^T come from one symmetric rank-k update (BLAS ``ssyrk``: half the
     multiply-adds of a general product), which fills one triangle; the other is copied over
-    block by block.
+    tile by tile.
+
+    Args:
+        X: (n, d) rows.
+        out: optional float32 buffer of at least n x n entries to write into (see
+            :class:`Workspace`); by default a new array.
     """
     from scipy.linalg.blas import ssyrk
 
     X = np.asarray(X, np.float32)
+    n = len(X)
     norms = (X * X).sum(1)
     # X.T is Fortran-ordered (d, n): trans=1 gives X X^T without copying X; the Fortran-ordered
     # upper triangle is, read in C order, the lower one
-    D = ssyrk(1.0, X.T, trans=1).T
-    rows = 256
-    for i in range(0, len(X), rows):
-        diagonal = D[i:i + rows, i:i + rows]
+    if out is None:
+        D = ssyrk(1.0, X.T, trans=1).T
+    else:
+        c = out[:n * n].reshape(n, n, order="F")  # written in place (overwrite_c, a Fortran array)
+        D = ssyrk(1.0, X.T, beta=0.0, c=c, trans=1, overwrite_c=1).T
+        if not np.shares_memory(D, out):
+            raise RuntimeError("ssyrk did not write into the buffer it was given")
+    tile = 128  # tile by tile, both in cache: 3-4x faster than whole strips at 10,000 rows
+    for i in range(0, n, tile):
+        diagonal = D[i:i + tile, i:i + tile]
         diagonal[...] = np.tril(diagonal) + np.tril(diagonal, -1).T
-        D[i:i + rows, i + rows:] = D[i + rows:, i:i + rows].T
-    rows = max(1, min(BLOCK_ROWS, BLOCK_ENTRIES // max(len(X), 1)))
-    for i in range(0, len(X), rows):
+        for j in range(i + tile, n, tile):
+            D[i:i + tile, j:j + tile] = D[j:j + tile, i:i + tile].T
+    rows = max(1, min(BLOCK_ROWS, CACHE_ENTRIES // max(n, 1)))
+    for i in range(0, n, rows):
         block = D[i:i + rows]
         block *= -2.0
         block += norms[i:i + rows, None]
@@ -92,37 +110,128 @@ def squared_distances(X: np.ndarray) -> np.ndarray:
     return D
 
 
+def mapped(entries: int, dtype) -> np.ndarray:
+    """A new 1-D array in its own anonymous memory map, without the huge-page advice NumPy gives
+    its large arrays (``madvise(MADV_HUGEPAGE)``, which NumPy applies to allocations of 4 MiB and
+    more on Linux).
+
+    With that advice and the kernel's default ``defrag`` setting (``madvise``), a page fault
+    may wait while the kernel compacts memory to make a huge page: on the 2-core reference VM,
+    writing a fresh 800 MB array took 0.45-1.7 s that way and 0.30-0.32 s in plain pages, and
+    libsvm ran no slower on plain pages. The map is released when the last array using it goes.
+    """
+    import mmap
+
+    nbytes = max(1, int(entries)) * np.dtype(dtype).itemsize
+    return np.frombuffer(mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), dtype, int(entries))
+
+
+class Workspace:
+    """The large buffers of exact SVM fits, kept by a process (per thread) from one fit to the next.
+
+    A fit on n rows needs n x n float32 distances and an n x n float64 kernel buffer: 1.2 GB at
+    10,000 rows. Fresh memory is slow to write the first time (the kernel maps and zeroes each
+    page as it is first written; see :func:`mapped`): on the 2-core reference VM that was a third
+    to a half of an exact fit's time at 8,000-10,000 rows. A worker of ``make compare`` runs
+    several fits of one head in a row (the CV folds and the final fit, the SVM's first), so
+    inside :meth:`reused_by` a buffer is kept after the fit and reused by the next one when
+    large enough (replaced, the old one dropped first, when not). The kept buffers are never
+    larger than those of the largest fit that ran in the process, so the memory plan of one fit
+    per worker (:mod:`classify.budget`) holds; they are dropped when the process turns to
+    another head, and by :meth:`release` (the fits' caller does, for its own process, when they
+    are done). Outside :meth:`reused_by` every fit gets fresh buffers, freed with it.
+    """
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def take(self, name: str, entries: int, dtype) -> np.ndarray:
+        """A 1-D buffer of at least ``entries`` of ``dtype``: inside :meth:`reused_by`, the one
+        named ``name`` when large enough (its contents are what the last fit left), else a new one."""
+        state = self._state()
+        if not state["keep"]:
+            return mapped(entries, dtype)
+        held = state["buffers"]
+        buf = held.get(name)
+        if buf is None or buf.dtype != np.dtype(dtype) or buf.size < entries:
+            held.pop(name, None)
+            buf = held[name] = mapped(entries, dtype)
+        return buf
+
+    @contextlib.contextmanager
+    def reused_by(self, owner: str):
+        """Within: buffers are kept for the next fit of ``owner`` in this thread (those of another
+        owner are dropped first)."""
+        state = self._state()
+        if state["owner"] != owner:
+            self.release()
+            state["owner"] = owner
+        state["keep"] = True
+        try:
+            yield self
+        finally:
+            state["keep"] = False
+
+    def release(self) -> None:
+        """Drops every buffer of this thread."""
+        state = self._state()
+        state["buffers"].clear()
+        state["owner"] = None
+
+    def held_bytes(self) -> int:
+        """The bytes this thread's buffers hold."""
+        return sum(b.nbytes for b in self._state()["buffers"].values())
+
+    def _state(self) -> dict:
+        if not hasattr(self._local, "state"):
+            self._local.state = {"buffers": {}, "owner": None, "keep": False}
+        return self._local.state
+
+
+WORKSPACE = Workspace()
+
+
 class KernelBuffers:
     """Kernel matrices exp(-gamma * D) over ranges of rows and columns of squared distances, in
     reused memory.
 
     The rows are ordered by held-out fold, so a fold's training rows are one or two ranges and
     every kernel is a few strided copies, never a gather. libsvm reads a float64 kernel; the
-    entries are computed in float32 blocks (one exponential each) and written into one float64
-    buffer of n x n entries, whose leading part holds a fold's smaller matrix. Reusing memory
-    matters: on the machines measured, first writes to fresh pages cost up to 1-2 s per GB when
-    memory was busy, more than computing the kernel itself.
+    entries are computed in float32 blocks (one exponential each, in cache) and written into one
+    float64 buffer of n x n entries: a fold's training kernel fills its leading part and the
+    fold's held-out kernel the part after it (n_train^2 + n_held_out * n_train <= n^2), the
+    final fit's kernel all of it. The buffers come from a :class:`Workspace` (see there why
+    memory is reused).
     """
 
-    def __init__(self, D: np.ndarray):
+    def __init__(self, D: np.ndarray, workspace: Workspace | None = None):
         self.D = D
         n = len(D)
-        self.square = np.empty(n * n, np.float64)  # a fold's training kernel, or the final one
-        self.side = np.empty(0, np.float64)  # held-out rows against training rows
-        self.block_rows = max(1, min(BLOCK_ROWS, BLOCK_ENTRIES // max(n, 1)))
-        self.block32 = np.empty(self.block_rows * n, np.float32)
+        workspace = WORKSPACE if workspace is None else workspace
+        self.square = workspace.take("kernel", n * n, np.float64)
+        self.block_rows = max(1, min(BLOCK_ROWS, KERNEL_BLOCK_ENTRIES // max(n, 1)))
+        self.block32 = workspace.take("block", self.block_rows * n, np.float32)
+        self._end = 0  # entries of ``square`` the last training kernel holds
+
+    @classmethod
+    def of(cls, X: np.ndarray, workspace: Workspace | None = None) -> "KernelBuffers":
+        """The buffers of rows X, their squared distances computed into the workspace."""
+        workspace = WORKSPACE if workspace is None else workspace
+        n = len(X)
+        return cls(squared_distances(X, out=workspace.take("distances", n * n, np.float32)), workspace)
 
     def kernel(self, rows: list, cols: list, gamma: float, side: bool = False) -> np.ndarray:
         """The kernel of the row ranges against the column ranges (lists of (start, stop)), as
-        a C-contiguous float64 view of a buffer; ``side=True`` uses the second buffer, so that a
-        fold's training kernel stays intact."""
+        a C-contiguous float64 view of the buffer; ``side=True`` writes after the last training
+        kernel, which stays intact."""
         n_rows, n_cols = sum(b - a for a, b in rows), sum(b - a for a, b in cols)
-        if side:
-            if self.side.size < n_rows * n_cols:
-                self.side = np.empty(n_rows * n_cols, np.float64)
-            K = self.side[:n_rows * n_cols].reshape(n_rows, n_cols)
-        else:
-            K = self.square[:n_rows * n_cols].reshape(n_rows, n_cols)
+        start = self._end if side else 0
+        if start + n_rows * n_cols > self.square.size:
+            raise ValueError(f"a {n_rows} x {n_cols} kernel does not fit after {start} entries of the "
+                             f"{self.square.size}-entry buffer")
+        K = self.square[start:start + n_rows * n_cols].reshape(n_rows, n_cols)
+        if not side:
+            self._end = n_rows * n_cols
         at = 0
         for a, b in rows:
             for i in range(a, b, self.block_rows):
@@ -135,4 +244,3 @@ class KernelBuffers:
                     col += d - c
                 at += r
         return K
-

@@ -28,6 +28,14 @@ def candidates(name: str) -> list[dict]:
     return sorted(ParameterGrid(GRIDS[name]), key=distance)
 
 
+def searched_grid(name: str, n_rows: int) -> dict:
+    """The grid a nested search of head ``name`` searches in a fit on ``n_rows`` rows, as
+    parameter names of the head's estimator: :data:`GRIDS`, with the MLP's alpha at its fixed
+    value only below :data:`~classify.heads.mlp.HALVING_FROM` rows (:func:`~classify.heads.mlp.small_grid`)."""
+    grid = mlp.small_grid(GRIDS[name]) if name == "mlp" and n_rows < mlp.HALVING_FROM else GRIDS[name]
+    return {k.split("__", 1)[1]: list(v) for k, v in grid.items()}
+
+
 def make_heads(seed: int, tune: bool = False) -> dict:
     """Returns the registry of heads, each a fresh unfitted estimator seeded by ``seed``.
 

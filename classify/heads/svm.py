@@ -16,7 +16,7 @@ from sklearn.utils.multiclass import check_classification_targets, unique_labels
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .folds import INNER_FOLDS, copy_aware_folds
-from .kernels import BLOCK_ROWS, KernelBuffers, rbf_gram64, squared_distances, variance
+from .kernels import BLOCK_ROWS, KernelBuffers, rbf_gram64, variance
 from .scaler import RowBlockScaler
 
 # The grid TUNE searches (parameters of the head's pipeline), and TUNE=0's settings.
@@ -207,6 +207,18 @@ class GramRBFSVC(ClassifierMixin, BaseEstimator):
 
 
 
+def precomputed_decisions(svc: SVC, K: np.ndarray) -> np.ndarray:
+    """``svc.decision_function(K)`` of an SVC fitted on a precomputed kernel, K holding every
+    training column: for two classes one matrix-vector product (the dual coefficients placed at
+    the support vectors' columns), 5x faster than libsvm's per-row loop on a 2,650 x 5,300
+    held-out kernel and equal to it within 1e-12; for more classes libsvm's own."""
+    if len(svc.classes_) != 2:
+        return svc.decision_function(K)
+    w = np.zeros(K.shape[1])
+    w[svc.support_] = svc.dual_coef_[0]
+    return K @ w + svc.intercept_[0]
+
+
 def platt_sigmoid(f: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
     """Platt's sigmoid P(positive | f) = 1 / (1 + exp(a f + b)), fitted by maximum likelihood.
 
@@ -311,7 +323,7 @@ class CalibratedSVC(ClassifierMixin, BaseEstimator):
             X, y = X[order], y[order]
             edges = np.cumsum([0] + [len(te) for _, te in folds])
             folds = [(np.r_[0:a, b:len(y)], np.arange(a, b)) for a, b in zip(edges, edges[1:])]
-        buffers = KernelBuffers(squared_distances(X)) if self.method == "exact" else None
+        buffers = KernelBuffers.of(X) if self.method == "exact" else None
         if folds is None:  # a class of one distinct image: nothing to hold out
             (C, f), held_out, self.tuning_ = grid[0], None, []
         else:
@@ -322,8 +334,6 @@ class CalibratedSVC(ClassifierMixin, BaseEstimator):
             (C, f), held_out = grid[best], held[best][1]
         self.svm_ = GramRBFSVC(C=C, gamma=gamma0 * f, method=self.method, n_components=self.n_components,
                                random_state=self.random_state)
-        if buffers is not None:
-            buffers.side = np.empty(0)  # the final fit holds the distances and one n x n kernel only
         self.svm_._fit_rows(X, y, None if buffers is None else buffers.kernel([(0, len(y))], [(0, len(y))], gamma0 * f))
         del buffers
         if held_out is None:
@@ -348,7 +358,7 @@ class CalibratedSVC(ClassifierMixin, BaseEstimator):
                     for c in (c for c, g in grid if g == f):
                         with config_context(assume_finite=True):  # the kernel is ours: skip the scans
                             svc = SVC(kernel="precomputed", C=c, random_state=self.random_state).fit(K_tr, y[tr])
-                            out[(c, f)][te] = svc.decision_function(K_te)
+                            out[(c, f)][te] = precomputed_decisions(svc, K_te)
                 else:  # one Nystroem map per gamma and fold, one linear solve per C
                     for c in (c for c, g in grid if g == f):
                         svm = GramRBFSVC(C=c, gamma=gamma0 * f, method="nystroem", n_components=self.n_components,

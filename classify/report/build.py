@@ -59,12 +59,20 @@ def load_cache(inputs: RunInputs) -> Cache:
     return Cache(note=note or ("the cache " + " or ".join(map(str, candidates)) + " was not found"))
 
 
+GENERIC_FOLDER_NAMES = frozenset({"in", "input", "inputs", "images", "imgs", "data", "dataset", "photos", "pictures"})
+
+
 def dataset_name(inputs: RunInputs, meta: dict) -> str:
-    """The input's name: its folder's name, or the DATASET it was given (never the cache key)."""
+    """The input's name: the DATASET it was given, or its folder's name (never the cache key);
+    a generic folder name (``in``, the default IN, ``images``, ``data``...) comes with its
+    parent's, e.g. ``demo/in``."""
     dataset = inputs.dataset_arg
     if dataset or (meta.get("backbone") or (inputs.run.get("extraction") or {}).get("backbone")) == "imported":
         return dataset or str(inputs["dataset"])
-    return Path(str(inputs["in_dir"])).resolve().name or str(inputs["in_dir"])
+    folder = Path(str(inputs["in_dir"])).resolve()
+    if folder.name.lower() in GENERIC_FOLDER_NAMES and folder.parent.name:
+        return f"{folder.parent.name}/{folder.name}"
+    return folder.name or str(inputs["in_dir"])
 
 
 def _answer(comparison: pd.DataFrame | None):
