@@ -8,9 +8,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pytest
-from PIL import Image
+
+def _one_core_each() -> None:
+    """Under pytest-xdist, each worker's numerical libraries (OpenBLAS, OpenMP, TensorFlow's pools)
+    get the worker's share of the cores, set before NumPy loads; the processes a test starts inherit
+    it. With every library sized to the whole machine in every worker, the cores were oversubscribed.
+    A value already in the environment is kept."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    if workers > 1:
+        share = str(max(1, (os.cpu_count() or 1) // workers))
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                     "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+            os.environ.setdefault(name, share)
+
+
+_one_core_each()
+
+import numpy as np  # noqa: E402 (after the thread settings)
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
