@@ -378,7 +378,7 @@ def test_the_kernel_memory_is_mapped_without_the_huge_page_advice():
                     return next(x for x in lines[i + 1:] if x.startswith("THPeligible")).split()[1]
         raise AssertionError("mapping not found")
 
-    ours = mapped(8_000_000, np.float64)
+    ours = mapped(8_000_000, np.float64)  # 64 MB: above MAP_FROM
     numpys = np.empty(8_000_000, np.float64)
     assert eligible(numpys) == "1"  # the advice is there on NumPy's own arrays (else nothing to test)
     assert eligible(ours) == "0"

@@ -10,6 +10,7 @@ import numpy as np
 BLOCK_ROWS = 2048  # rows of a kernel block computed at once (predict, Gram, Nystroem features)
 BLOCK_ENTRIES = 16_000_000  # at most this many float32 temporaries per Gram block (64 MB)
 CACHE_ENTRIES = 65_536  # float32 entries of a block passed over several times (256 KiB: stays in cache)
+MAP_FROM = 32 * 1024 ** 2  # buffers from this many bytes get their own memory map (see mapped)
 KERNEL_BLOCK_ENTRIES = 1_048_576  # float32 entries of a kernel block (4 MiB; 64 MiB measured 15% slower)
 
 
@@ -119,10 +120,17 @@ def mapped(entries: int, dtype) -> np.ndarray:
     may wait while the kernel compacts memory to make a huge page: on the 2-core reference VM,
     writing a fresh 800 MB array took 0.45-1.7 s that way and 0.30-0.32 s in plain pages, and
     libsvm ran no slower on plain pages. The map is released when the last array using it goes.
+
+    Below :data:`MAP_FROM` bytes the array is NumPy's own: glibc serves those from its heap, and
+    freeing them raises glibc's threshold for serving later arrays from the heap (up to 32 MiB),
+    which the MLP's many per-epoch arrays gain from when its fits follow the SVM's in a worker
+    (mapping the small buffers too made the MLP's fits on 245 rows 15-40% slower).
     """
     import mmap
 
     nbytes = max(1, int(entries)) * np.dtype(dtype).itemsize
+    if nbytes < MAP_FROM:
+        return np.empty(max(1, int(entries)), dtype)
     return np.frombuffer(mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), dtype, int(entries))
 
 
