@@ -380,7 +380,7 @@ def write_run_json(out: Path, data: Data, plan: Plan, fits: Fits, comparison: pd
         "normalize": data.normalize,
         "fewshot": extras["fewshot"],
         "seed": run["seed"], "test_size": data.test_size, "folds": plan.n_folds, "repeats": plan.repeats,
-        "jobs": plan.n_jobs,
+        "jobs": plan.n_jobs, "engine": _engine(),
         "memory_plan": plan.budget.as_dict(),
         "tuning": {"mode": plan.mode, "rule": plan.tuning_rule,
                    "inner_folds": INNER_FOLDS if plan.mode == "nested" else None,
@@ -691,6 +691,13 @@ def measured_classes(class_names: list[str], y_eval) -> list[str]:
     classes whose precision, recall and F1 can be measured (and averaged)."""
     present = set(np.asarray(y_eval).astype(str))
     return [c for c in class_names if c in present]
+
+
+def _engine() -> str:
+    """Where the fits' joblib work ran: ``ray`` inside ``ENGINE=ray``'s block, else ``local``."""
+    from joblib.parallel import get_active_backend
+
+    return "ray" if type(get_active_backend()[0]).__name__ == "RayBackend" else "local"
 
 
 def _versions() -> dict:

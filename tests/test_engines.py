@@ -61,41 +61,40 @@ def two_hundred(tmp_path_factory):
     return root, local
 
 
-def test_ray_engine_gives_the_local_cache(two_hundred, tmp_path):
+def test_make_features_on_ray_runs_the_chosen_backend_in_its_model_actors(two_hundred, tmp_path):
+    """`make features ENGINE=ray BACKEND=jax`: BACKEND travels with the settings to the actors,
+    and JAX on Ray gives the vectors, manifest and rejections of TensorFlow on this machine. On a
+    small folder (JAX's convolutions on a CPU are slow); the run over 200 images on Ray is the
+    resume test's."""
+    import importlib.util
+    import shutil
+
     from conftest import run_make
 
-    root, local = two_hundred
-    features = tmp_path / "features"
-    r = run_make("features", f"IN={root / 'in'}", f"FEATURES={features}", "WEIGHTS=none", "SIZE=32",
-                 "ENGINE=ray", timeout=600)
+    root, _ = two_hundred
+    src = tmp_path / "in"
+    for name in ("red", "blue"):
+        (src / name).mkdir(parents=True)
+        for path in sorted((root / "in" / name).glob("img_00*.png")):
+            shutil.copy(path, src / name / path.name)
+    shutil.copy(root / "in" / "blue" / "broken.png", src / "blue" / "broken.png")
+    local = extract_features(src, tmp_path / "local", Settings(weights="none", size=32),
+                             progress=False, log=_quiet)
+    assert (local.n, local.rejected) == (20, 1)
+    backend = "jax" if importlib.util.find_spec("jax") is not None else "tensorflow"
+    r = run_make("features", f"IN={src}", f"FEATURES={tmp_path / 'features'}", "WEIGHTS=none",
+                 "SIZE=32", "ENGINE=ray", f"BACKEND={backend}", timeout=600,
+                 env={"JAX_PLATFORMS": "cpu"})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "computed 200, reused 0, rejected 1" in r.stdout and "Ray:" in r.stdout
+    assert "computed 20, reused 0, rejected 1" in r.stdout and "Ray:" in r.stdout
     folder = Path(r.stdout.strip().splitlines()[-1].split(" -> ")[1])
     emb, rows, meta = read_cache(folder)
     ref_emb, ref_rows, _ = read_cache(Path(local.folder))
-    np.testing.assert_allclose(emb, ref_emb, rtol=0, atol=1e-5)
-    assert (folder / "manifest.csv").read_bytes() == (Path(local.folder) / "manifest.csv").read_bytes()
-    assert (folder / "rejected.csv").read_bytes() == (Path(local.folder) / "rejected.csv").read_bytes()
-    assert meta["computed"] == 200 and meta["device"] and not meta["device"].startswith("none needed")
-
-
-def test_ray_engine_runs_the_chosen_backend_in_its_model_actors(two_hundred, tmp_path):
-    """BACKEND travels with the settings to the actors: JAX on Ray gives TensorFlow's vectors."""
-    import importlib.util
-
-    from conftest import run_make
-
-    if importlib.util.find_spec("jax") is None:
-        pytest.skip("jax is not installed; JAX is optional: `make test` installs it (requirements-jax.txt)")
-    root, local = two_hundred
-    r = run_make("features", f"IN={root / 'in'}", f"FEATURES={tmp_path / 'features'}", "WEIGHTS=none",
-                 "SIZE=32", "ENGINE=ray", "BACKEND=jax", timeout=600, env={"JAX_PLATFORMS": "cpu"})
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "computed 200, reused 0, rejected 1" in r.stdout
-    emb, rows, meta = read_cache(Path(r.stdout.strip().splitlines()[-1].split(" -> ")[1]))
-    ref_emb, ref_rows, _ = read_cache(Path(local.folder))
-    assert meta["backend"] == "jax" and rows == ref_rows
+    assert meta["backend"] == backend and meta["computed"] == 20 and rows == ref_rows
+    assert meta["device"] and not meta["device"].startswith("none needed")
     assert np.abs(emb - ref_emb).max() <= 1e-4 * max(1.0, float(np.abs(ref_emb).max()))
+    for name in ("manifest.csv", "rejected.csv"):
+        assert (folder / name).read_bytes() == (Path(local.folder) / name).read_bytes()
 
 
 def test_ray_engine_killed_part_way_resumes(two_hundred, tmp_path):
@@ -127,28 +126,36 @@ def test_ray_engine_killed_part_way_resumes(two_hundred, tmp_path):
     again = extract_features(root / "in", features, Settings(weights="none", size=32),
                              engine="ray", progress=False, log=_quiet)
     assert 0 < again.computed < 200 and again.computed + again.reused == 200
-    emb, rows, _ = read_cache(Path(again.folder))
+    emb, rows, meta = read_cache(Path(again.folder))
     ref_emb, ref_rows, _ = read_cache(Path(local.folder))
-    assert rows == ref_rows
+    assert rows == ref_rows and meta["device"] and not meta["device"].startswith("none needed")
     np.testing.assert_allclose(emb, ref_emb, rtol=0, atol=1e-5)
+    for name in ("manifest.csv", "rejected.csv"):
+        assert (Path(again.folder) / name).read_bytes() == (Path(local.folder) / name).read_bytes()
 
 
-def test_ray_engine_compare_matches_local(two_hundred, tmp_path):
+def test_ray_engine_compare_matches_local(two_hundred, tmp_path, capsys):
+    """`compare --engine ray` gives the comparison of the local engine. In this process, on the
+    Ray that the resume test started here (or starts it); make passes ENGINE on."""
+    import json
+
+    import pandas as pd
+
+    from classify.__main__ import main
     from conftest import run_make
 
+    dry = run_make("-n", "compare", "ENGINE=ray", timeout=60)
+    assert dry.returncode == 0 and "--engine ray" in dry.stdout, dry.stdout + dry.stderr
     root, _ = two_hundred
     # the folds' fits go through joblib whether or not they tune: fixed settings, one round
-    args = [f"IN={root / 'in'}", f"FEATURES={root / 'local'}", "WEIGHTS=none", "SIZE=32", "FOLDS=3",
-            "HEADS=logreg,svm", "TUNE=0", "REPEATS=1"]
+    args = ["compare", "--in", str(root / "in"), "--features", str(root / "local"), "--weights", "none",
+            "--size", "32", "--folds", "3", "--heads", "logreg,svm", "--tune", "0", "--repeats", "1"]
     outs = {}
     for engine in ("local", "ray"):
         out = tmp_path / engine
-        r = run_make("compare", *args, f"OUT={out}", f"ENGINE={engine}", timeout=600)
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-        assert ("Ray:" in r.stdout) == (engine == "ray")
-        import pandas as pd
-
+        assert main([*args, "--out", str(out), "--engine", engine]) == 0
+        printed = capsys.readouterr().out
+        assert "Best head" in printed
+        assert json.loads((out / "run.json").read_text())["engine"] == engine
         outs[engine] = pd.read_csv(out / "comparison.csv").drop(columns=["fit_seconds", "cv_seconds"])
-    import pandas as pd
-
     pd.testing.assert_frame_equal(outs["local"], outs["ray"])
