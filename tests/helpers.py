@@ -72,3 +72,24 @@ def run_compare(features, out, **kw):
     for name, value in only_cache(features).items():
         kw.setdefault(name, value)
     return compare(features, S64, out, **kw)
+
+
+def run_main(module: str, *args):
+    """``python -m <module> <args>`` in this process: the command's ``main(argv)``, its printed
+    output captured. Returns a :class:`subprocess.CompletedProcess` as :func:`conftest.run_cli`
+    does (argparse's refusals included, exit status 2). For tests about what a command does, not
+    about its process (what it imports, signals, the environment it starts with)."""
+    import contextlib
+    import importlib
+    import io
+    import subprocess
+
+    main = importlib.import_module(f"{module}.__main__").main
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    return subprocess.CompletedProcess([module, *argv], code or 0, out.getvalue(), err.getvalue())

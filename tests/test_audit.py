@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import run_cli, run_make, shape_image, write_class_folder
+from conftest import run_make, shape_image, write_class_folder
+from helpers import run_main
 
 from classify.dups import auto_threshold, cached_duplicates, content_codes, find_duplicates, \
     group_roles, nearest_k, nearest_neighbours, pairs_above, share_warning, unit_rows
@@ -240,9 +241,9 @@ def test_compare_adds_leakage_aware_score_and_groups(planted, tmp_path):
     in_dir, feats, pairs = planted
     common = ["--in", in_dir, "--features", feats, "--weights", "none", "--size", "64",
               "--heads", "logreg", "--folds", "3", "--jobs", "1", "--tune", "0", "--repeats", "1"]
-    proc = run_cli("classify", "compare", *common, "--out", tmp_path / "plain")
+    proc = run_main("classify", "compare", *common, "--out", tmp_path / "plain")
     assert proc.returncode == 0, proc.stderr
-    proc = run_cli("classify", "compare", *common, "--out", tmp_path / "groups", "--groups", "dups")
+    proc = run_main("classify", "compare", *common, "--out", tmp_path / "groups", "--groups", "dups")
     assert proc.returncode == 0, proc.stderr
     from classify.data import assign_split, load_features
 
@@ -266,7 +267,7 @@ def test_compare_adds_leakage_aware_score_and_groups(planted, tmp_path):
         clean = pred[~pred.path.isin(leaked_paths)]
         assert row.accuracy_no_dups == pytest.approx((clean.label == clean.logreg).mean())
     assert run["groups"] == "dups"
-    bad = run_cli("classify", "compare", *common, "--out", tmp_path / "bad", "--groups", "all")
+    bad = run_main("classify", "compare", *common, "--out", tmp_path / "bad", "--groups", "all")
     assert bad.returncode != 0 and "dups" in bad.stderr
 
 
@@ -381,8 +382,9 @@ def test_make_audit_takes_its_settings_from_the_run_in_out(planted, tmp_path):
     input, cache and settings, and refuse one that conflicts, naming both values."""
     in_dir, feats, _ = planted
     out = tmp_path / "out"
-    proc = run_make("compare", f"IN={in_dir}", f"FEATURES={feats}", f"OUT={out}", "WEIGHTS=none", "SIZE=64",
-                    "HEADS=logreg", "FOLDS=3", "JOBS=1", "TUNE=0")
+    proc = run_main("classify", "compare", "--in", in_dir, "--features", feats, "--out", out,
+                    "--weights", "none", "--size", "64", "--heads", "logreg", "--folds", "3",
+                    "--jobs", "1", "--tune", "0")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     proc = run_make("audit", f"OUT={out}", "JOBS=1")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -11,6 +11,8 @@ from sklearn.datasets import make_classification
 from classify import budget
 from classify.heads import GramRBFSVC, make_heads
 
+from helpers import FAST
+
 
 def _custom_estimators():
     """Every estimator of the heads registry that this project defines (not scikit-learn's),
@@ -172,7 +174,7 @@ def test_compare_uses_and_records_the_bounded_method_when_the_kernel_does_not_fi
     monkeypatch.setattr(budget, "exact_bytes", lambda n, dim: 10 ** 15)
     logs = []
     compare(tmp_path / "f", settings, tmp_path / "o", heads="logreg,svm", folds=3, memory_gb=4,
-            log=logs.append, dataset=suite.FAKE_DATASET)
+            jobs=1, log=logs.append, dataset=suite.FAKE_DATASET, **FAST)
     run = json.loads((tmp_path / "o" / "run.json").read_text())
     assert run["memory_plan"]["method"] == "nystroem" and run["memory_plan"]["memory_gb"] == 4
     assert any("Nystroem" in m and "MEMORY_GB=4" in m for m in logs), logs

@@ -266,7 +266,8 @@ def test_compare_never_imports_tensorflow(cached, tmp_path):
         "import sys; sys.path.insert(0, %r)\n"
         "from classify.__main__ import main\n"
         "rc = main(['compare', '--in', %r, '--features', %r, '--out', %r, '--weights', 'none',"
-        " '--size', '64', '--folds', '3', '--heads', 'logreg'])\n"
+        " '--size', '64', '--folds', '3', '--heads', 'logreg', '--tune', '0', '--jobs', '1',"
+        " '--repeats', '1'])\n"
         "assert rc == 0, rc\n"
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
     ) % (str(ROOT), str(cached / "flat"), str(cached / "features"), str(tmp_path / "o"))

@@ -91,21 +91,6 @@ def test_changed_deleted_and_renamed_images(two_class, tmp_path):
     assert not np.allclose(emb2[paths2.index("red/img_001.png")], vec["red/img_001.png"])
 
 
-def test_same_input_gives_same_files(two_class, tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    _extract(two_class, a)
-    # The second run in a new process: a new model built from the same seed.
-    r = run_cli("extract", "--in", two_class, "--features", b, "--weights", "none", "--size", "64",
-                "--quiet")
-    assert r.returncode == 0, r.stderr
-    fa, fb = cache_folder(a, two_class, S64.key), cache_folder(b, two_class, S64.key)
-    ea, ra, _ = _manifest(fa)
-    eb, rb, _ = _manifest(fb)
-    np.testing.assert_allclose(ea, eb, rtol=1e-5, atol=1e-6)
-    assert [r["path"] for r in ra] == [r["path"] for r in rb]
-    assert (fa / "manifest.csv").read_bytes() == (fb / "manifest.csv").read_bytes()
-
-
 def test_split_layout_fills_split_column(tmp_path):
     root = tmp_path / "in"
     write_class_folder(root, 3, split="train")
@@ -236,14 +221,24 @@ def test_weights_file_is_loaded_and_keyed_by_hash(two_class, tmp_path):
     assert meta["weights"] == str(path)
 
 
-def test_cli_closing_line_and_empty_input(two_class, tmp_path):
-    r = run_cli("extract", "--in", two_class, "--features", tmp_path / "f", "--weights", "none",
-                "--size", "32", "--quiet")
+def test_cli_closing_line_same_files_as_in_process_and_empty_input(two_class, tmp_path):
+    """The command's closing line; its cache equals the one made in this process (a new process
+    builds the same model from the same seed); an empty or missing input exits with 2."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    _extract(two_class, a)
+    r = run_cli("extract", "--in", two_class, "--features", b, "--weights", "none", "--size", "64",
+                "--quiet")
     assert r.returncode == 0, r.stderr
     line = r.stdout.strip().splitlines()[-1]
     for word in ("computed 20", "reused 0", "rejected 0", "images/s", "device "):
         assert word in line
     assert "device none needed" not in line  # the device the model ran on, named
+    fa, fb = cache_folder(a, two_class, S64.key), cache_folder(b, two_class, S64.key)
+    ea, ra, _ = _manifest(fa)
+    eb, rb, _ = _manifest(fb)
+    np.testing.assert_allclose(ea, eb, rtol=1e-5, atol=1e-6)
+    assert [r["path"] for r in ra] == [r["path"] for r in rb]
+    assert (fa / "manifest.csv").read_bytes() == (fb / "manifest.csv").read_bytes()
     empty = tmp_path / "empty"
     empty.mkdir()
     r = run_cli("extract", "--in", empty, "--features", tmp_path / "f", "--weights", "none",

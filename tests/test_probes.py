@@ -289,16 +289,17 @@ def test_top5_accuracy_from_six_classes(tmp_path, classes):
 
 
 def test_make_and_the_cli_pass_the_probe_settings(tmp_path):
-    from conftest import run_cli, run_make
+    from conftest import run_make
+    from helpers import run_main
 
     dry = run_make("-n", "compare", "NORMALIZE=l2", "SHOTS=1,4", "SHOT_DRAWS=3")
     assert dry.returncode == 0, dry.stderr
     assert '--normalize l2 --shots "1,4" --shot-draws 3' in dry.stdout
     X, y = _blobs(60, 3)
     features = _import(tmp_path, X, y, dataset="cli")
-    r = run_cli("classify", "compare", "--features", features, "--dataset", "cli", "--backbone", "imported",
-                "--out", tmp_path / "out", "--heads", "logreg,knn", "--tune", "0", "--repeats", "1",
-                "--folds", "3", "--normalize", "l2", "--shots", "2", "--shot-draws", "2")
+    r = run_main("classify", "compare", "--features", features, "--dataset", "cli", "--backbone", "imported",
+                 "--out", tmp_path / "out", "--heads", "logreg,knn", "--tune", "0", "--repeats", "1",
+                 "--folds", "3", "--jobs", "1", "--normalize", "l2", "--shots", "2", "--shot-draws", "2")
     assert r.returncode == 0, r.stderr
     assert "fewshot.csv" in r.stdout and "NORMALIZE=l2" in r.stdout
     assert json.loads((tmp_path / "out" / "run.json").read_text())["normalize"] == "l2"

@@ -336,3 +336,26 @@ def test_without_test_folder_val_or_valid_is_evaluated(name):
                      ignore_index=True)
     role, rule = assign_split(both, 0.2, 42)
     assert list(role) == ["train"] * 4 + ["tune"] * 2 + ["eval"] * 6 and "evaluated on 'test'" in rule
+
+
+def test_split_folders_through_both_commands(tmp_path, capsys):
+    """`extract` then `compare` on train/ and test/ folders: the cache keeps each image's split and
+    compare evaluates on test/ and says so. Both commands in this process; make's passing of the
+    settings is test_make's."""
+    from classify.__main__ import main as compare_main
+    from conftest import write_class_folder
+    from extract import cache_folder, read_cache
+    from extract.__main__ import main as extract_main
+
+    src, features = tmp_path / "in", tmp_path / "f"
+    write_class_folder(src, 6, split="train")
+    write_class_folder(src, 3, split="test", start=30)
+    common = ["--in", str(src), "--features", str(features), "--weights", "none", "--size", "64"]
+    assert extract_main([*common, "--quiet"]) == 0
+    _, rows, _ = read_cache(cache_folder(features, src, S64.key))
+    assert {r["split"] for r in rows} == {"train", "test"}
+    assert compare_main(["compare", *common, "--out", str(tmp_path / "o"), "--folds", "3",
+                         "--heads", "logreg", "--tune", "0", "--repeats", "1"]) == 0
+    assert "evaluated on 'test'" in capsys.readouterr().out
+    split = pd.read_csv(tmp_path / "o" / "split.csv", keep_default_na=False)
+    assert set(split.loc[split.role == "eval", "path"]) == {r["path"] for r in rows if r["split"] == "test"}
