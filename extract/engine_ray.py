@@ -45,10 +45,15 @@ def start(log=print):
     ray = _require_ray()
     if ray.is_initialized():
         return ray
+    from .backend import PAUSE_AT_BATCH
+
     address = os.environ.get("RAY_ADDRESS") or None
-    env = {"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}}
+    env_vars = {"TF_CPP_MIN_LOG_LEVEL": "2"}
+    if os.environ.get(PAUSE_AT_BATCH):  # the interruption tests' pause, for actors on a cluster too
+        env_vars[PAUSE_AT_BATCH] = os.environ[PAUSE_AT_BATCH]
+    env = {"env_vars": {**env_vars, "PYTHONPATH": str(ROOT)}}
     if address:  # remote nodes get the project's code; local workers find it on PYTHONPATH
-        env = {"working_dir": str(ROOT), "env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"},
+        env = {"working_dir": str(ROOT), "env_vars": env_vars,
                "excludes": [".venv", ".git", "features", "in", "out", "demo", "bench/work",
                             "test-artifacts"]}
     try:

@@ -84,7 +84,9 @@ def run_main(module: str, *args):
     import io
     import subprocess
 
-    main = importlib.import_module(f"{module}.__main__").main
+    main = getattr(importlib.import_module(module), "main", None)  # classify.report, classify.audit...
+    if main is None:  # classify, extract: their __main__ only defines it
+        main = importlib.import_module(f"{module}.__main__").main
     argv = [str(a) for a in args]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -1,5 +1,6 @@
-"""ENGINE=ray against ENGINE=local: the same cache on each Keras backend, the same comparison,
-a resume after kill -9, one clear line for an unusable RAY_ADDRESS.
+"""ENGINE=ray against ENGINE=local: the same cache on each Keras backend, through a running
+cluster (RAY_ADDRESS) as well as a Ray started by the run, the same comparison, a resume after
+kill -9, one clear line for an unusable RAY_ADDRESS.
 
 Every test that starts Ray is here, in one module: a parallel run (`make test`, pytest-xdist
 with ``--dist loadfile``) keeps a module on one worker, so no two Ray instances start at once and
@@ -49,6 +50,16 @@ def _ray_stops_after_this_module():
 
 
 @pytest.fixture(scope="module")
+def ray_here():
+    """Ray started in this process as a run starts it on this machine (``ENGINE=ray`` without
+    RAY_ADDRESS); its address, for commands that use it as a cluster (RAY_ADDRESS=<address>).
+    The tests below share it: a Ray start costs seconds and a dozen processes."""
+    from extract.engine_ray import start
+
+    return start(log=_quiet).get_runtime_context().gcs_address
+
+
+@pytest.fixture(scope="module")
 def two_hundred(tmp_path_factory):
     """200 images (red/blue/green) and their cache made by the local engine."""
     root = tmp_path_factory.mktemp("engines")
@@ -61,11 +72,12 @@ def two_hundred(tmp_path_factory):
     return root, local
 
 
-def test_make_features_on_ray_runs_the_chosen_backend_in_its_model_actors(two_hundred, tmp_path):
-    """`make features ENGINE=ray BACKEND=jax`: BACKEND travels with the settings to the actors,
-    and JAX on Ray gives the vectors, manifest and rejections of TensorFlow on this machine. On a
-    small folder (JAX's convolutions on a CPU are slow); the run over 200 images on Ray is the
-    resume test's."""
+def test_make_features_on_a_ray_cluster_runs_the_chosen_backend_in_its_model_actors(
+        two_hundred, ray_here, tmp_path):
+    """`make features ENGINE=ray BACKEND=jax RAY_ADDRESS=<a running cluster>`: the project's code
+    travels to the cluster, BACKEND travels with the settings to the actors, and JAX on Ray gives
+    the vectors, manifest and rejections of TensorFlow on this machine. On a small folder (JAX's
+    convolutions on a CPU are slow); the run over 200 images on Ray is the resume test's."""
     import importlib.util
     import shutil
 
@@ -84,9 +96,9 @@ def test_make_features_on_ray_runs_the_chosen_backend_in_its_model_actors(two_hu
     backend = "jax" if importlib.util.find_spec("jax") is not None else "tensorflow"
     r = run_make("features", f"IN={src}", f"FEATURES={tmp_path / 'features'}", "WEIGHTS=none",
                  "SIZE=32", "ENGINE=ray", f"BACKEND={backend}", timeout=600,
-                 env={"JAX_PLATFORMS": "cpu"})
+                 env={"JAX_PLATFORMS": "cpu", "RAY_ADDRESS": ray_here})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "computed 20, reused 0, rejected 1" in r.stdout and "Ray:" in r.stdout
+    assert "computed 20, reused 0, rejected 1" in r.stdout and f"Ray: cluster {ray_here}" in r.stdout
     folder = Path(r.stdout.strip().splitlines()[-1].split(" -> ")[1])
     emb, rows, meta = read_cache(folder)
     ref_emb, ref_rows, _ = read_cache(Path(local.folder))
@@ -97,7 +109,7 @@ def test_make_features_on_ray_runs_the_chosen_backend_in_its_model_actors(two_hu
         assert (folder / name).read_bytes() == (Path(local.folder) / name).read_bytes()
 
 
-def test_ray_engine_killed_part_way_resumes(two_hundred, tmp_path):
+def test_ray_engine_killed_part_way_resumes(two_hundred, ray_here, tmp_path):
     import os
     import signal
     import subprocess
@@ -113,15 +125,17 @@ def test_ray_engine_killed_part_way_resumes(two_hundred, tmp_path):
            "--flush-seconds", "0"]
     # Each model actor waits at its 11th batch of 4 (of about 50 in all), so the run cannot end
     # first. Ray hands an actor's results back per read block of about 16 files (4-5 batches),
-    # so by then at least two blocks are done and saved.
+    # so by then at least two blocks are done and saved. The run uses the Ray of this process as
+    # its cluster; its actors end with their driver.
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True, env=dict(os.environ, EMBEDCMP_TEST_PAUSE_AT_BATCH="11"))
+                            start_new_session=True, env=dict(os.environ, EMBEDCMP_TEST_PAUSE_AT_BATCH="11",
+                                                             RAY_ADDRESS=ray_here))
     partial = Path(local.folder.replace(str(root / "local"), str(features))).parent / ".partial"
     end = time.time() + 300
     while time.time() < end and proc.poll() is None and vectors_in(partial) < 8:
         time.sleep(0.1)
     assert proc.poll() is None, proc.communicate()
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray processes it started
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     again = extract_features(root / "in", features, Settings(weights="none", size=32),
                              engine="ray", progress=False, log=_quiet)
@@ -134,9 +148,9 @@ def test_ray_engine_killed_part_way_resumes(two_hundred, tmp_path):
         assert (Path(again.folder) / name).read_bytes() == (Path(local.folder) / name).read_bytes()
 
 
-def test_ray_engine_compare_matches_local(two_hundred, tmp_path, capsys):
+def test_ray_engine_compare_matches_local(two_hundred, ray_here, tmp_path, capsys):
     """`compare --engine ray` gives the comparison of the local engine. In this process, on the
-    Ray that the resume test started here (or starts it); make passes ENGINE on."""
+    Ray started here; make passes ENGINE on."""
     import json
 
     import pandas as pd

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import COLOURS, ROOT, colour_image, run_cli, run_make, write_class_folder
+from conftest import COLOURS, ROOT, colour_image, run_make, write_class_folder
+from helpers import run_main
 
 HEADS = ["logreg", "svm", "mlp"]
 SECTION_IDS = ["answer", "comparison", "figures", "gallery", "data", "embedding", "audit", "settings"]
@@ -85,8 +86,8 @@ def experiment(tmp_path_factory):
 @pytest.fixture(scope="module")
 def report(experiment):
     """The report written through the command line, without an audit."""
-    r = run_cli("classify.report", "--in", experiment / "colours", "--features", experiment / "features",
-                "--out", experiment / "out")
+    r = run_main("classify.report", "--in", experiment / "colours", "--features", experiment / "features",
+                 "--out", experiment / "out")
     assert r.returncode == 0, r.stderr
     path = experiment / "out" / "report.html"
     assert f"report: {path}" in r.stdout
@@ -285,7 +286,7 @@ def test_a_missing_cache_still_gives_a_page_that_says_so(experiment, tmp_path):
 
 
 def test_missing_run_json_says_to_compare_first(tmp_path):
-    r = run_cli("classify.report", "--in", tmp_path, "--features", tmp_path, "--out", tmp_path / "none")
+    r = run_main("classify.report", "--in", tmp_path, "--features", tmp_path, "--out", tmp_path / "none")
     assert r.returncode == 2
     assert "run.json" in r.stderr and "make compare" in r.stderr
 
