@@ -167,7 +167,7 @@ def test_small_class_lowers_folds_with_a_warning(tmp_path):
     _fake_cache(tmp_path / "f", ["a"] * 20 + ["b"] * 4)
     logs = []
     compare(tmp_path / "f", S64, tmp_path / "o", heads="logreg", folds=5, log=logs.append,
-            dataset="fake")
+            dataset="fake", tune="0", repeats=1)
     assert any("fewer than FOLDS=5; using 3-fold" in m for m in logs)
     assert json.loads((tmp_path / "o" / "run.json").read_text())["folds"] == 3
 
@@ -324,7 +324,7 @@ def test_compare_stops_when_in_has_changed_since_the_features(tmp_path, capsys):
     extract_features(in_dir, features, settings, progress=False, log=lambda *_: None)
     (in_dir / "red" / "img_002.png").unlink()
     write_class_folder(in_dir, 1, classes=("blue",), start=40)  # blue/img_040.png, never embedded
-    args = dict(in_dir=str(in_dir), heads="logreg", folds=2, log=lambda *_: None)
+    args = dict(in_dir=str(in_dir), heads="logreg", folds=2, log=lambda *_: None, tune="0", repeats=1)
     from classify import compare
 
     with pytest.raises(DataError) as err:
@@ -340,7 +340,8 @@ def test_compare_stops_when_in_has_changed_since_the_features(tmp_path, capsys):
     assert "red/img_002.png" in set(pd.read_csv(tmp_path / "out" / "split.csv")["path"])
 
     cli = ["compare", "--in", str(in_dir), "--features", str(features), "--out", str(tmp_path / "cli"),
-           "--weights", "none", "--size", "32", "--heads", "logreg", "--folds", "2"]
+           "--weights", "none", "--size", "32", "--heads", "logreg", "--folds", "2", "--tune", "0",
+           "--repeats", "1"]
     assert main(cli) == 2 and "1 image added" in capsys.readouterr().err
     assert main(cli + ["--stale", "ok"]) == 0
 
@@ -367,5 +368,6 @@ def test_a_file_rejected_by_the_extraction_does_not_count_as_added(tmp_path):
     settings = Settings(weights="none", size=32)
     extract_features(in_dir, features, settings, progress=False, log=lambda *_: None)
     logs = []
-    compare(features, settings, tmp_path / "out", in_dir=str(in_dir), heads="logreg", folds=2, log=logs.append)
+    compare(features, settings, tmp_path / "out", in_dir=str(in_dir), heads="logreg", folds=2, log=logs.append,
+            tune="0", repeats=1)
     assert not any("has changed" in m for m in logs)
