@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, run_cli, run_make, write_class_folder
-from extract import Settings, extract_features, read_cache
+from extract import Settings, extract_features, input_id, read_cache
 from extract import framework, randinit
 
 AGREE = 1e-4  # max |a - b| over max(1, max |a|): unit-scale vectors agree within 1e-4
@@ -194,28 +194,10 @@ NO_OP = ("import sys\n"
          "if m in sys.modules])")
 
 
-def test_jax_through_make_agrees_with_tensorflow_in_the_same_key(thirty_two, tf_cache, tmp_path):
-    """BACKEND=jax make features: the same key folder, vectors within 1e-4 of TensorFlow's;
+def test_jax_through_make_adds_to_the_tensorflow_cache_and_agrees_with_it(thirty_two, tf_cache, tmp_path):
+    """The backend is not part of the key: BACKEND=jax make features on TensorFlow's images and
+    16 more embeds only the new ones, into the same key, within 1e-4 of TensorFlow's vectors;
     a run afterwards with nothing to embed imports neither JAX nor TensorFlow."""
-    _needs("jax")
-    features = tmp_path / "features"
-    r = run_make("features", f"IN={thirty_two}", f"FEATURES={features}", "WEIGHTS=none", "SIZE=32",
-                 "BACKEND=jax", env={"JAX_PLATFORMS": "cpu"})
-    assert r.returncode == 0, r.stderr[-3000:]
-    folder, emb, rows, _ = tf_cache
-    (jax_folder,) = features.glob("*/vgg16-*")
-    assert jax_folder.relative_to(features) == folder.relative_to(folder.parents[1])
-    jax_emb, jax_rows, jax_meta = read_cache(jax_folder)
-    assert jax_meta["backend"] == "jax" and [r["sha256"] for r in jax_rows] == [r["sha256"] for r in rows]
-    assert _disagreement(emb, jax_emb) <= AGREE
-    code = NO_OP.format(in_dir=str(thirty_two), features=str(features), backend="jax")
-    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split() == ["0", "32"]  # nothing computed, no framework, not even Keras
-
-
-def test_a_second_backend_adds_to_the_same_cache(thirty_two, tf_cache, tmp_path):
-    """The backend is not part of the key: JAX embeds only an added image into TensorFlow's cache."""
     _needs("jax")
     import shutil
 
@@ -224,11 +206,26 @@ def test_a_second_backend_adds_to_the_same_cache(thirty_two, tf_cache, tmp_path)
     shutil.copytree(folder.parents[1], features)
     in_dir = tmp_path / "in"
     shutil.copytree(thirty_two, in_dir)
-    write_class_folder(in_dir, 1, classes=("red",), start=90)
-    r = _child_embeds("jax", thirty_two, features)  # the same input: all reused, nothing imported
-    assert r.returncode == 0 and "computed 0, reused 32" in r.stdout, r.stderr[-2000:]
-    r = _child_embeds("jax", in_dir, features)
-    assert r.returncode == 0 and "computed 1, reused 32" in r.stdout, r.stderr[-2000:]
+    write_class_folder(in_dir, 8, start=90)
+    r = run_make("features", f"IN={in_dir}", f"FEATURES={features}", "WEIGHTS=none", "SIZE=32",
+                 "BACKEND=jax", env={"JAX_PLATFORMS": "cpu"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    (jax_folder,) = features.glob(f"{input_id(in_dir)}/vgg16-*")
+    assert jax_folder.name == folder.name
+    jax_emb, jax_rows, jax_meta = read_cache(jax_folder)
+    assert jax_meta["backend"] == "jax" and (jax_meta["computed"], jax_meta["reused"]) == (16, 32)
+    s = extract_features(in_dir, tmp_path / "tf", Settings(weights="none", size=32, backend="tensorflow"),
+                         progress=False, log=_quiet)  # TensorFlow's vectors of all 48 images
+    tf_emb, tf_rows, _ = read_cache(Path(s.folder))
+    assert [r["sha256"] for r in jax_rows] == [r["sha256"] for r in tf_rows]
+    old = {r["sha256"] for r in rows}
+    new = [i for i, r in enumerate(jax_rows) if r["sha256"] not in old]
+    assert len(new) == 16 and _disagreement(tf_emb[new], jax_emb[new]) <= AGREE
+    assert _disagreement(tf_emb, jax_emb) <= AGREE
+    code = NO_OP.format(in_dir=str(in_dir), features=str(features), backend="jax")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["0", "48"]  # nothing computed, no framework, not even Keras
 
 
 def test_torch_agrees_with_tensorflow(thirty_two, tf_cache, tmp_path):
