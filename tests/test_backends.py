@@ -2,9 +2,11 @@
 within 1e-4 of TensorFlow's in the same key, no framework for a run with nothing to embed, a
 clear message for a backend that is not installed, and decoding in processes.
 
-Keras runs one backend per process, so JAX and PyTorch run in child processes; their tests skip,
-saying why, where the package is not installed (``make test`` installs JAX for the CPU from
-``requirements-jax.txt``; PyTorch is optional: ``pip install torch``).
+Keras runs one backend per process, so JAX and PyTorch run in child processes (each imports its
+framework once: ``make features BACKEND=jax``, and the GPU benchmark's smoke run, whose PyTorch
+and JAX caches are compared with TensorFlow's); their tests skip, saying why, where the package
+is not installed (``make test`` installs JAX for the CPU from ``requirements-jax.txt``; PyTorch
+is optional: ``pip install torch``).
 """
 
 from __future__ import annotations
