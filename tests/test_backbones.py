@@ -20,16 +20,20 @@ def tiny_in(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))
-def test_every_backbone_makes_a_cache_of_its_dimension_under_its_own_key(name, tiny_in, tmp_path):
+def test_every_backbone_makes_a_cache_of_its_dimension_under_its_own_key(name, tiny_in, tmp_path,
+                                                                          monkeypatch):
+    from extract import model as model_module
+
     spec = BACKBONES[name]
     settings = Settings(name, "none", spec.min_size).check()
+    model = build(settings)  # built once: the extraction embeds with this very model
+    monkeypatch.setattr(model_module, "build", lambda s: model if s == settings else build(s))
     summary = extract_features(tiny_in, tmp_path / "f", settings, progress=False, log=lambda *_: None)
     emb, rows, meta = read_cache(cache_folder(tmp_path / "f", tiny_in, settings.key))
     assert summary.key == settings.key == f"{name}-avg-{spec.min_size}-none-np1"
     assert emb.shape == (2, spec.dim) and settings.dim == spec.dim and meta["dim"] == spec.dim
     assert np.isfinite(emb).all() and not np.array_equal(emb[0], emb[1])  # one row per image
     # every layer LAYER may name exists in the built model with the documented channels
-    model = build(settings)
     for layer, channels in spec.layers.items():
         assert model.get_layer(layer).output.shape[-1] == channels, layer
     if spec.last_layer:
