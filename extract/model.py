@@ -191,14 +191,15 @@ def build(settings: Settings):
         ValueError, BackendUnavailable: the backend cannot run here (see
             :func:`extract.framework.check`).
     """
-    from .framework import allow_tf32, keras_for
+    from .framework import allow_tf32, building, keras_for
 
     keras = keras_for(settings.backend)
     allow_tf32(settings.backend, settings.precision != "fp32")
     keras.mixed_precision.set_global_policy(PRECISIONS[settings.precision])
-    if settings.layer is None:
-        return _with_weights(settings, pooling=settings.pooling)
-    return _pooled_layer(_with_weights(settings, pooling=None), settings.layer, settings.pooling)
+    with building(settings.backend):
+        if settings.layer is None:
+            return _with_weights(settings, pooling=settings.pooling)
+        return _pooled_layer(_with_weights(settings, pooling=None), settings.layer, settings.pooling)
 
 
 def _pooled_layer(model, layer: str, pooling: str):

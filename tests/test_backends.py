@@ -273,13 +273,21 @@ if importlib.util.find_spec("jax") is not None:
     out.append(jax.config.jax_default_matmul_precision == "highest")
     framework.allow_tf32("jax", True)
     out.append(jax.config.jax_default_matmul_precision is None)
+    seen = []  # models are built under one precision whatever the last use set (see framework.building)
+    for allowed in (True, False):
+        framework.allow_tf32("jax", allowed)
+        with framework.building("jax"):
+            seen.append(jax.config.jax_default_matmul_precision)
+    out.append(seen[0] == seen[1] is not None)
 print(len(out), all(out))
 """
 
 
 def test_fp32_forbids_tf32_on_torch_and_jax():
-    """fp32 means fp32: the process-wide TF32 switches follow the precision of each use (in a
-    child process: importing PyTorch and JAX here would only add to this process's memory)."""
+    """fp32 means fp32: the process-wide TF32 switches follow the precision of each use, and JAX
+    builds models under one precision whatever the last use set, so that a second build does not
+    compile Keras' initialisers again (in a child process: importing PyTorch and JAX here would
+    only add to this process's memory)."""
     if not any(importlib.util.find_spec(m) for m in ("torch", "jax")):
         pytest.skip("neither PyTorch nor JAX is installed")
     r = subprocess.run([sys.executable, "-c", TF32], cwd=ROOT, capture_output=True, text=True,
