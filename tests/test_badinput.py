@@ -19,6 +19,7 @@ from PIL import Image
 from conftest import ROOT, colour_image, run_make, vectors_in, write_class_folder
 from extract import ImageError, Settings, cache_folder, extract_features, load_image, read_cache
 from extract.atomic import read_csv_rows
+from helpers import run_main
 
 S64 = Settings(weights="none", size=64)
 RED, BLUE = (210, 40, 40), (40, 40, 210)
@@ -112,10 +113,13 @@ def corpus(tmp_path_factory):
     return root, good
 
 
-def test_make_features_keeps_every_good_image_and_explains_every_bad_one(corpus, tmp_path):
+def test_features_keeps_every_good_image_and_explains_every_bad_one(corpus, tmp_path):
+    """The command (its main, in this process) on a folder of every kind of bad file; make passes
+    STRICT on to it."""
     root, good = corpus
     features = tmp_path / "features"
-    r = run_make("features", f"IN={root}", f"FEATURES={features}", "WEIGHTS=none", "SIZE=64")
+    args = ["--in", root, "--features", features, "--weights", "none", "--size", "64"]
+    r = run_main("extract", *args)
     assert r.returncode == 0, r.stdout + r.stderr
     folder = cache_folder(features, root, S64.key)
     emb, rows, meta = read_cache(folder)
@@ -133,11 +137,12 @@ def test_make_features_keeps_every_good_image_and_explains_every_bad_one(corpus,
     out = r.stdout + r.stderr
     assert f"rejected {len(rejected)} files" in out and "rejected.csv" in out
 
-    strict = run_make("features", f"IN={root}", f"FEATURES={features}", "WEIGHTS=none",
-                      "SIZE=64", "STRICT=1")
+    strict = run_main("extract", *args, "--strict", "1")
     assert strict.returncode != 0
     assert "STRICT=1" in strict.stderr + strict.stdout
     assert read_cache(folder)[0].shape == emb.shape  # the lists were still written
+    dry = run_make("-n", "features", "STRICT=1", timeout=60)
+    assert dry.returncode == 0 and "--strict 1" in dry.stdout, dry.stdout + dry.stderr
 
 
 def test_every_colour_mode_becomes_rgb(corpus):

@@ -51,7 +51,7 @@ def test_features_then_compare(tmp_path):
     r = run_make("features", *args)
     assert r.returncode == 0 and "computed 0, reused 20" in r.stdout
 
-    r = run_make("compare", *args, "FOLDS=3", "TUNE=0", "REPEATS=1")
+    r = run_make("compare", *args, "FOLDS=3", "TUNE=0", "REPEATS=1", "JOBS=1")
     assert r.returncode == 0, r.stderr
     comp = pd.read_csv(out / "comparison.csv")
     assert list(comp["head"]) == ["logreg", "svm", "mlp"]
