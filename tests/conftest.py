@@ -38,9 +38,10 @@ COLOURS = {"red": (210, 40, 40), "blue": (40, 40, 210), "green": (40, 190, 60)}
 # on one worker, so its module-scoped fixtures are built once). The workers take the modules in
 # this order, the longest first, so that no long module starts last; the rest follow in their
 # usual order (the durations of a whole run, `pytest --durations=0`, tell which are long).
-LONGEST_FIRST = ("test_engines", "test_backends", "test_make", "test_badinput", "test_audit",
-                 "test_backbones", "test_extract", "test_matrix", "test_budget", "test_classify",
-                 "test_predict", "test_report", "test_probes", "test_tune")
+LONGEST_FIRST = ("test_engines", "test_backends", "test_make", "test_backbones", "test_classify",
+                 "test_audit", "test_badinput", "test_budget", "test_matrix", "test_extract",
+                 "test_predict", "test_report", "test_compare_console", "test_tune", "test_fair",
+                 "test_probes")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -21,7 +21,7 @@ def test_compare_backbones_writes_the_matrix_and_the_report_shows_it(tmp_path):
     assert {p.name for p in (features / input_id(src)).iterdir() if not p.name.startswith(".")} == {
         "vgg16-avg-32-none-np1", "resnet50v2-avg-32-none-np1"}
 
-    r = run_make("compare", *args, "FOLDS=3", "TUNE=0", "REPEATS=1")
+    r = run_make("compare", *args, "FOLDS=3", "TUNE=0", "REPEATS=1", "JOBS=1")
     assert r.returncode == 0, r.stderr
     matrix = pd.read_csv(out / "backbones.csv")
     assert list(matrix.columns[:7]) == ["backbone", "head", "accuracy", "balanced_accuracy",
