@@ -380,7 +380,7 @@ def write_run_json(out: Path, data: Data, plan: Plan, fits: Fits, comparison: pd
         "normalize": data.normalize,
         "fewshot": extras["fewshot"],
         "seed": run["seed"], "test_size": data.test_size, "folds": plan.n_folds, "repeats": plan.repeats,
-        "jobs": plan.n_jobs, "engine": _engine(),
+        "jobs": plan.n_jobs, "engine": _engine(plan.n_jobs),
         "memory_plan": plan.budget.as_dict(),
         "tuning": {"mode": plan.mode, "rule": plan.tuning_rule,
                    "inner_folds": INNER_FOLDS if plan.mode == "nested" else None,
@@ -693,11 +693,13 @@ def measured_classes(class_names: list[str], y_eval) -> list[str]:
     return [c for c in class_names if c in present]
 
 
-def _engine() -> str:
-    """Where the fits' joblib work ran: ``ray`` inside ``ENGINE=ray``'s block, else ``local``."""
+def _engine(n_jobs: int) -> str:
+    """Where the fits ran: ``ray`` when they went through joblib (more than one job) inside
+    ``ENGINE=ray``'s block, else ``local`` (one job fits in this process, Ray or not)."""
     from joblib.parallel import get_active_backend
 
-    return "ray" if type(get_active_backend()[0]).__name__ == "RayBackend" else "local"
+    on_ray = type(get_active_backend()[0]).__name__ == "RayBackend"
+    return "ray" if on_ray and n_jobs > 1 else "local"
 
 
 def _versions() -> dict:

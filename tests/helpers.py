@@ -92,6 +92,8 @@ def run_main(module: str, *args):
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = main(argv)
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
+        except SystemExit as exit_:  # as Python ends a process: None is 0, a message goes to stderr as 1
+            code = exit_.code if isinstance(exit_.code, int) or exit_.code is None else 1
+            if not isinstance(exit_.code, int) and exit_.code is not None:
+                err.write(f"{exit_.code}\n")
     return subprocess.CompletedProcess([module, *argv], code or 0, out.getvalue(), err.getvalue())

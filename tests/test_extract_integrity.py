@@ -116,17 +116,27 @@ def test_a_named_pipe_in_the_input_is_reported_never_read(two_class, tmp_path):
     for fifo in fifos:
         os.mkfifo(fifo)
     features, done = tmp_path / "features", {}
-    run = threading.Thread(target=lambda: done.update(s=_extract(two_class, features)), daemon=True)
+
+    def extract():
+        try:
+            done["s"] = _extract(two_class, features)
+        except BaseException as err:  # raised again below, in the test
+            done["error"] = err
+
+    run = threading.Thread(target=extract, daemon=True)
     run.start()
     run.join(timeout=120)
-    if run.is_alive():
+    hung = run.is_alive()
+    if hung:
         for fifo in fifos:
             try:
                 os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a waiting reader gets EOF
             except OSError:  # ENXIO: nobody reads this one
                 pass
         run.join(timeout=60)
-    assert "s" in done, "the run waited on a named pipe"
+    assert not hung, "the run waited on a named pipe"
+    if "error" in done:
+        raise done["error"]
     assert done["s"].computed == 20
     folder = features / input_id(two_class) / S32.key
     rejected = (folder / "rejected.csv").read_text(encoding="utf-8")
