@@ -14,7 +14,6 @@ that finds everything cached never loads a framework.
 from __future__ import annotations
 
 import contextlib
-
 import importlib.util
 import os
 import sys
