@@ -27,7 +27,7 @@ from .dups import cached_duplicates, share_warning
 from .heads.knn import check_normalize, normalize_vectors
 from .fits import CV_METRIC, cv_score, fit_all, select_on_validation, tuning_note
 from .fits import _fit, fit_all as _fit_all, select_on_validation as _select_on_validation  # noqa: F401 (importers)
-from .heads import (GRIDS, INNER_FOLDS, decision_values, fixed_head, format_settings,
+from .heads import (INNER_FOLDS, decision_values, fixed_head, format_settings,
                     labels_of, outputs, searched_grid, select_heads)
 from .models import MODEL_SUFFIX, TRUSTED_TYPES, load_model, model_sidecar, read_sidecar, save_model  # noqa: F401
 from extract.notices import class_counts_line, plural, random_weights_banner, split_like_warning
@@ -420,7 +420,7 @@ def _grids(plan: Plan, models: dict, n_train: int) -> dict:
     if plan.mode == "off":
         return {"grids": None}
     if plan.mode == "valid":  # every candidate, fitted on train, scored on the validation folder
-        return {"grids": {h: {k.split("__", 1)[1]: list(v) for k, v in GRIDS[h].items()} for h in models}}
+        return {"grids": {h: searched_grid(h) for h in models}}
     final = {h: searched_grid(h, n_train) for h in models}
     smallest = min(len(tr) for tr, _ in plan.fold_list)
     folds = {h: searched_grid(h, smallest) for h in models}

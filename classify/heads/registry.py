@@ -28,11 +28,13 @@ def candidates(name: str) -> list[dict]:
     return sorted(ParameterGrid(GRIDS[name]), key=distance)
 
 
-def searched_grid(name: str, n_rows: int) -> dict:
-    """The grid a nested search of head ``name`` searches in a fit on ``n_rows`` rows, as
-    parameter names of the head's estimator: :data:`GRIDS`, with the MLP's alpha at its fixed
-    value only below :data:`~classify.heads.mlp.HALVING_FROM` rows (:func:`~classify.heads.mlp.small_grid`)."""
-    grid = mlp.small_grid(GRIDS[name]) if name == "mlp" and n_rows < mlp.HALVING_FROM else GRIDS[name]
+def searched_grid(name: str, n_rows: int | None = None) -> dict:
+    """The grid a search of head ``name`` searches, as parameter names of the head's estimator:
+    :data:`GRIDS`; in a nested search of a fit on ``n_rows`` rows, the MLP's alpha at its fixed
+    value below :data:`~classify.heads.mlp.HALVING_FROM` rows (:func:`~classify.heads.mlp.small_grid`).
+    ``n_rows=None``: the whole grid (the search on a validation folder tries every candidate)."""
+    small = name == "mlp" and n_rows is not None and n_rows < mlp.HALVING_FROM
+    grid = mlp.small_grid(GRIDS[name]) if small else GRIDS[name]
     return {k.split("__", 1)[1]: list(v) for k, v in grid.items()}
 
 
